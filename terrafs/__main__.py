@@ -1,0 +1,3 @@
+from terrafs.cli import main
+
+raise SystemExit(main())

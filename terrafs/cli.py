@@ -1,0 +1,389 @@
+"""The `terrafs` command: mount, umount, login, cache, prefetch, resolve, emulator.
+
+Every failure a user can cause ends here as one clear line on stderr and a
+non-zero exit; tracebacks are for bugs only (and then go to the log).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from terrafs import __version__
+from terrafs.errors import TerrafsError
+
+log = logging.getLogger("terrafs")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def setup_logging(level: str, *, log_file: Path | None = None) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if log_file is None:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    else:
+        log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
+        handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def _level(args, config=None) -> str:
+    if getattr(args, "verbose", 0) >= 2:
+        return "DEBUG"
+    if getattr(args, "verbose", 0) == 1:
+        return "INFO"
+    if config is not None:
+        return config.log_level
+    return os.environ.get("TERRAFS_LOG_LEVEL", "WARNING")
+
+
+def _load(args, **overrides):
+    from terrafs.config import load_config
+
+    path = Path(args.config).expanduser() if getattr(args, "config", None) else None
+    return load_config(path, overrides={k: v for k, v in overrides.items() if v is not None})
+
+
+# ---- mount -----------------------------------------------------------
+def _check_mountpoint(path: Path) -> None:
+    if not path.is_dir():
+        raise TerrafsError(f"mount point {path} is not a folder")
+    if os.path.ismount(path):
+        raise TerrafsError(f"{path} is already a mount point")
+
+
+def cmd_mount(args) -> int:
+    from terrafs.mount import check_auth, make_auth, make_catalogue, run
+
+    config = _load(args, layout=args.layout, catalogue=args.catalogue)
+    mountpoint = Path(args.mountpoint).expanduser().resolve()
+    _check_mountpoint(mountpoint)
+    if args.foreground:
+        setup_logging(_level(args, config))
+    config = _prompt_for_credentials(config)
+    auth = make_auth(config)
+    check_auth(auth, config)
+    try:
+        make_catalogue(config).collections()
+    except TerrafsError as exc:
+        url = config.stac_url if config.catalogue == "stac" else config.opensearch_url
+        raise TerrafsError(f"the catalogue at {url} cannot be used: {exc}") from None
+    if args.foreground:
+        run(config, mountpoint, auth, options=args.options)
+        return 0
+    return _mount_in_background(config, mountpoint, auth, args)
+
+
+def _prompt_for_credentials(config):
+    """Ask on a terminal when no other source gave credentials (never echoed)."""
+    import dataclasses
+    import getpass
+
+    from terrafs.auth import load_refresh_token
+
+    if config.username and config.password:
+        return config
+    if config.auth_method == "bearer" and load_refresh_token(config.refresh_token_file):
+        return config
+    if not sys.stdin.isatty():
+        return config
+    username = config.username or input("Terrascope username: ")
+    password = getpass.getpass(f"Terrascope password for {username}: ")
+    return dataclasses.replace(config, username=username, password=password, credential_source="the terminal prompt")
+
+
+def _mount_in_background(config, mountpoint: Path, auth, args) -> int:
+    from terrafs.mount import run
+
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_end)
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        setup_logging(_level(args, config), log_file=config.log_file)
+        os.dup2(logging.getLogger().handlers[0].stream.fileno(), 2)
+        told = False
+
+        def ready() -> None:
+            nonlocal told
+            os.write(write_end, b"ok\n")
+            os.close(write_end)
+            told = True
+
+        code = 0
+        try:
+            run(config, mountpoint, auth, options=args.options, on_ready=ready)
+        except BaseException as exc:  # the parent must hear why, whatever it was
+            log.exception("the mount failed")
+            if not told:
+                os.write(write_end, f"error: {exc}\n".encode())
+            code = 1
+        os._exit(code)
+    os.close(write_end)
+    answer = _read_with_timeout(read_end, 60.0)
+    if answer.startswith("ok"):
+        for _ in range(100):
+            if os.path.ismount(mountpoint):
+                break
+            time.sleep(0.05)
+        print(f"terrafs mounted at {mountpoint} (log: {config.log_file})")
+        return 0
+    message = answer.strip() or f"the daemon stopped before the mount was ready; see {config.log_file}"
+    print(f"terrafs: {message.removeprefix('error: ')}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _read_with_timeout(fd: int, timeout: float) -> str:
+    import select
+
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], deadline - time.monotonic())
+        if not ready:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+        if data.endswith(b"\n"):
+            break
+    os.close(fd)
+    return data.decode(errors="replace")
+
+
+def cmd_umount(args) -> int:
+    mountpoint = str(Path(args.mountpoint).expanduser().resolve())
+    for tool in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount"]):
+        if shutil.which(tool[0]):
+            result = subprocess.run([*tool, mountpoint], capture_output=True, text=True)
+            if result.returncode == 0:
+                return 0
+            error = result.stderr.strip()
+            break
+    else:
+        error = "no fusermount3, fusermount or umount found"
+    print(f"terrafs: cannot unmount {mountpoint}: {error}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+# ---- login, cache, prefetch, resolve -------------------------------------
+def cmd_login(args) -> int:
+    import requests
+
+    from terrafs.auth import device_login, save_refresh_token
+
+    config = _load(args)
+    device_url = config.token_url.rstrip("/").rsplit("/", 1)[0] + "/auth/device"
+    token = device_login(
+        config.token_url,
+        device_url,
+        config.client_id,
+        session=requests.Session(),
+        prompt=lambda text: print(text, flush=True),
+    )
+    save_refresh_token(config.refresh_token_file, token)
+    print(f"logged in; the refresh token is kept in {config.refresh_token_file} (readable by you only)")
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from terrafs.mount import open_block_cache, open_meta_cache
+
+    config = _load(args)
+    blocks = open_block_cache(config)
+    meta = open_meta_cache(config)
+    try:
+        if args.action == "clear":
+            blocks.clear()
+            meta.clear()
+            print(f"cache cleared: {config.cache_dir}")
+            return 0
+        s = blocks.stats()
+        print(f"cache folder: {config.cache_dir}")
+        print(f"size:         {_human(s['size'])} of {_human(config.cache_size)}")
+        print(f"blocks:       {s['entries']}")
+        print(f"hit rate:     {s['hit_rate'] * 100:.1f}% ({s['hits']} hits, {s['misses']} misses)")
+        print(f"listings:     {len(meta)} entries")
+        return 0
+    finally:
+        blocks.close()
+        meta.close()
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return str(n)
+
+
+def _mounted_files(paths: list[str]):
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            for dirpath, _dirs, names in os.walk(path):
+                for name in sorted(names):
+                    yield Path(dirpath) / name
+        else:
+            yield path
+
+
+def cmd_prefetch(args) -> int:
+    from terrafs.files import file_key
+    from terrafs.fs import XATTR_PREFIX
+    from terrafs.http import Downloader
+    from terrafs.mount import check_auth, make_auth, make_limiter, open_block_cache
+    from terrafs.reader import Reader, RemoteFile
+
+    config = _load(args)
+    setup_logging(_level(args, config))
+    files = []
+    for path in _mounted_files(args.paths):
+        try:
+            url = os.getxattr(path, XATTR_PREFIX + "url").decode()
+        except OSError:
+            print(f"terrafs: {path} is not a file of a terrafs mount", file=sys.stderr)
+            return EXIT_ERROR
+        size = path.stat().st_size
+        files.append((path, RemoteFile(url=url, size=size, key=file_key(url, size))))
+    total = sum(f.size for _, f in files)
+    auth = make_auth(config)
+    check_auth(auth, config)
+    blocks = open_block_cache(config)
+    reader = Reader(Downloader(auth, make_limiter(config)), blocks, block_size=config.block_size)
+    done = 0
+    bar = _Progress(total)
+    try:
+        for path, remote in files:
+            reader.prefetch(remote, progress=lambda n: bar.add(n))
+            done += 1
+    finally:
+        bar.finish()
+        reader.close()
+        blocks.close()
+    print(f"prefetched {done} files, {_human(total)}")
+    return 0
+
+
+class _Progress:
+    def __init__(self, total: int):
+        self.total = max(total, 1)
+        self.done = 0
+        self.start = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.tty:
+            frac = min(self.done / self.total, 1.0)
+            rate = self.done / max(time.monotonic() - self.start, 1e-6)
+            bar = "#" * int(frac * 30)
+            sys.stderr.write(f"\r[{bar:<30}] {frac * 100:5.1f}% {_human(self.done)} {_human(rate)}/s")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+def cmd_resolve(args) -> int:
+    from terrafs.fs import XATTR_PREFIX
+    from terrafs.resolve import resolve
+
+    mount = Path(args.mount).expanduser().resolve()
+    try:
+        layout = os.getxattr(mount, XATTR_PREFIX + "layout").decode()
+    except OSError:
+        print(f"terrafs: {mount} is not a terrafs mount", file=sys.stderr)
+        return EXIT_ERROR
+    found = resolve(args.target, mount, layout)
+    if found is None:
+        print(f"terrafs: {args.target} is not under {mount}", file=sys.stderr)
+        return EXIT_ERROR
+    print(found)
+    return 0
+
+
+def cmd_emulator(args, rest: list[str]) -> int:
+    from terrafs.emulator.server import main as emulator_main
+
+    return emulator_main(rest)
+
+
+# ---- parser --------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="terrafs", description="The Terrascope archive as a filesystem.")
+    p.add_argument("--version", action="version", version=f"terrafs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--config", help="config file (default: $TERRAFS_CONFIG or ~/.config/terrafs/config.yaml)")
+        sp.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+
+    m = sub.add_parser("mount", help="mount the archive")
+    common(m)
+    m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr")
+    m.add_argument("-o", dest="options", help="FUSE options, comma separated (e.g. allow_other)")
+    m.add_argument("--layout", choices=("default", "platform"), help="default: collection/YYYY/MM/DD; platform: /data paths")
+    m.add_argument("--catalogue", choices=("stac", "opensearch"), help="which catalogue to use")
+    m.add_argument("mountpoint")
+
+    u = sub.add_parser("umount", help="unmount")
+    u.add_argument("mountpoint")
+
+    lg = sub.add_parser("login", help="log in with the device-code flow; keeps only a refresh token")
+    common(lg)
+
+    c = sub.add_parser("cache", help="cache statistics or clearing")
+    common(c)
+    c.add_argument("action", choices=("stats", "clear"))
+
+    pf = sub.add_parser("prefetch", help="warm the cache for files or folders of a mount")
+    common(pf)
+    pf.add_argument("paths", nargs="+")
+
+    r = sub.add_parser("resolve", help="where a platform path or file:// URL is under a mount")
+    r.add_argument("--mount", required=True, help="the terrafs mount point")
+    r.add_argument("target", help="/data/MTDA/... path or file:///data/MTDA/... URL")
+
+    sub.add_parser("emulator", help="run the Terrascope emulator (see terrafs emulator --help)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "emulator":
+        return cmd_emulator(None, argv[1:])
+    args = parser().parse_args(argv)
+    handlers = {
+        "mount": cmd_mount,
+        "umount": cmd_umount,
+        "login": cmd_login,
+        "cache": cmd_cache,
+        "prefetch": cmd_prefetch,
+        "resolve": cmd_resolve,
+    }
+    try:
+        return handlers[args.command](args)
+    except TerrafsError as exc:
+        print(f"terrafs: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130

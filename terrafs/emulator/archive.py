@@ -1,0 +1,90 @@
+"""The emulator's archive: collections, products and file bytes.
+
+Contract shared by the catalogue side (stac.py, opensearch.py) and the server
+side (app.py, download.py). data.py builds an Archive (synthetic, deterministic).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class EmuFile:
+    name: str  # base name, e.g. "S2A_..._TOC-B02_10M_V210.tif"
+    platform_path: str  # "/data/MTDA/TERRASCOPE_Sentinel2/TOC_V2/2020/01/01/<prod>/<name>"
+    download_path: str  # below /download/: "Sentinel2/TOC_V2/2020/01/01/<prod>/<name>"
+    size: int
+    group: str  # OpenSearch link group: data | related | previews | alternates
+    asset_key: str  # STAC asset key (band name, or the file name in the older item form)
+    roles: tuple[str, ...]  # STAC roles: data, data-mask, cloud, thumbnail, metadata
+    title: str
+    type: str  # media type
+    category: str | None = None  # OpenSearch category: QUICKLOOK, QUALITY, CLOUD
+    # Bytes of [start, start+length); either from a file on disk or generated.
+    read: Callable[[int, int], bytes] = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
+    # Added by the catalogue side (optional): False = the catalogues give no
+    # length / file:size for this file, so clients must learn it with HEAD.
+    size_in_catalogue: bool = True
+    # Catalogue-only details (STAC title, data_type, proj:shape, proj:transform, gsd...).
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class EmuProduct:
+    id: str  # STAC item id == product title, e.g. "S2A_20200101T105431_31UFS_TOC_V210"
+    title: str
+    collection: str  # EmuCollection.stac_id
+    datetime: datetime  # UTC-aware
+    tile_id: str | None
+    cloud_cover: float | None
+    product_type: str
+    bbox: tuple[float, float, float, float]  # lon/lat
+    files: tuple[EmuFile, ...]
+    published: datetime | None = None
+    updated: datetime | None = None
+    # Catalogue-only details (platform, orbits, EPSG code...), optional.
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class EmuCollection:
+    stac_id: str  # "terrascope-s2-toc-v2"
+    urn: str  # "urn:eop:VITO:TERRASCOPE_S2_TOC_V2"
+    title: str
+    start: datetime
+    end: datetime | None
+    bbox: tuple[float, float, float, float]
+    older_item_form: bool = False  # STAC items as in the older form (file-name keys, alternate.MEP, no file:size)
+    in_stac: bool = True  # WorldCover is OpenSearch-only on the real platform
+
+
+class Archive:
+    """What the emulator serves. Products are sorted by (datetime, title)."""
+
+    def __init__(self, collections: list[EmuCollection], products: list[EmuProduct]):
+        self.collections = list(collections)
+        self._by_collection: dict[str, list[EmuProduct]] = {c.stac_id: [] for c in collections}
+        self._files: dict[str, EmuFile] = {}
+        for p in sorted(products, key=lambda p: (p.datetime, p.title)):
+            self._by_collection[p.collection].append(p)
+            for f in p.files:
+                self._files[f.download_path] = f
+
+    def collection(self, key: str) -> EmuCollection | None:
+        """By STAC id or URN."""
+        for c in self.collections:
+            if key in (c.stac_id, c.urn):
+                return c
+        return None
+
+    def products(self, collection_stac_id: str) -> list[EmuProduct]:
+        return self._by_collection.get(collection_stac_id, [])
+
+    def file(self, download_path: str) -> EmuFile | None:
+        """The file served at /download/<download_path>, or None."""
+        return self._files.get(download_path)
+
+    def all_files(self) -> list[EmuFile]:
+        return list(self._files.values())

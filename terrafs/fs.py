@@ -1,0 +1,185 @@
+"""The FUSE operations: a path in, a tree or reader call, a result or an errno out.
+
+Nothing else lives here: no HTTP, no JSON, no cache policy.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import threading
+from itertools import count
+
+import mfusepy as fuse
+
+from terrafs.errors import AuthError, TerrafsError
+from terrafs.files import Files
+from terrafs.tree import DirNode, FileNode, NotFound, Tree
+
+log = logging.getLogger(__name__)
+
+XATTR_PREFIX = "user.terrafs."
+# Catalogue files never change once published, so the kernel may keep what it saw.
+CACHE_TIMEOUT = 3600.0
+
+
+def _errno_of(exc: Exception) -> int:
+    if isinstance(exc, NotFound):
+        return errno.ENOENT
+    if isinstance(exc, AuthError):
+        return errno.EACCES
+    return errno.EIO
+
+
+def translated(method):
+    """Turn our exceptions into errnos; an unexpected one is logged, never fatal."""
+
+    @functools.wraps(method)
+    def wrapper(self, path, *args):
+        try:
+            return method(self, path, *args)
+        except fuse.FuseOSError:
+            raise
+        except NotFound:
+            raise fuse.FuseOSError(errno.ENOENT) from None
+        except TerrafsError as exc:
+            log.error("%s %s: %s", method.__name__, path, exc)
+            raise fuse.FuseOSError(_errno_of(exc)) from None
+        except Exception:
+            log.exception("%s %s failed unexpectedly", method.__name__, path)
+            raise fuse.FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1_000_000_000)
+
+
+class TerraFS(fuse.Operations):
+    use_ns = True
+
+    def __init__(self, tree: Tree, files: Files, *, on_ready=None):
+        self.tree = tree
+        self.files = files
+        self._on_ready = on_ready
+        self._handles: dict[int, object] = {}
+        self._next_fh = count(1)
+        self._lock = threading.Lock()
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+
+    # ---- life cycle --------------------------------------------------
+    def init_with_config(self, conn_info, config_3) -> None:
+        if config_3 is not None:
+            config_3.kernel_cache = 1
+            config_3.entry_timeout = CACHE_TIMEOUT
+            config_3.attr_timeout = CACHE_TIMEOUT
+            config_3.negative_timeout = 1.0
+        if self._on_ready is not None:
+            self._on_ready()
+
+    # ---- metadata ----------------------------------------------------
+    @translated
+    def getattr(self, path, fh=None):
+        node = self.tree.lookup(path)
+        if isinstance(node, DirNode):
+            return {
+                "st_mode": stat.S_IFDIR | 0o555,
+                "st_nlink": 2,
+                "st_uid": self._uid,
+                "st_gid": self._gid,
+                "st_mtime": _ns(node.mtime),
+                "st_ctime": _ns(node.mtime),
+                "st_atime": _ns(node.mtime),
+            }
+        size = self.files.size(node)
+        return {
+            "st_mode": stat.S_IFREG | 0o444,
+            "st_nlink": 1,
+            "st_size": size,
+            "st_blocks": (size + 511) // 512,
+            "st_blksize": 1 << 20,
+            "st_uid": self._uid,
+            "st_gid": self._gid,
+            "st_mtime": _ns(node.mtime),
+            "st_ctime": _ns(node.mtime),
+            "st_atime": _ns(node.mtime),
+        }
+
+    @translated
+    def readdir(self, path, fh):
+        return [".", "..", *self.tree.listdir(path)]
+
+    @translated
+    def getxattr(self, path, name, position=0):
+        attrs = self._xattrs(path)
+        if name not in attrs:
+            raise fuse.FuseOSError(fuse.ENOATTR)
+        return attrs[name].encode()
+
+    @translated
+    def listxattr(self, path):
+        return list(self._xattrs(path))
+
+    def _xattrs(self, path: str) -> dict[str, str]:
+        node = self.tree.lookup(path)
+        out: dict[str, str] = {}
+        if path in ("", "/"):
+            out[XATTR_PREFIX + "layout"] = self.tree.layout
+        product = node.product
+        if product is not None:
+            out[XATTR_PREFIX + "product_id"] = product.id
+            out[XATTR_PREFIX + "record"] = product.record
+        if isinstance(node, FileNode):
+            out[XATTR_PREFIX + "url"] = node.file.href
+            if node.file.local_path:
+                out[XATTR_PREFIX + "platform_path"] = node.file.local_path
+        elif product is not None and product.files and product.files[0].local_path:
+            local = product.files[0].local_path
+            rel = product.files[0].relpath
+            if local.endswith("/" + rel):
+                out[XATTR_PREFIX + "platform_path"] = local[: -len(rel) - 1]
+        return out
+
+    def statfs(self, path):
+        return {"f_bsize": 1 << 20, "f_frsize": 1 << 20, "f_namemax": 255}
+
+    # ---- data --------------------------------------------------------
+    @translated
+    def open(self, path, flags):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC):
+            raise fuse.FuseOSError(errno.EROFS)
+        node = self.tree.lookup(path)
+        if not isinstance(node, FileNode):
+            raise fuse.FuseOSError(errno.EISDIR)
+        remote = self.files.remote(node)
+        with self._lock:
+            fh = next(self._next_fh)
+            self._handles[fh] = remote
+        return fh
+
+    @translated
+    def read(self, path, size, offset, fh):
+        remote = self._handles.get(fh)
+        if remote is None:
+            raise fuse.FuseOSError(errno.EBADF)
+        return self.files.read(remote, offset, size)
+
+    @translated
+    def release(self, path, fh):
+        with self._lock:
+            remote = self._handles.pop(fh, None)
+        if remote is not None and remote not in self._handles.values():
+            self.files.release(remote)
+        return 0
+
+    # A read-only mount: every change is refused with EROFS.
+    def _readonly(self, *args):
+        raise fuse.FuseOSError(errno.EROFS)
+
+    chmod = chown = create = mkdir = mknod = rename = rmdir = _readonly
+    symlink = truncate = unlink = utimens = write = link = setxattr = removexattr = _readonly
+

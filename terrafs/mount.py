@@ -1,0 +1,189 @@
+"""Builds the daemon's objects from a Config and runs the FUSE loop.
+
+The order matters for a good first minute: credentials and the catalogue are
+checked before anything is mounted, so a bad password or an unreachable
+endpoint ends the command with one clear line and nothing left behind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import diskcache
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from terrafs import __version__
+from terrafs.auth import BasicAuth, BearerAuth, TokenManager, load_refresh_token
+from terrafs.blockcache import BlockCache
+from terrafs.catalogue import Catalogue, Filter
+from terrafs.catalogue.opensearch import OpenSearchCatalogue
+from terrafs.catalogue.stac import StacCatalogue
+from terrafs.config import Config
+from terrafs.errors import AuthError
+from terrafs.files import Files
+from terrafs.http import Downloader
+from terrafs.ratelimit import RateLimiter
+from terrafs.reader import Reader
+from terrafs.tree import ListingStore, Tree
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = f"terrafs/{__version__}"
+
+
+def catalogue_session() -> requests.Session:
+    """Catalogue searches: anonymous, retried on 429/5xx (urllib3 honours Retry-After)."""
+    session = requests.Session()
+    retry = Retry(
+        total=4,
+        backoff_factor=1.0,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=("GET", "POST"),
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
+    session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def make_catalogue(config: Config, *, with_local_paths: bool = False) -> Catalogue:
+    session = catalogue_session()
+    if config.catalogue == "opensearch":
+        return OpenSearchCatalogue(config.opensearch_url, session, with_local_paths=with_local_paths)
+    return StacCatalogue(config.stac_url, session)
+
+
+def make_auth(config: Config) -> requests.auth.AuthBase:
+    """The download service's credentials; raises AuthError when there are none."""
+    if config.auth_method == "basic":
+        if not (config.username and config.password):
+            raise AuthError("auth method basic needs a username and password (TERRASCOPE_USERNAME/TERRASCOPE_PASSWORD, ~/.netrc or the config file)")
+        return BasicAuth(config.username, config.password)
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    refresh_token = None
+    if not (config.username and config.password):
+        refresh_token = load_refresh_token(config.refresh_token_file)
+        if refresh_token is None:
+            raise AuthError(
+                "no credentials: set TERRASCOPE_USERNAME and TERRASCOPE_PASSWORD, add the host to ~/.netrc, "
+                "or run 'terrafs login'"
+            )
+    manager = TokenManager(
+        config.token_url,
+        config.client_id,
+        username=config.username,
+        password=config.password,
+        refresh_token=refresh_token,
+        session=session,
+    )
+    return BearerAuth(manager)
+
+
+def check_auth(auth: requests.auth.AuthBase, config: Config) -> None:
+    """Fail fast: a bearer setup gets its first token now."""
+    manager = getattr(auth, "manager", None)
+    if manager is None:
+        return
+    try:
+        manager.check()
+    except AuthError as exc:
+        source = config.credential_source or f"the refresh token in {config.refresh_token_file}"
+        raise AuthError(f"{exc} (credentials from {source})") from None
+
+
+@dataclass
+class Daemon:
+    tree: Tree
+    files: Files
+    reader: Reader
+    caches: list
+
+    def close(self) -> None:
+        self.reader.close()
+        for c in self.caches:
+            try:
+                c.close()
+            except Exception as exc:  # closing must not hide the real exit reason
+                log.warning("closing a cache failed: %s", exc)
+
+
+def open_meta_cache(config: Config) -> diskcache.Cache:
+    path = config.cache_dir / "meta"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return diskcache.Cache(str(path), size_limit=256 << 20)
+
+
+def open_block_cache(config: Config) -> BlockCache:
+    path = config.cache_dir / "blocks"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return BlockCache(path, config.cache_size, block_size=config.block_size)
+
+
+def make_limiter(config: Config) -> RateLimiter:
+    return RateLimiter(config.rate_limits, state_path=config.cache_dir / "ratelimit.state")
+
+
+def selection_of(config: Config) -> dict[str, Filter] | None:
+    if config.collections is None:
+        return None
+    return {s.id: s.filter for s in config.collections}
+
+
+def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
+    config.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    downloader = Downloader(auth, make_limiter(config))
+    blocks = open_block_cache(config)
+    meta = open_meta_cache(config)
+    reader = Reader(downloader, blocks, block_size=config.block_size)
+    catalogue = make_catalogue(config)
+    sampler = make_catalogue(config, with_local_paths=True) if config.layout == "platform" else None
+    namespace = f"{config.catalogue}:{config.stac_url if config.catalogue == 'stac' else config.opensearch_url}"
+    store = ListingStore(meta, namespace, config.listing_ttl, config.recent_listing_ttl)
+    tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler)
+    files = Files(downloader, reader, meta)
+    return Daemon(tree, files, reader, [blocks, meta])
+
+
+def fuse_options(extra: str | None) -> dict:
+    opts: dict = {"ro": True, "fsname": "terrafs", "subtype": "terrafs"}
+    import mfusepy
+
+    if mfusepy.fuse_version_major == 2:
+        # libfuse 3 takes these in init (fs.py); libfuse 2 only as options.
+        opts.update(kernel_cache=True, entry_timeout=3600, attr_timeout=3600)
+    for item in (extra or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        opts[key] = value if value else True
+    return opts
+
+
+def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, options: str | None = None,
+        on_ready: Callable[[], None] | None = None) -> None:
+    """Mounts and serves until unmounted (blocks)."""
+    import mfusepy
+
+    from terrafs.fs import TerraFS
+
+    daemon = build(config, auth)
+    try:
+        ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready)
+        log.info("mounting %s (layout %s, catalogue %s)", mountpoint, config.layout, config.catalogue)
+        mfusepy.FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(options))
+    finally:
+        daemon.close()
+        log.info("unmounted %s", mountpoint)
+
+
+def is_mounted(path: Path) -> bool:
+    return os.path.ismount(path)

@@ -1,0 +1,370 @@
+"""Paths of the mount mapped to catalogue queries, and back.
+
+Two layouts share one mechanism:
+- default:  <collection>/<YYYY>/<MM>/<DD>/<product>/<file>
+- platform: the mount's root stands for /data, and every file sits at its
+  platform path (MTDA/TERRASCOPE_Sentinel2/TOC_V2/2020/01/01/<product>/<file>).
+
+A collection is placed at a *prefix* (a tuple of folder names) and is either
+dated (YYYY/MM/DD folders below the prefix) or flat (product folders straight
+below it, as WorldCover's tiles). In the default layout the prefix is the
+collection id; in the platform layout it is learnt from the catalogue's own
+local paths, one sample product per collection, so new collections need no
+release.
+
+A month is the unit of querying: listing a month (or a day in it) costs one
+paged catalogue query whose results fill every day of that month. Listings are
+kept in memory and in the disk cache with lifetimes.
+
+This module knows nothing of FUSE or HTTP; it raises NotFound, CatalogueError.
+"""
+from __future__ import annotations
+
+import calendar
+import logging
+import posixpath
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterable
+
+from terrafs.catalogue import Catalogue, Collection, Filter, Product, ProductFile
+from terrafs.errors import CatalogueError, TerrafsError
+
+log = logging.getLogger(__name__)
+
+_DATE_TAIL = re.compile(r"/(\d{4})/(\d{2})/(\d{2})$")
+
+
+class NotFound(TerrafsError):
+    """No such path in the tree."""
+
+
+@dataclass
+class DirNode:
+    mtime: float = 0.0
+    children: dict[str, "Node"] | None = None  # None: not loaded yet
+    loader: Callable[[], dict[str, "Node"]] | None = field(default=None, repr=False)
+    product: Product | None = None  # set on product folders (for xattrs)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+@dataclass(frozen=True)
+class FileNode:
+    file: ProductFile
+    product: Product
+    mtime: float
+
+
+Node = DirNode | FileNode
+
+
+@dataclass(frozen=True)
+class Placement:
+    collection: Collection
+    prefix: tuple[str, ...]
+    dated: bool
+
+
+class ListingStore:
+    """Month listings kept on disk between mounts (a diskcache.Cache or None)."""
+
+    def __init__(self, cache, namespace: str, ttl: float, recent_ttl: float):
+        self._cache = cache
+        self._ns = namespace
+        self.ttl = ttl
+        self.recent_ttl = recent_ttl
+
+    def get(self, key: str):
+        if self._cache is None:
+            return None
+        try:
+            return self._cache.get((self._ns, key))
+        except Exception as exc:  # a damaged cache must not take the mount down
+            log.warning("listing cache read failed: %s", exc)
+            return None
+
+    def put(self, key: str, value, recent: bool) -> None:
+        if self._cache is None:
+            return
+        try:
+            self._cache.set((self._ns, key), value, expire=self.recent_ttl if recent else self.ttl)
+        except Exception as exc:
+            log.warning("listing cache write failed: %s", exc)
+
+
+def split_path(path: str) -> list[str]:
+    parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise NotFound(path)
+    return parts
+
+
+def _ts(dt: datetime | None) -> float:
+    return dt.timestamp() if dt is not None else 0.0
+
+
+class Tree:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        *,
+        selection: dict[str, Filter] | None,
+        layout: str = "default",
+        store: ListingStore | None = None,
+        sampler: Catalogue | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    ):
+        self.catalogue = catalogue
+        # Learning platform prefixes needs local paths, which OpenSearch only
+        # gives on request (accessedFrom=MEP): a separate catalogue may do that.
+        self.sampler = sampler or catalogue
+        self.selection = selection  # collection id -> filter; None: every collection
+        self.layout = layout
+        self.store = store or ListingStore(None, "", 0, 0)
+        self._now = now
+        self._lock = threading.Lock()
+        self._root: DirNode | None = None
+        self._placements: list[Placement] | None = None
+        self.mount_time = time.time()
+
+    # ---- public API -------------------------------------------------
+    def lookup(self, path: str) -> Node:
+        node: Node = self._root_node()
+        for name in split_path(path):
+            if not isinstance(node, DirNode):
+                raise NotFound(path)
+            children = self._children(node)
+            if name not in children:
+                raise NotFound(path)
+            node = children[name]
+        return node
+
+    def listdir(self, path: str) -> list[str]:
+        node = self.lookup(path)
+        if not isinstance(node, DirNode):
+            raise NotFound(path)
+        return sorted(self._children(node))
+
+    def children(self, node: DirNode) -> dict[str, Node]:
+        return self._children(node)
+
+    def placements(self) -> list[Placement]:
+        with self._lock:
+            if self._placements is None:
+                self._placements = self._learn_placements()
+            return self._placements
+
+    def platform_prefix(self, collection: Collection) -> Placement | None:
+        for p in self.placements():
+            if p.collection.id == collection.id:
+                return p
+        return None
+
+    # ---- building ----------------------------------------------------
+    def _children(self, node: DirNode) -> dict[str, Node]:
+        if node.children is not None:
+            return node.children
+        with node.lock:
+            if node.children is None:
+                assert node.loader is not None
+                node.children = node.loader()
+            return node.children
+
+    def _root_node(self) -> DirNode:
+        if self._root is None:
+            with self._lock:
+                if self._root is None:
+                    self._root = DirNode(mtime=self.mount_time, loader=self._load_root)
+        return self._root
+
+    def _selected_collections(self) -> list[Collection]:
+        found = self.catalogue.collections()
+        if self.selection is None:
+            return found
+        by_id = {c.id: c for c in found}
+        out = []
+        for cid in self.selection:
+            if cid in by_id:
+                out.append(by_id[cid])
+            else:
+                log.warning("collection %r from the config is not in the catalogue", cid)
+        return out
+
+    def _filter_for(self, collection: Collection) -> Filter | None:
+        return None if self.selection is None else self.selection.get(collection.id)
+
+    def _learn_placements(self) -> list[Placement]:
+        collections = self._selected_collections()
+        if self.layout != "platform":
+            return [Placement(c, (c.id,), True) for c in collections]
+        out = []
+        for c in collections:
+            placement = self._learn_platform_placement(c)
+            if placement is not None:
+                out.append(placement)
+        return out
+
+    def _learn_platform_placement(self, c: Collection) -> Placement | None:
+        key = f"placement:{c.remote_id}"
+        cached = self.store.get(key)
+        if cached is not None:
+            prefix, dated = cached
+            return Placement(c, tuple(prefix), dated) if prefix else None
+        placement = platform_placement(c, self.sampler.products(c, None, None, None, limit=1))
+        value = (list(placement.prefix), placement.dated) if placement else ([], False)
+        self.store.put(key, value, recent=False)
+        if placement is None:
+            log.warning("collection %s: the catalogue gives no platform path; left out of the platform layout", c.id)
+        return placement
+
+    def _load_root(self) -> dict[str, Node]:
+        # Build the folder trie of every placement's prefix.
+        root: dict[str, Node] = {}
+        for pl in self.placements():
+            level = root
+            for i, name in enumerate(pl.prefix):
+                last = i == len(pl.prefix) - 1
+                existing = level.get(name)
+                if last:
+                    node = self._collection_node(pl)
+                    if isinstance(existing, DirNode) and existing.children:
+                        # another collection's prefix lies below this one: keep both
+                        merged = dict(existing.children)
+                        merged.update(self._children(node))
+                        node = DirNode(mtime=node.mtime, children=merged)
+                    level[name] = node
+                    break
+                if not isinstance(existing, DirNode):
+                    existing = DirNode(mtime=self.mount_time, children={})
+                    level[name] = existing
+                level = self._children(existing)
+        return root
+
+    def _collection_node(self, pl: Placement) -> DirNode:
+        mtime = _ts(pl.collection.start) or self.mount_time
+        if pl.dated:
+            return DirNode(mtime=mtime, loader=lambda: self._load_years(pl))
+        return DirNode(mtime=mtime, loader=lambda: self._load_flat(pl))
+
+    def _extent(self, pl: Placement) -> tuple[datetime, datetime]:
+        flt = self._filter_for(pl.collection)
+        start = pl.collection.start or datetime(1970, 1, 1, tzinfo=timezone.utc)
+        end = pl.collection.end or self._now()
+        if flt is not None:
+            if flt.start is not None and flt.start > start:
+                start = flt.start
+            if flt.end is not None and flt.end < end:
+                end = flt.end
+        return start, end
+
+    def _load_years(self, pl: Placement) -> dict[str, Node]:
+        start, end = self._extent(pl)
+        return {
+            f"{y:04d}": DirNode(
+                mtime=_ts(datetime(y, 1, 1, tzinfo=timezone.utc)),
+                loader=lambda y=y: self._load_months(pl, y),
+            )
+            for y in range(start.year, end.year + 1)
+        }
+
+    def _load_months(self, pl: Placement, year: int) -> dict[str, Node]:
+        start, end = self._extent(pl)
+        out: dict[str, Node] = {}
+        for m in range(1, 13):
+            first = datetime(year, m, 1, tzinfo=timezone.utc)
+            last = first + timedelta(days=calendar.monthrange(year, m)[1]) - timedelta(microseconds=1)
+            if last < start or first > end:
+                continue
+            out[f"{m:02d}"] = DirNode(mtime=_ts(first), loader=lambda m=m: self._load_days(pl, year, m))
+        return out
+
+    def _load_days(self, pl: Placement, year: int, month: int) -> dict[str, Node]:
+        products = self._month_products(pl, year, month)
+        by_day: dict[str, list[Product]] = {}
+        for p in products:
+            d = p.datetime.astimezone(timezone.utc)
+            if (d.year, d.month) != (year, month):
+                continue  # the service may return products outside the range (facts §1.2)
+            by_day.setdefault(f"{d.day:02d}", []).append(p)
+        return {
+            day: DirNode(
+                mtime=_ts(datetime(year, month, int(day), tzinfo=timezone.utc)),
+                children=product_folders(prods),
+            )
+            for day, prods in sorted(by_day.items())
+        }
+
+    def _load_flat(self, pl: Placement) -> dict[str, Node]:
+        key = f"flat:{pl.collection.remote_id}:{self._filter_for(pl.collection)!r}"
+        products = self.store.get(key)
+        if products is None:
+            start, end = self._extent(pl)
+            products = self.catalogue.products(pl.collection, start, end, self._filter_for(pl.collection))
+            self.store.put(key, products, recent=True)
+        return product_folders(products)
+
+    def _month_products(self, pl: Placement, year: int, month: int) -> list[Product]:
+        first = datetime(year, month, 1, tzinfo=timezone.utc)
+        last = first + timedelta(days=calendar.monthrange(year, month)[1]) - timedelta(microseconds=1)
+        start, end = self._extent(pl)
+        q_start, q_end = max(first, start), min(last, end)
+        flt = self._filter_for(pl.collection)
+        key = f"month:{pl.collection.remote_id}:{year:04d}-{month:02d}:{flt!r}"
+        cached = self.store.get(key)
+        if cached is not None:
+            return cached
+        products = self.catalogue.products(pl.collection, q_start, q_end, flt)
+        recent = last > self._now() - timedelta(days=3)
+        self.store.put(key, products, recent=recent)
+        return products
+
+
+def product_folders(products: Iterable[Product]) -> dict[str, Node]:
+    """Product folders of one day; multi-resolution products share a folder."""
+    folders: dict[str, Node] = {}
+    for p in sorted(products, key=lambda p: p.title):
+        folder = folders.get(p.folder)
+        if not isinstance(folder, DirNode):
+            folder = DirNode(mtime=_ts(p.datetime), children={}, product=p)
+            folders[p.folder] = folder
+        for f in p.files:
+            _place_file(folder, f.relpath.split("/"), FileNode(f, p, _ts(p.datetime)))
+    return folders
+
+
+def _place_file(folder: DirNode, parts: list[str], node: FileNode) -> None:
+    assert folder.children is not None
+    if len(parts) == 1:
+        if parts[0] in folder.children:
+            log.debug("duplicate file name %s in product %s; first one kept", parts[0], node.product.id)
+            return
+        folder.children[parts[0]] = node
+        return
+    sub = folder.children.get(parts[0])
+    if not isinstance(sub, DirNode):
+        if sub is not None:
+            return  # a file and a folder of one name: keep the file
+        sub = DirNode(mtime=node.mtime, children={}, product=node.product)
+        folder.children[parts[0]] = sub
+    _place_file(sub, parts[1:], node)
+
+
+def platform_placement(c: Collection, sample: list[Product]) -> Placement | None:
+    """Where a collection's files live below /data, from one sample product."""
+    for p in sample:
+        for f in p.files:
+            if not f.local_path or not f.local_path.startswith("/data/"):
+                continue
+            local = posixpath.normpath(f.local_path)
+            tail = "/" + p.folder + "/" + f.relpath
+            if not local.endswith(tail):
+                continue
+            container = local[: -len(tail)]
+            m = _DATE_TAIL.search(container)
+            if m:
+                return Placement(c, tuple(split_path(container[len("/data") : m.start()])), True)
+            return Placement(c, tuple(split_path(container[len("/data") :])), False)
+    return None
