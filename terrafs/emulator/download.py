@@ -1,0 +1,223 @@
+"""The emulator's download service: HEAD and GET /download/<path>.
+
+Follows the real service (see terrascope-api.md §3): a request without
+credentials is redirected to the SSO login page (no Accept-Ranges on that
+302), a bad Basic or a bad/expired/empty Bearer gets 401, an authorised one
+gets the bytes with Content-Length, Accept-Ranges, ETag and Last-Modified.
+
+Choices where the facts are open:
+- A request without credentials that accepts only JSON (terracatalogueclient's
+  `Accept: application/json` HEAD probe) gets 401 instead of the 302; its test
+  expects a non-OK answer there.
+- A Range header with several ranges is answered 200 with the whole body
+  (RFC 9110 allows ignoring Range); a malformed Range header is ignored too.
+- If-Range with a non-matching ETag/date gets the whole body (200).
+
+Bodies stream in chunks from EmuFile.read, so big files never sit in memory.
+This module decides faults that change the body (ignore_range, bandwidth, drop);
+rate limits, latency and error faults are applied in app.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import secrets
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Iterator
+from urllib.parse import urlencode
+
+from werkzeug.http import http_date, parse_date
+from werkzeug.wrappers import Request, Response
+
+from terrafs.emulator.archive import Archive, EmuFile
+from terrafs.emulator.keycloak import REALM_PATH, TokenStore
+
+if TYPE_CHECKING:
+    from terrafs.emulator.app import EmulatorSettings
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+DEFAULT_LAST_MODIFIED = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+class DropConnection(Exception):
+    """Raised by a body iterator to make the server cut the connection (drop fault)."""
+
+
+def etag_for(f: EmuFile) -> str:
+    """Strong and stable across restarts: the same path and size give the same tag."""
+    digest = hashlib.sha1(f"{f.download_path}\0{f.size}".encode()).hexdigest()[:20]
+    return f'"{digest}"'
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """One byte range (start, end inclusive), "unsatisfiable", or None (serve
+    the whole body: no header, malformed, or several ranges)."""
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or not spec:
+        return None
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) != 1:
+        return None
+    first, dash, last = parts[0].partition("-")
+    if not dash:
+        return None
+    try:
+        if first == "":
+            n = int(last)
+            if n < 0:
+                return None
+            if n == 0 or size == 0:
+                return "unsatisfiable"
+            return max(0, size - n), size - 1
+        start = int(first)
+        end = int(last) if last != "" else size - 1
+    except ValueError:
+        return None
+    if start < 0 or end < start:
+        return None
+    if start >= size:
+        return "unsatisfiable"
+    return start, min(end, size - 1)
+
+
+def _redirect_to_login(base_url: str, request: Request) -> Response:
+    query = urlencode({
+        "client_id": "terrascope-download",
+        "redirect_uri": base_url + request.path,
+        "response_type": "code",
+        "scope": "openid",
+    })
+    resp = Response("", status=302)
+    resp.headers["Location"] = f"{base_url}{REALM_PATH}/protocol/openid-connect/auth?{query}"
+    return resp
+
+
+def _unauthorized(scheme: str) -> Response:
+    resp = Response('{"error":"unauthorized"}', status=401, mimetype="application/json")
+    resp.headers["WWW-Authenticate"] = f'{scheme} realm="terrascope"'
+    return resp
+
+
+def _wants_only_json(request: Request) -> bool:
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept and "html" not in accept and "*/*" not in accept
+
+
+def authorise(request: Request, settings: EmulatorSettings, tokens: TokenStore, base_url: str) -> Response | None:
+    """None when the request may download, else the refusal to send."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        if _wants_only_json(request):
+            return _unauthorized("Bearer")
+        return _redirect_to_login(base_url, request)
+    scheme, _, value = header.strip().partition(" ")
+    scheme = scheme.lower()
+    if scheme == "bearer":
+        token = value.strip()
+        if token and tokens.user_for_access(token) is not None:
+            return None
+        return _unauthorized("Bearer")
+    if scheme == "basic":
+        auth = request.authorization
+        expected = settings.users.get(auth.username or "") if auth is not None else None
+        if expected is not None and auth is not None and auth.password is not None \
+                and secrets.compare_digest(expected.encode(), auth.password.encode()):
+            return None
+        return _unauthorized("Basic")
+    return _unauthorized("Bearer")
+
+
+def _body(f: EmuFile, start: int, length: int, settings: EmulatorSettings, drop_at: int | None) -> Iterator[bytes]:
+    """Stream [start, start+length); obey the bandwidth cap; cut at drop_at."""
+    bandwidth = settings.bandwidth
+    # Smaller chunks under a bandwidth cap keep the rate smooth.
+    chunk = CHUNK if not bandwidth else max(4096, min(CHUNK, int(bandwidth) // 8))
+    began = time.monotonic()
+    sent = 0
+    while sent < length:
+        n = min(chunk, length - sent)
+        if drop_at is not None and sent + n >= drop_at:
+            n = drop_at - sent
+            if n > 0:
+                yield f.read(start + sent, n)
+            raise DropConnection(f"emulated drop after {drop_at} of {length} bytes")
+        data = f.read(start + sent, n)
+        if len(data) != n:
+            # A short read would silently break Content-Length; fail loudly instead.
+            raise RuntimeError(f"archive returned {len(data)} bytes for {n} at {start + sent} of {f.download_path}")
+        yield data
+        sent += n
+        if bandwidth:
+            ahead = sent / bandwidth - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+def handle_download(request: Request, archive: Archive, settings: EmulatorSettings, tokens: TokenStore,
+                    base_url: str, subpath: str, last_modified: dict[str, datetime] | None = None,
+                    rng: random.Random | None = None) -> Response:
+    """Serve /download/<subpath> (subpath without leading slash)."""
+    if request.method not in ("GET", "HEAD"):
+        resp = Response("Method Not Allowed", status=405)
+        resp.headers["Allow"] = "GET, HEAD"
+        return resp
+    refusal = authorise(request, settings, tokens, base_url)
+    if refusal is not None:
+        return refusal
+    f = archive.file(subpath)
+    if f is None:
+        return Response("Not Found", status=404, mimetype="text/plain")
+
+    etag = etag_for(f)
+    modified = (last_modified or {}).get(f.download_path) or DEFAULT_LAST_MODIFIED
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": etag,
+        "Last-Modified": http_date(modified),
+        "Content-Type": f.type or "application/octet-stream",
+    }
+    rng_header = None if settings.ignore_range else request.headers.get("Range")
+    if rng_header and not _if_range_matches(request.headers.get("If-Range"), etag, modified):
+        rng_header = None
+    wanted = parse_range(rng_header, f.size)
+    if wanted == "unsatisfiable":
+        headers["Content-Range"] = f"bytes */{f.size}"
+        headers["Content-Length"] = "0"
+        return Response(b"", status=416, headers=headers)
+    if wanted is None:
+        status, start, length = 200, 0, f.size
+    else:
+        start, end = wanted
+        if settings.wrong_content_range and end + 1 < f.size:
+            start, end = start + 1, end + 1  # honest about it: the header names what is sent
+        status, length = 206, end - start + 1
+        headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
+    headers["Content-Length"] = str(length)
+
+    if request.method == "HEAD":
+        # An empty iterable (not b"") so werkzeug keeps our Content-Length.
+        return Response((), status=status, headers=headers, direct_passthrough=True)
+    r = rng or random
+    drop_at = None
+    if settings.drop_rate > 0 and length > 0 and r.random() < settings.drop_rate:
+        # Cut somewhere inside the body, never at its end.
+        drop_at = max(0, min(length - 1, length // 2))
+    resp = Response(_body(f, start, length, settings, drop_at), status=status, headers=headers,
+                    direct_passthrough=True)
+    return resp
+
+
+def _if_range_matches(if_range: str | None, etag: str, modified: datetime) -> bool:
+    if not if_range:
+        return True
+    if_range = if_range.strip()
+    if if_range.startswith('"') or if_range.startswith("W/"):
+        return if_range == etag
+    when = parse_date(if_range)
+    return when is not None and when >= modified.replace(microsecond=0)
