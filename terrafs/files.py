@@ -25,6 +25,7 @@ class Files:
         self._reader = reader
         self._meta = meta_cache  # diskcache.Cache or None
         self._sizes: dict[str, int] = {}
+        self._pending: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def size(self, node: FileNode) -> int:
@@ -34,15 +35,22 @@ class Files:
         with self._lock:
             if url in self._sizes:
                 return self._sizes[url]
-        key = ("size", url)
-        size = self._meta.get(key) if self._meta is not None else None
-        if size is None:
-            size = self._downloader.head(url).size
-            log.debug("size of %s from a HEAD request: %d", url, size)
-            if self._meta is not None:
-                self._meta.set(key, size)
-        with self._lock:
-            self._sizes[url] = size
+            # One HEAD per URL, however many threads stat the file at once.
+            url_lock = self._pending.setdefault(url, threading.Lock())
+        with url_lock:
+            with self._lock:
+                if url in self._sizes:
+                    return self._sizes[url]
+            key = ("size", url)
+            size = self._meta.get(key) if self._meta is not None else None
+            if size is None:
+                size = self._downloader.head(url).size
+                log.debug("size of %s from a HEAD request: %d", url, size)
+                if self._meta is not None:
+                    self._meta.set(key, size)
+            with self._lock:
+                self._sizes[url] = size
+                self._pending.pop(url, None)
         return size
 
     def remote(self, node: FileNode) -> RemoteFile:

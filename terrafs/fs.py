@@ -135,6 +135,10 @@ class TerraFS(fuse.Operations):
             out[XATTR_PREFIX + "record"] = product.record
         if isinstance(node, FileNode):
             out[XATTR_PREFIX + "url"] = node.file.href
+        if self.tree.layout == "platform" and product is not None:
+            # The platform layout's paths are the platform paths.
+            out[XATTR_PREFIX + "platform_path"] = "/data/" + path.strip("/")
+        elif isinstance(node, FileNode):
             if node.file.local_path:
                 out[XATTR_PREFIX + "platform_path"] = node.file.local_path
         elif product is not None and product.files and product.files[0].local_path:

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 
@@ -109,3 +110,29 @@ def credentials_env(user: str = "demo", password: str = "demo") -> dict[str, str
     env.update(TERRASCOPE_USERNAME=user, TERRASCOPE_PASSWORD=password, NETRC="/nonexistent")
     env.pop("TERRAFS_CONFIG", None)
     return env
+
+
+@pytest.fixture
+def mount_factory(tmp_path: Path):
+    """mount_factory(emulator, catalogue="stac", layout=None, cache_dir=None, env=None, **config) -> Mount.
+
+    Every mount it made is stopped at teardown, whatever the test did.
+    """
+    made: list[Mount] = []
+
+    def factory(emulator, *, catalogue: str = "stac", layout: str | None = None, cache_dir: Path | None = None,
+                env: dict[str, str] | None = None, name: str | None = None, **config) -> Mount:
+        n = len(made)
+        work = tmp_path / (name or f"mount{n}")
+        work.mkdir(parents=True, exist_ok=True)
+        cfg = write_config(work / "config.yaml", emulator.base_url, cache_dir or (tmp_path / "cache"),
+                           catalogue=catalogue, **({"layout": layout} if layout else {}), **config)
+        mount = Mount(work / "mnt", cfg, work / "mount.log", env or credentials_env(), [])
+        made.append(mount)
+        return mount.start()
+
+    try:
+        yield factory
+    finally:
+        for m in made:
+            m.stop()

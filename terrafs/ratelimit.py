@@ -1,0 +1,216 @@
+"""The download rate limiter, shared by every terrafs process of the user on the host.
+
+Every download request (HEAD included) passes `RateLimiter.acquire` before it is
+sent. The limiter keeps the send times of recent requests and admits a request
+only when it fits in EVERY window (the documented service limits are
+80 requests / 10 s and 200 requests / 60 s per client IP), so all mounts and
+`terrafs` commands of one user share one budget through a small state file.
+It must not know anything about HTTP: http.py calls `acquire` and, after a 429,
+`pause`.
+
+Why hand-written and not a library: `limits` only offers shared storage through
+servers (Redis, Memcached, MongoDB, Etcd), nothing file-based for processes on one
+host; `pyrate-limiter` has a SQLite bucket with a file lock that would share
+sliding windows, but it has no priorities (user reads must go before read-ahead,
+which may only use spare capacity) and no shared "everybody pause until T" after
+a 429, and both would be bolted on around it with a second lock. What we need is
+a list of timestamps in a JSON file under fcntl.flock: ~150 lines, no dependency.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# A request occupies its window for seconds + SAFETY_MARGIN: our clock, the
+# moment the request reaches the server and the server's own bookkeeping never
+# line up exactly, and being a quarter second conservative is cheaper than a 429.
+SAFETY_MARGIN = 0.25
+# Share of each window kept for urgent requests (reads somebody waits for):
+# read-ahead and prefetch may only use the rest.
+URGENT_RESERVE = 0.2
+# How long a waiting non-urgent caller sleeps before looking again while urgent
+# callers of this process are queued.
+_YIELD_TO_URGENT = 0.02
+# Upper bound of one sleep, so a waiter notices a pause or freed slots that
+# another process caused without sleeping through them.
+_MAX_SLEEP = 1.0
+
+
+@dataclass
+class _State:
+    sends: list[float] = field(default_factory=list)
+    paused_until: float = 0.0
+
+
+def _reserve(limit: int) -> int:
+    """Slots of a window that non-urgent requests must leave free."""
+    if limit <= 1:
+        return 0
+    return max(1, math.ceil(limit * URGENT_RESERVE))
+
+
+class RateLimiter:
+    """Sliding-window limiter over actual send times, optionally shared through a file.
+
+    windows: (requests, seconds) pairs that must all hold; () disables limiting.
+    state_path: file shared by the processes (None: this process only).
+    clock/sleep are injectable for tests; the clock must be wall-clock time
+    (time.time) when a state file is shared between processes.
+    """
+
+    def __init__(
+        self,
+        windows: Sequence[tuple[int, float]],
+        state_path: Path | None = None,
+        *,
+        margin: float = SAFETY_MARGIN,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        for limit, seconds in windows:
+            if limit < 1 or seconds <= 0:
+                raise ValueError(f"invalid rate-limit window {limit}/{seconds}s")
+        self.windows: tuple[tuple[int, float], ...] = tuple((int(n), float(s)) for n, s in windows)
+        self.state_path = Path(state_path) if state_path is not None else None
+        self.margin = margin
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()  # threads of this process; flock covers processes
+        self._memory = _State()
+        self._urgent_waiting = 0
+        self._horizon = max((s for _, s in self.windows), default=0.0) + margin
+        if self.state_path is not None:
+            self.state_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"RateLimiter(windows={self.windows!r}, state_path={self.state_path!r})"
+
+    # -- public -----------------------------------------------------------------
+
+    def acquire(self, urgent: bool = True) -> None:
+        """Block until one request may be sent now, and record it as sent."""
+        if not self.windows:
+            return
+        if urgent:
+            with self._lock:
+                self._urgent_waiting += 1
+        try:
+            while True:
+                if not urgent and self._urgent_waiting > 0:
+                    self._sleep(_YIELD_TO_URGENT)
+                    continue
+                wait = self._try_take(urgent)
+                if wait <= 0:
+                    return
+                self._sleep(min(wait, _MAX_SLEEP))
+        finally:
+            if urgent:
+                with self._lock:
+                    self._urgent_waiting -= 1
+
+    def pause(self, seconds: float) -> None:
+        """Make every caller of every process wait `seconds` from now (after a 429)."""
+        if seconds <= 0:
+            return
+        until = self._clock() + seconds
+        log.info("download requests paused for %.1f s (server asked us to slow down)", seconds)
+
+        def update(state: _State) -> None:
+            state.paused_until = max(state.paused_until, until)
+
+        self._with_state(update)
+
+    def wait_time(self, urgent: bool = True) -> float:
+        """Seconds until a request could be sent (0 when now); for logs and tests."""
+        if not self.windows:
+            return 0.0
+        result: list[float] = []
+        self._with_state(lambda st: result.append(self._wait_for(st, self._clock(), urgent)))
+        return result[0]
+
+    # -- internals --------------------------------------------------------------
+
+    def _try_take(self, urgent: bool) -> float:
+        result: list[float] = []
+
+        def take(state: _State) -> None:
+            now = self._clock()
+            wait = self._wait_for(state, now, urgent)
+            if wait <= 0:
+                state.sends.append(now)
+            result.append(wait)
+
+        self._with_state(take)
+        return result[0]
+
+    def _wait_for(self, state: _State, now: float, urgent: bool) -> float:
+        """Seconds to wait before a request fits every window; <= 0 means go."""
+        state.sends = [t for t in state.sends if t > now - self._horizon]
+        wait = state.paused_until - now
+        ordered = sorted(state.sends)
+        for limit, seconds in self.windows:
+            capacity = limit if urgent else limit - _reserve(limit)
+            span = seconds + self.margin
+            inside = [t for t in ordered if t > now - span]
+            if len(inside) >= capacity:
+                # The oldest sends must leave the window until one slot is free.
+                freeing = inside[len(inside) - capacity]
+                wait = max(wait, freeing + span - now)
+        return wait
+
+    def _with_state(self, fn: Callable[[_State], None]) -> None:
+        with self._lock:
+            if self.state_path is None:
+                fn(self._memory)
+                return
+            fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                state = self._read(fd)
+                before = (list(state.sends), state.paused_until)
+                fn(state)
+                if (state.sends, state.paused_until) != before:
+                    self._write(fd, state)
+            finally:
+                os.close(fd)  # closing releases the flock
+
+    def _read(self, fd: int) -> _State:
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            return _State()
+        try:
+            data = json.loads(raw)
+            sends = [float(t) for t in data.get("sends", [])]
+            return _State(sends=sends, paused_until=float(data.get("paused_until", 0.0)))
+        except (ValueError, TypeError, AttributeError) as exc:
+            # A half-written file (crash mid-write) only costs us the history.
+            log.warning("rate-limit state %s unreadable (%s); starting afresh", self.state_path, exc)
+            return _State()
+
+    def _write(self, fd: int, state: _State) -> None:
+        payload = json.dumps({"sends": [round(t, 4) for t in state.sends],
+                              "paused_until": state.paused_until}).encode()
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, payload)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            log.warning("rate-limit state %s not written: disk full", self.state_path)

@@ -1,0 +1,540 @@
+"""The read policy: which byte ranges of a remote file to fetch, and when.
+
+Requests are the scarce resource (the download service allows 80 per 10 s and
+200 per 60 s per IP), so the policy spends them carefully:
+
+* The first read of block 0 opens ONE streaming request from 0 to the end of
+  the file. It always fills the head (`head_size`, enough for every IFD of a
+  COG, so `gdalinfo` costs one request) and goes further only while a program
+  reads sequentially behind it (so `cp` costs one request too). If nobody
+  follows, it pauses, and closes after `idle_timeout` or on release().
+* A sequential run that reaches uncached blocks without a live stream starts
+  a new stream from there to the end of the file.
+* Any other read fetches exactly the missing blocks it touches, adjacent ones
+  coalesced into one ranged request; blocks are the cache's block size, so the
+  cache's block size is also the random-access granularity.
+* Concurrent readers of a block share one fetch (in-flight table), and readers
+  of blocks a stream is about to deliver wait for it instead of asking again.
+
+Blocks are cached only when complete and from a response whose size and
+identity (ETag / Last-Modified) were checked. This module must not import FUSE
+or do HTTP itself: bytes come from a Downloader (terrafs/http.py), blocks go
+to a BlockCache.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+from terrafs.blockcache import BlockCache
+from terrafs.errors import FetchError
+
+log = logging.getLogger(__name__)
+
+_WAIT_LIMIT = 600.0  # seconds a reader waits on another thread's fetch before giving up
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    url: str  # download URL, never with credentials in it
+    size: int
+    key: str  # stable identity for the cache (URL + ETag/size ...), no secrets
+
+
+class Downloader(Protocol):
+    """What reader needs of terrafs.http.Downloader."""
+
+    def get_range(self, url: str, start: int, end: int, *, urgent: bool = True) -> tuple[bytes, object]:
+        ...
+
+    def stream(
+        self, url: str, start: int, end: int, *, urgent: bool = True, chunk_size: int = 1 << 20
+    ) -> Iterator[bytes]:
+        ...
+
+
+class _Fetch:
+    """A batch of ranged fetches of one file; readers of its blocks wait on `done`.
+
+    While `open`, other readers add the blocks they miss to it: the kernel splits
+    one large read into concurrent 128 KiB requests, and they should cost one
+    HTTP request, not one each.
+    """
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.wanted: set[int] = set()
+        self.open = True
+        self.blocks: dict[int, bytes] = {}
+        self.error: BaseException | None = None
+
+
+class _Stream:
+    """One streaming request over [start, end) of a file; its state is guarded by Reader._lock."""
+
+    def __init__(self, f: RemoteFile, start: int, end: int, allowed_end: int, urgent: bool):
+        self.file = f
+        self.start = start
+        self.end = end
+        self.pos = start  # bytes before this are stored (or the stream is dead)
+        self.allowed_end = allowed_end  # flow control: pause when pos reaches it
+        self.urgent = urgent
+        self.stop = False
+        self.alive = True
+        self.error: Exception | None = None
+        self.thread: threading.Thread | None = None
+
+
+class _FileState:
+    """Access pattern of one file (guarded by Reader._lock)."""
+
+    def __init__(self) -> None:
+        self.last_end = -1
+        self.run_start = 0
+        self.seq_end = 0  # highest end of the current sequential run
+        self.run_reads = 0
+        self.stream: _Stream | None = None
+
+
+class Reader:
+    """Serves reads of remote files from the block cache, fetching what is missing.
+
+    Thread-safe; read() is called from many FUSE threads at once.
+    """
+
+    def __init__(
+        self,
+        downloader: Downloader,
+        cache: BlockCache,
+        *,
+        block_size: int | None = None,
+        head_size: int = 1 << 20,
+        readahead: int = 32 << 20,
+        max_workers: int = 4,
+        idle_timeout: float = 2.0,
+        hot_bytes: int = 16 << 20,
+        stream_chunk: int = 1 << 20,
+        stream_after: int = 2 << 20,
+        plug: float = 0.003,
+    ):
+        bs = cache.block_size if block_size is None else block_size
+        if bs != cache.block_size:
+            raise ValueError(f"reader block_size {bs} differs from the cache's {cache.block_size}")
+        self._dl = downloader
+        self._cache = cache
+        self.block_size = bs
+        self.head_size = max(head_size, bs)
+        self.readahead = max(readahead, bs)
+        self.max_workers = max(1, max_workers)
+        self.idle_timeout = idle_timeout
+        self._stream_chunk = stream_chunk
+        # A sequential run away from the head opens a stream only once it is this
+        # long: shorter runs (a COG tile row) are cheaper as one ranged request.
+        self.stream_after = stream_after
+        # How long a ranged fetch waits for concurrent readers to join its batch.
+        self.plug = plug
+        self._batches: dict[str, _Fetch] = {}  # open batch per file key
+        # A reader waits for a stream rather than fetching if its block is at most
+        # this far ahead of the stream: closer than a new request would be.
+        self._wait_gap = max(2 * bs, min(self.readahead, 4 << 20))
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._files: dict[str, _FileState] = {}
+        self._inflight: dict[tuple[str, int], _Fetch] = {}
+        self._streams: list[_Stream] = []
+        # Recently used blocks in RAM: a 128 KiB kernel read must not re-read and
+        # re-verify a whole block from disk each time.
+        self._hot: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._hot_bytes = 0
+        self._hot_limit = hot_bytes
+        self._closed = False
+
+    # -- public ---------------------------------------------------------------
+
+    def read(self, f: RemoteFile, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of f, shorter at end of file. Raises FetchError."""
+        if offset < 0 or size < 0:
+            raise ValueError("negative offset or size")
+        end = min(offset + size, f.size)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        first, last = offset // bs, (end - 1) // bs
+        with self._lock:
+            if self._closed:
+                raise FetchError("reader is closed")
+            self._note_access(f, offset, end, first)
+        blocks = self._blocks(f, first, last)
+        if first == last:
+            return blocks[first][offset - first * bs : end - first * bs]
+        parts = [blocks[first][offset - first * bs :]]
+        parts.extend(blocks[i] for i in range(first + 1, last))
+        parts.append(blocks[last][: end - last * bs])
+        return b"".join(parts)
+
+    def prefetch(self, f: RemoteFile, progress: Callable[[int], None] | None = None) -> None:
+        """Put the whole file in the cache with non-urgent streams over the missing runs.
+
+        progress, if given, is called with the number of bytes of f cached so far.
+        """
+        bs = self.block_size
+        nblocks = self._nblocks(f)
+        done = 0
+        i = 0
+        while i < nblocks:
+            if self._cache.has(f.key, i):
+                done += self._block_len(f, i)
+                i += 1
+                if progress:
+                    progress(done)
+                continue
+            j = i
+            while j < nblocks and not self._cache.has(f.key, j):
+                j += 1
+            stream = _Stream(f, i * bs, min(j * bs, f.size), allowed_end=f.size, urgent=False)
+            base = done
+
+            def on_block(pos: int, base: int = base, start: int = i * bs) -> None:
+                if progress:
+                    progress(base + pos - start)
+
+            self._run_stream(stream, on_block=on_block)
+            if stream.pos < stream.end:
+                raise FetchError(f"prefetch of {f.url} stopped at byte {stream.pos}: {stream.error}")
+            done += stream.end - stream.start
+            i = j
+
+    def release(self, f: RemoteFile) -> None:
+        """All openers closed f: stop its stream and forget its access pattern."""
+        with self._lock:
+            state = self._files.pop(f.key, None)
+            if state and state.stream and state.stream.alive:
+                state.stream.stop = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop every stream and wait for their threads (the cache stays open: the caller owns it)."""
+        with self._lock:
+            self._closed = True
+            streams = list(self._streams)
+            for st in streams:
+                st.stop = True
+            self._cond.notify_all()
+        for st in streams:
+            if st.thread is not None:
+                st.thread.join(timeout=10)
+
+    # -- access pattern and streams --------------------------------------------
+
+    def _note_access(self, f: RemoteFile, offset: int, end: int, first: int) -> None:
+        """Track sequential runs and start or extend a stream (caller holds the lock)."""
+        bs = self.block_size
+        state = self._files.get(f.key)
+        if state is None:
+            state = self._files[f.key] = _FileState()
+        # FUSE may deliver the reads of one sequential pass slightly out of
+        # order, so "sequential" tolerates a block of slack either way.
+        if state.last_end >= 0 and abs(offset - state.last_end) <= bs and end > state.seq_end:
+            state.run_reads += 1
+            state.seq_end = end
+        elif not (state.run_start <= offset and end <= state.seq_end):
+            state.run_start, state.seq_end, state.run_reads = offset, end, 1
+        # else: a repeat inside the run (another thread, or the kernel re-asking): no change
+        state.last_end = end
+        sequential = state.run_reads >= 2
+        st = state.stream
+        if st is not None and st.alive and not st.stop:
+            if sequential and st.start <= state.seq_end <= st.end:
+                ahead = min(self.readahead, max(state.seq_end - state.run_start, 2 * bs))
+                st.allowed_end = max(st.allowed_end, min(st.end, state.seq_end + ahead))
+                self._cond.notify_all()
+            return
+        if first == 0 and not self._cached(f, 0):
+            # The head: one request for the metadata of a COG and, if the
+            # program keeps reading, for the whole file.
+            self._start_stream(state, f, 0, min(f.size, self.head_size))
+        elif sequential and state.seq_end - state.run_start >= self.stream_after and not self._cached(f, first):
+            ahead = min(self.readahead, max(state.seq_end - state.run_start, 2 * bs))
+            self._start_stream(state, f, first * bs, min(f.size, state.seq_end + ahead))
+
+    def _start_stream(self, state: _FileState, f: RemoteFile, start: int, allowed_end: int) -> None:
+        live = [s for s in self._streams if s.alive]
+        if len(live) >= self.max_workers:
+            idle = [s for s in live if not s.stop and s.pos >= s.allowed_end]
+            if not idle:
+                return  # readers fall back to ranged fetches
+            idle[0].stop = True  # a paused stream nobody follows gives way
+            self._cond.notify_all()
+        st = _Stream(f, start, f.size, allowed_end=max(allowed_end, start + self.block_size), urgent=True)
+        state.stream = st
+        self._streams.append(st)
+        st.thread = threading.Thread(target=self._stream_thread, args=(st,), name="terrafs-stream", daemon=True)
+        st.thread.start()
+
+    def _stream_thread(self, st: _Stream) -> None:
+        try:
+            self._run_stream(st)
+        finally:
+            with self._lock:
+                if st in self._streams:
+                    self._streams.remove(st)
+
+    def _run_stream(self, st: _Stream, on_block: Callable[[int], None] | None = None) -> None:
+        """Receive [st.start, st.end) block by block into the cache, honouring flow control."""
+        f, bs = st.file, self.block_size
+        it = self._dl.stream(f.url, st.start, st.end, urgent=st.urgent, chunk_size=self._stream_chunk)
+        buf = bytearray()
+        pos = st.start
+        checked = False
+        try:
+            for chunk in it:
+                if not checked:
+                    # http.py may expose the response's RemoteInfo on the iterator.
+                    info = getattr(it, "info", None)
+                    if info is not None:
+                        self._check_identity(f, info)
+                    checked = True
+                buf += chunk
+                while buf and (len(buf) >= bs or pos + len(buf) >= st.end):
+                    n = min(bs, st.end - pos)
+                    if len(buf) < n:
+                        break
+                    self._store(f, pos // bs, bytes(buf[:n]))
+                    del buf[:n]
+                    pos += n
+                    with self._lock:
+                        st.pos = pos
+                        self._cond.notify_all()
+                    if on_block:
+                        on_block(pos)
+                if pos >= st.end or not self._wait_allowed(st, pos):
+                    break
+            if pos < st.end and not st.stop:
+                log.warning("stream of %s ended early at byte %d of %d", f.url, pos, st.end)
+        except FetchError as exc:
+            st.error = exc
+            log.warning("stream of %s failed at byte %d: %s", f.url, pos, exc)
+        except Exception as exc:  # a bug or a cache failure must not kill readers waiting on us
+            st.error = exc
+            log.exception("stream of %s failed at byte %d", f.url, pos)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+            with self._lock:
+                st.alive = False
+                self._cond.notify_all()
+
+    def _wait_allowed(self, st: _Stream, pos: int) -> bool:
+        """Pause while the stream is far enough ahead; False once it should stop."""
+        with self._lock:
+            last_change = time.monotonic()
+            allowed = st.allowed_end
+            while not st.stop and pos >= st.allowed_end:
+                if st.allowed_end != allowed:
+                    allowed, last_change = st.allowed_end, time.monotonic()
+                left = self.idle_timeout - (time.monotonic() - last_change)
+                if left <= 0:
+                    log.debug("closing idle stream of %s at byte %d", st.file.url, pos)
+                    st.stop = True
+                    break
+                self._cond.wait(min(left, 1.0))
+            return not st.stop
+
+    # -- blocks ---------------------------------------------------------------
+
+    def _blocks(self, f: RemoteFile, first: int, last: int) -> dict[int, bytes]:
+        """Blocks first..last of f, from RAM, disk, a stream or new fetches."""
+        got: dict[int, bytes] = {}
+        for i in range(first, last + 1):
+            data = self._cached_data(f, i)
+            if data is not None:
+                got[i] = data
+        deadline = time.monotonic() + _WAIT_LIMIT
+        while True:
+            missing = [i for i in range(first, last + 1) if i not in got]
+            if not missing:
+                break
+            lead, theirs, stream = self._claim(f, missing)
+            if lead is not None:
+                got.update(self._fetch_batch(f, lead))
+            for i, fetch in theirs.items():
+                if not fetch.done.wait(max(0.0, deadline - time.monotonic())):
+                    raise FetchError(f"timed out waiting for block {i} of {f.url}")
+                if fetch.error is not None:
+                    raise FetchError(f"fetch of {f.url} failed: {fetch.error}")
+                if i in fetch.blocks:
+                    got[i] = fetch.blocks[i]
+            if stream:
+                self._wait_stream(f, stream, got, deadline)
+        return got
+
+    def _claim(self, f: RemoteFile, missing: list[int]) -> tuple[_Fetch | None, dict[int, _Fetch], list[int]]:
+        """Split missing blocks into: a batch I lead, fetches to wait on, the stream to wait on."""
+        mine: list[int] = []
+        theirs: dict[int, _Fetch] = {}
+        stream: list[int] = []
+        bs = self.block_size
+        with self._lock:
+            state = self._files.get(f.key)
+            st = state.stream if state else None
+            for i in missing:
+                fetch = self._inflight.get((f.key, i))
+                if fetch is not None:
+                    theirs[i] = fetch
+                elif (f.key, i) in self._hot:
+                    stream.append(i)  # arrived meanwhile: picked up by _wait_stream
+                elif (
+                    st is not None
+                    and st.alive
+                    and not st.stop
+                    and st.start <= i * bs < st.end
+                    and i * bs - st.pos <= self._wait_gap
+                ):
+                    # Keep the stream going up to this block rather than pay a request.
+                    st.allowed_end = max(st.allowed_end, min(st.end, (i + 1) * bs))
+                    stream.append(i)
+                else:
+                    mine.append(i)
+            lead = None
+            if mine:
+                batch = self._batches.get(f.key)
+                if batch is None or not batch.open:
+                    batch = lead = self._batches[f.key] = _Fetch()
+                for i in mine:
+                    batch.wanted.add(i)
+                    self._inflight[(f.key, i)] = batch
+                    if lead is None:
+                        theirs[i] = batch
+            if stream:
+                self._cond.notify_all()
+        return lead, theirs, stream
+
+    def _wait_stream(self, f: RemoteFile, wanted: list[int], got: dict[int, bytes], deadline: float) -> None:
+        """Wait until the stream delivered `wanted` or died; what it failed to bring is retried."""
+        bs = self.block_size
+        for i in wanted:
+            with self._lock:
+                while True:
+                    data = self._hot.get((f.key, i))
+                    if data is not None:
+                        got[i] = data
+                        break
+                    state = self._files.get(f.key)
+                    st = state.stream if state else None
+                    if st is None or not st.alive or st.pos > i * bs:
+                        break  # not coming (or evicted from RAM): look in the cache, else fetch
+                    if time.monotonic() > deadline:
+                        raise FetchError(f"timed out waiting for block {i} of {f.url}")
+                    self._cond.wait(1.0)
+            if i not in got:
+                data = self._cached_data(f, i)
+                if data is not None:
+                    got[i] = data
+
+    def _fetch_batch(self, f: RemoteFile, fetch: _Fetch) -> dict[int, bytes]:
+        """Let concurrent readers join for `plug` seconds, then fetch the batch, adjacent blocks as one range."""
+        if self.plug > 0:
+            time.sleep(self.plug)
+        with self._lock:
+            fetch.open = False
+            if self._batches.get(f.key) is fetch:
+                del self._batches[f.key]
+            mine = sorted(fetch.wanted)
+        bs = self.block_size
+        got: dict[int, bytes] = {}
+        runs: list[tuple[int, int]] = []
+        for i in mine:
+            if runs and runs[-1][1] == i:
+                runs[-1] = (runs[-1][0], i + 1)
+            else:
+                runs.append((i, i + 1))
+        try:
+            for a, b in runs:
+                start, end = a * bs, min(b * bs, f.size)
+                data, info = self._dl.get_range(f.url, start, end, urgent=True)
+                if len(data) != end - start:
+                    raise FetchError(f"got {len(data)} bytes of {f.url} for a range of {end - start}")
+                self._check_identity(f, info)
+                for i in range(a, b):
+                    block = data[(i - a) * bs : min((i - a + 1) * bs, end - start)]
+                    self._store(f, i, block)
+                    got[i] = block
+            fetch.blocks = got
+        except FetchError as exc:
+            fetch.error = exc
+            raise
+        except Exception as exc:
+            fetch.error = exc
+            raise FetchError(f"fetch of {f.url} failed: {exc}") from exc
+        finally:
+            with self._lock:
+                for i in mine:
+                    self._inflight.pop((f.key, i), None)
+            fetch.done.set()
+        return got
+
+    def _check_identity(self, f: RemoteFile, info: object) -> None:
+        """Reject a response for a file of another size; drop old blocks if the ETag moved."""
+        size = getattr(info, "size", None)
+        if size is not None and size != f.size:
+            raise FetchError(f"{f.url} is now {size} bytes, expected {f.size}")
+        ident = (getattr(info, "etag", None), getattr(info, "last_modified", None))
+        if ident == (None, None):
+            return
+        meta_key = "ident:" + f.url
+        old = self._cache.get_meta(meta_key)
+        if old is not None and tuple(old) != ident:
+            log.info("%s changed remotely: dropping its cached blocks", f.url)
+            self._cache.drop_file(f.key)
+            with self._lock:
+                for k in [k for k in self._hot if k[0] == f.key]:
+                    self._hot_bytes -= len(self._hot.pop(k))
+        if old is None or tuple(old) != ident:
+            self._cache.set_meta(meta_key, ident)
+
+    def _store(self, f: RemoteFile, i: int, data: bytes) -> None:
+        if len(data) != self._block_len(f, i):
+            raise FetchError(f"block {i} of {f.url} is {len(data)} bytes, expected {self._block_len(f, i)}")
+        self._cache.put(f.key, i, data, expected_len=len(data))
+        self._remember(f.key, i, data)
+
+    def _cached_data(self, f: RemoteFile, i: int) -> bytes | None:
+        with self._lock:
+            data = self._hot.get((f.key, i))
+            if data is not None:
+                self._hot.move_to_end((f.key, i))
+                return data
+        data = self._cache.get(f.key, i)
+        if data is None:
+            return None
+        if len(data) != self._block_len(f, i):
+            log.warning("cached block %d of %s has the wrong length; refetching", i, f.url)
+            return None
+        self._remember(f.key, i, data)
+        return data
+
+    def _cached(self, f: RemoteFile, i: int) -> bool:
+        """Cheap presence test (caller may hold the lock)."""
+        return (f.key, i) in self._hot or self._cache.has(f.key, i)
+
+    def _remember(self, key: str, i: int, data: bytes) -> None:
+        with self._lock:
+            old = self._hot.pop((key, i), None)
+            if old is not None:
+                self._hot_bytes -= len(old)
+            self._hot[(key, i)] = data
+            self._hot_bytes += len(data)
+            while self._hot_bytes > self._hot_limit and len(self._hot) > 1:
+                _, dropped = self._hot.popitem(last=False)
+                self._hot_bytes -= len(dropped)
+
+    def _block_len(self, f: RemoteFile, i: int) -> int:
+        return min(self.block_size, f.size - i * self.block_size)
+
+    def _nblocks(self, f: RemoteFile) -> int:
+        return (f.size + self.block_size - 1) // self.block_size

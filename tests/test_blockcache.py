@@ -1,0 +1,136 @@
+"""BlockCache: complete blocks only, checksums, persistence, LRU size limit, invalidation."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from terrafs.blockcache import BlockCache
+
+BS = 64 << 10
+
+
+def _block(i: int, n: int = BS) -> bytes:
+    return bytes((i * 7 + j) % 251 for j in range(256)) * (n // 256) + b"x" * (n % 256)
+
+
+@pytest.fixture
+def cache(tmp_path: Path):
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    yield c
+    c.close()
+
+
+def test_put_get_roundtrip_and_has(cache: BlockCache):
+    cache.put("f", 0, _block(0))
+    cache.put("f", 1, _block(1, 1000), expected_len=1000)  # the short tail of a file
+    assert cache.get("f", 0) == _block(0)
+    assert cache.get("f", 1) == _block(1, 1000)
+    assert cache.has("f", 0) and not cache.has("f", 2)
+    assert cache.get("f", 2) is None
+    assert cache.get("g", 0) is None
+
+
+def test_incomplete_block_is_refused(cache: BlockCache):
+    with pytest.raises(ValueError):
+        cache.put("f", 0, _block(0)[:-1])  # short of block_size
+    with pytest.raises(ValueError):
+        cache.put("f", 0, _block(0, 100), expected_len=200)
+    assert not cache.has("f", 0), "an incomplete block was stored"
+
+
+def test_blocks_and_stats_survive_reopen(tmp_path: Path):
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    c.put("f", 3, _block(3))
+    assert c.get("f", 3) is not None
+    assert c.get("f", 4) is None
+    c.set_meta("ident:u", ("etag1", None))
+    c.close()
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    try:
+        assert c.get("f", 3) == _block(3)
+        assert c.get_meta("ident:u") == ("etag1", None)
+        s = c.stats()
+        assert (s["hits"], s["misses"], s["entries"]) == (2, 1, 1), s
+        assert s["hit_rate"] == pytest.approx(2 / 3)
+        assert s["size"] > BS
+    finally:
+        c.close()
+
+
+def _value_files(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*.val")]
+
+
+def test_corrupt_block_file_is_dropped_not_served(tmp_path: Path):
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    c.put("f", 0, _block(0))
+    c.close()
+    files = _value_files(tmp_path / "c")
+    assert len(files) == 1, f"expected one value file, found {files}"
+    raw = bytearray(files[0].read_bytes())
+    raw[1234] ^= 0xFF
+    files[0].write_bytes(bytes(raw))
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    try:
+        assert c.get("f", 0) is None, "a corrupt block was served"
+        assert not c.has("f", 0), "the corrupt block was not dropped"
+    finally:
+        c.close()
+
+
+def test_truncated_block_file_is_dropped(tmp_path: Path):
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    c.put("f", 0, _block(0))
+    c.close()
+    (f,) = _value_files(tmp_path / "c")
+    with open(f, "r+b") as fh:
+        fh.truncate(BS // 2)  # as if the write had been cut short
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    try:
+        assert c.get("f", 0) is None
+    finally:
+        c.close()
+
+
+def test_size_limit_evicts_least_recently_used(tmp_path: Path):
+    limit = 2 << 20
+    c = BlockCache(tmp_path / "c", size_limit=limit, block_size=BS)
+    try:
+        for i in range(100):  # 6.25 MiB through a 2 MiB cache
+            c.put("f", i, _block(i))
+            assert c.get("f", 0) is not None, f"block 0 (used constantly) was evicted at put {i}"
+        s = c.stats()
+        # diskcache culls at most 10 entries per set, so allow a little slack.
+        assert s["size"] <= limit + 4 * BS, s
+        assert s["entries"] < 40, s
+        assert c.get("f", 1) is None, "an old unused block survived eviction"
+        assert c.get("f", 99) == _block(99)
+    finally:
+        c.close()
+
+
+def test_drop_file_removes_only_that_file(cache: BlockCache):
+    for i in range(3):
+        cache.put("f", i, _block(i))
+        cache.put("g", i, _block(i))
+    assert cache.drop_file("f") == 3
+    assert all(cache.get("f", i) is None for i in range(3))
+    assert all(cache.get("g", i) == _block(i) for i in range(3))
+
+
+def test_clear_empties_everything(cache: BlockCache):
+    cache.put("f", 0, _block(0))
+    cache.set_meta("k", "v")
+    cache.get("f", 0)
+    cache.clear()
+    s = cache.stats()
+    assert (s["entries"], s["hits"], s["misses"]) == (0, 0, 0), s
+    assert cache.get_meta("k") is None
+
+
+def test_cache_directory_is_private(tmp_path: Path):
+    c = BlockCache(tmp_path / "priv", size_limit=1 << 20, block_size=BS)
+    c.close()
+    assert os.stat(tmp_path / "priv").st_mode & 0o077 == 0

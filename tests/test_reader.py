@@ -1,0 +1,384 @@
+"""Reader read policy against a fake downloader that counts requests."""
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from terrafs.blockcache import BlockCache
+from terrafs.errors import FetchError
+from terrafs.reader import Reader, RemoteFile
+
+BS = 64 << 10
+URL = "http://127.0.0.1:1/download/x/B02.tif"
+
+
+@dataclass(frozen=True)
+class Info:
+    size: int
+    etag: str | None
+    last_modified: str | None
+
+
+class _Stream:
+    """Iterator like http.py's stream, exposing the response's RemoteInfo as .info."""
+
+    def __init__(self, dl: "FakeDownloader", start: int, end: int, chunk: int):
+        self.dl, self.pos, self.end, self.chunk = dl, start, end, chunk
+        self.info = Info(len(dl.data), dl.etag, None)
+        self.closed = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        dl = self.dl
+        if self.closed or self.pos >= self.end:
+            raise StopIteration
+        if dl.stream_fail_at is not None and self.pos >= dl.stream_fail_at:
+            raise FetchError("connection reset (simulated)")
+        if dl.delay:
+            time.sleep(dl.delay)
+        n = min(self.chunk, self.end - self.pos)
+        if dl.stream_fail_at is not None:
+            n = min(n, max(1, dl.stream_fail_at - self.pos))
+        out = dl.data[self.pos : self.pos + n]
+        self.pos += n
+        with dl.lock:
+            dl.bytes_sent += n
+        return out
+
+    def close(self) -> None:
+        self.closed = True
+        with self.dl.lock:
+            self.dl.closed_streams += 1
+
+
+class FakeDownloader:
+    def __init__(self, data: bytes, etag: str | None = "e1"):
+        self.data = data
+        self.etag = etag
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, int, int, bool]] = []
+        self.bytes_sent = 0
+        self.closed_streams = 0
+        self.delay = 0.0
+        self.fail_ranges = False
+        self.stream_fail_at: int | None = None
+
+    def head(self, url: str) -> Info:
+        return Info(len(self.data), self.etag, None)
+
+    def get_range(self, url: str, start: int, end: int, *, urgent: bool = True):
+        with self.lock:
+            self.calls.append(("range", start, end, urgent))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_ranges:
+            raise FetchError("503 (simulated)")
+        with self.lock:
+            self.bytes_sent += end - start
+        return self.data[start:end], Info(len(self.data), self.etag, None)
+
+    def stream(self, url: str, start: int, end: int, *, urgent: bool = True, chunk_size: int = 1 << 20):
+        with self.lock:
+            self.calls.append(("stream", start, end, urgent))
+        return _Stream(self, start, end, chunk_size)
+
+    def kinds(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+def _data(n: int, seed: int = 1) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture
+def env(tmp_path: Path):
+    """(data, file, downloader, cache, reader) with a 4 MiB file and 64 KiB blocks."""
+    made = []
+
+    def make(size: int = 4 << 20, cache_dir: Path | None = None, dl: FakeDownloader | None = None, **kw):
+        data = dl.data if dl else _data(size)
+        dl = dl or FakeDownloader(data)
+        cache = BlockCache(cache_dir or tmp_path / "cache", size_limit=256 << 20, block_size=BS)
+        kw.setdefault("head_size", 256 << 10)
+        kw.setdefault("readahead", 1 << 20)
+        kw.setdefault("stream_chunk", 32 << 10)
+        reader = Reader(dl, cache, **kw)
+        made.append((reader, cache))
+        return data, RemoteFile(URL, len(data), "key-" + URL), dl, cache, reader
+
+    yield make
+    for reader, cache in made:
+        reader.close()
+        cache.close()
+
+
+def _read_all(reader: Reader, f: RemoteFile, step: int = 128 << 10) -> bytes:
+    out = bytearray()
+    off = 0
+    while off < f.size:
+        out += reader.read(f, off, step)
+        off += step
+    return bytes(out)
+
+
+def test_sequential_read_of_whole_file_is_one_stream_request(env):
+    data, f, dl, cache, reader = env(size=(4 << 20) + 12345)
+    assert _read_all(reader, f) == data
+    assert dl.kinds() == ["stream"], f"expected one stream request, got {dl.calls}"
+    assert dl.calls[0][1:3] == (0, f.size), "the stream should cover the whole file"
+    assert dl.bytes_sent == f.size
+    assert reader.read(f, f.size - 10, 100) == data[-10:]
+    assert reader.read(f, f.size, 100) == b""
+
+
+def test_warm_reread_uses_no_request(env):
+    data, f, dl, cache, reader = env()
+    _read_all(reader, f)
+    n = len(dl.calls)
+    assert _read_all(reader, f, step=100_000) == data
+    assert len(dl.calls) == n, f"re-read issued requests: {dl.calls[n:]}"
+
+
+def test_head_read_costs_one_request_and_does_not_stream_the_file(env):
+    """gdalinfo: scattered reads inside the head; the stream pauses after the head."""
+    data, f, dl, cache, reader = env(size=16 << 20, idle_timeout=0.3)
+    for off, n in [(0, 16384), (200_000, 4096), (8, 100), (150_000, 30_000), (250_000, 6_000)]:
+        assert reader.read(f, off, n) == data[off : off + n]
+    time.sleep(0.6)  # let the paused stream time out
+    assert dl.kinds() == ["stream"], dl.calls
+    # Bytes beyond the head: at most one stream chunk in flight.
+    assert dl.bytes_sent <= (256 << 10) + (32 << 10), dl.bytes_sent
+    assert dl.closed_streams == 1, "the idle stream was not closed"
+
+
+def test_release_stops_a_paused_stream(env):
+    data, f, dl, cache, reader = env(size=16 << 20, idle_timeout=30)
+    reader.read(f, 0, 4096)
+    reader.release(f)
+    deadline = time.monotonic() + 3
+    while dl.closed_streams == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert dl.closed_streams == 1, "release() did not stop the stream"
+
+
+def test_random_window_fetches_missing_blocks_coalesced(env):
+    data, f, dl, cache, reader = env()
+    off = 1_000_000  # inside block 15, spans blocks 15..18
+    assert reader.read(f, off, 200_000) == data[off : off + 200_000]
+    assert dl.calls == [("range", 15 * BS, 19 * BS, True)], dl.calls
+    # Overlapping read (blocks 16..21): only the new blocks 19..21 are fetched, as one range.
+    assert reader.read(f, off + 100_000, 300_000) == data[off + 100_000 : off + 400_000]
+    assert dl.calls[1:] == [("range", 19 * BS, 22 * BS, True)], dl.calls
+
+
+def test_same_region_read_by_8_threads_is_one_fetch(env):
+    data, f, dl, cache, reader = env()
+    dl.delay = 0.2
+    off, n = 2_000_000, 150_000
+    results: list[bytes] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def work() -> None:
+        barrier.wait()
+        try:
+            results.append(reader.read(f, off, n))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors
+    assert results == [data[off : off + n]] * 8
+    assert len(dl.calls) == 1, f"8 concurrent readers caused {len(dl.calls)} requests: {dl.calls}"
+
+
+def test_concurrent_sequential_readers_share_the_stream(env):
+    data, f, dl, cache, reader = env(size=8 << 20)
+    dl.delay = 0.001
+    step = 128 << 10
+    out: dict[int, bytes] = {}
+
+    def work(k: int) -> None:  # 4 threads take alternate pieces, like async FUSE reads
+        for off in range(k * step, f.size, 4 * step):
+            out[off] = reader.read(f, off, step)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert b"".join(out[o] for o in sorted(out)) == data
+    assert dl.kinds().count("stream") == 1, dl.calls
+    assert len(dl.calls) <= 2, f"too many requests for a sequential pass: {dl.calls}"
+
+
+def test_concurrent_pieces_of_one_large_read_are_one_request(env):
+    """The kernel splits a 600 KB pread (a COG tile row) into concurrent 128 KiB reads."""
+    data, f, dl, cache, reader = env()
+    base, piece = 2_000_000, 128 << 10
+    out: dict[int, bytes] = {}
+    barrier = threading.Barrier(5)
+
+    def work(k: int) -> None:
+        barrier.wait()
+        out[k] = reader.read(f, base + k * piece, piece)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert b"".join(out[k] for k in range(5)) == data[base : base + 5 * piece]
+    assert len(dl.calls) == 1, f"one large read cost {len(dl.calls)} requests: {dl.calls}"
+    first, last = base // BS, (base + 5 * piece - 1) // BS
+    assert dl.calls[0][1:3] == (first * BS, (last + 1) * BS), "fetched more than the touched blocks"
+
+
+def test_short_sequential_run_mid_file_does_not_open_a_stream(env):
+    data, f, dl, cache, reader = env(stream_after=1 << 20)
+    base = 2 << 20
+    for k in range(4):  # 512 KiB: a tile row, not a copy
+        reader.read(f, base + k * (128 << 10), 128 << 10)
+    assert "stream" not in dl.kinds(), dl.calls
+    for k in range(4, 16):  # the run goes on: now it is a copy
+        assert reader.read(f, base + k * (128 << 10), 128 << 10) == data[base + k * (128 << 10) : base + (k + 1) * (128 << 10)]
+    assert dl.kinds().count("stream") == 1, dl.calls
+    assert len(dl.calls) <= 10, dl.calls
+
+
+def test_cache_survives_a_new_blockcache_on_the_same_dir(env, tmp_path: Path):
+    data, f, dl, cache, reader = env()
+    _read_all(reader, f)
+    reader.close()
+    cache.close()
+    dl2 = FakeDownloader(data)
+    _, f2, dl2, cache2, reader2 = env(cache_dir=tmp_path / "cache", dl=dl2)
+    assert _read_all(reader2, f2) == data
+    assert dl2.calls == [], f"re-read after reopening the cache made requests: {dl2.calls}"
+
+
+def test_corrupt_block_on_disk_is_refetched_never_served(env, tmp_path: Path):
+    data, f, dl, cache, reader = env()
+    off = 1_500_000
+    reader.read(f, off, 100_000)
+    reader.close()
+    cache.close()
+    files = list((tmp_path / "cache").rglob("*.val"))
+    assert files, "no block files on disk"
+    for p in files:
+        raw = bytearray(p.read_bytes())
+        raw[len(raw) // 2] ^= 0x55
+        p.write_bytes(bytes(raw))
+    dl2 = FakeDownloader(data)
+    _, f2, dl2, cache2, reader2 = env(cache_dir=tmp_path / "cache", dl=dl2)
+    assert reader2.read(f2, off, 100_000) == data[off : off + 100_000]
+    assert len(dl2.calls) == 1, dl2.calls
+    # And the refetched blocks are good now.
+    assert reader2.read(f2, off, 100_000) == data[off : off + 100_000]
+    assert len(dl2.calls) == 1
+
+
+def test_fetch_failure_raises_and_caches_nothing(env):
+    data, f, dl, cache, reader = env()
+    dl.fail_ranges = True
+    with pytest.raises(FetchError):
+        reader.read(f, 1_000_000, 100_000)
+    assert cache.stats()["entries"] == 0, "a failed fetch left blocks in the cache"
+    dl.fail_ranges = False
+    assert reader.read(f, 1_000_000, 100_000) == data[1_000_000:1_100_000]
+
+
+def test_waiters_of_a_failed_fetch_get_fetcherror(env):
+    data, f, dl, cache, reader = env()
+    dl.fail_ranges, dl.delay = True, 0.2
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            reader.read(f, 1_000_000, 1000)
+        except FetchError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 4, errors
+    assert len(dl.calls) == 1, dl.calls
+
+
+def test_stream_failure_falls_back_and_caches_no_partial_block(env):
+    data, f, dl, cache, reader = env(size=2 << 20)
+    dl.stream_fail_at = 700_000  # mid-block 10
+    assert _read_all(reader, f) == data
+    assert dl.kinds()[0] == "stream"
+    assert "range" in dl.kinds(), "no fallback after the stream died"
+    for i in range(f.size // BS):
+        got = cache.get(f.key, i)
+        assert got is None or got == data[i * BS : (i + 1) * BS], f"block {i} is wrong in the cache"
+
+
+def test_etag_change_drops_old_blocks(env):
+    data, f, dl, cache, reader = env()
+    reader.read(f, 1_000_000, 10)
+    assert cache.has(f.key, 15)
+    new = _data(len(data), seed=2)
+    dl.data, dl.etag = new, "e2"
+    assert reader.read(f, 3_000_000, 10) == new[3_000_000:3_000_010]
+    assert not cache.has(f.key, 15), "blocks from the old ETag survived"
+    assert reader.read(f, 1_000_000, 10) == new[1_000_000:1_000_010]
+
+
+def test_size_mismatch_is_a_fetcherror_and_not_cached(env):
+    data, f, dl, cache, reader = env()
+    wrong = RemoteFile(f.url, f.size + 1, f.key)
+    with pytest.raises(FetchError):
+        reader.read(wrong, 1_000_000, 10)
+    assert cache.stats()["entries"] == 0
+
+
+def test_prefetch_warms_the_whole_file_non_urgently(env):
+    data, f, dl, cache, reader = env(size=(1 << 20) + 5)
+    reader.read(f, 500_000, 10)  # one block already cached
+    seen: list[int] = []
+    reader.prefetch(f, progress=seen.append)
+    assert seen and seen[-1] == f.size and seen == sorted(seen)
+    assert all(not c[3] for c in dl.calls[1:]), f"prefetch used urgent requests: {dl.calls}"
+    n = len(dl.calls)
+    assert _read_all(reader, f) == data
+    assert len(dl.calls) == n
+
+
+def test_small_file_is_one_request(env):
+    data, f, dl, cache, reader = env(size=1000)
+    assert reader.read(f, 0, 4096) == data
+    assert reader.read(f, 500, 4096) == data[500:]
+    assert len(dl.calls) == 1, dl.calls
+
+
+def test_lru_eviction_under_reader(tmp_path: Path):
+    data = _data(4 << 20)
+    dl = FakeDownloader(data)
+    cache = BlockCache(tmp_path / "small", size_limit=1 << 20, block_size=BS)
+    reader = Reader(dl, cache, head_size=BS, readahead=1 << 20, stream_chunk=32 << 10, hot_bytes=BS)
+    try:
+        f = RemoteFile(URL, len(data), "k")
+        assert _read_all(reader, f) == data
+        assert cache.stats()["size"] <= (1 << 20) + 4 * BS
+        assert _read_all(reader, f) == data  # refetches what was evicted, still correct
+    finally:
+        reader.close()
+        cache.close()
