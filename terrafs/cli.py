@@ -65,7 +65,7 @@ def _check_mountpoint(path: Path) -> None:
 
 
 def cmd_mount(args) -> int:
-    from terrafs.mount import check_auth, make_auth, make_catalogue, run
+    from terrafs.mount import check_auth, check_catalogue, make_auth, run
 
     config = _load(args, layout=args.layout, catalogue=args.catalogue)
     mountpoint = Path(args.mountpoint).expanduser().resolve()
@@ -75,11 +75,9 @@ def cmd_mount(args) -> int:
     config = _prompt_for_credentials(config)
     auth = make_auth(config)
     check_auth(auth, config)
-    try:
-        make_catalogue(config).collections()
-    except TerrafsError as exc:
-        url = config.stac_url if config.catalogue == "stac" else config.opensearch_url
-        raise TerrafsError(f"the catalogue at {url} cannot be used: {exc}") from None
+    warning = check_catalogue(config)
+    if warning:
+        print(f"terrafs: warning: {warning}", file=sys.stderr)
     if args.foreground:
         run(config, mountpoint, auth, options=args.options)
         return 0

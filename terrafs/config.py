@@ -50,6 +50,8 @@ DEFAULTS: dict[str, Any] = {
     },
     # The download service's documented limits, per IP address.
     "rate_limits": [{"requests": 80, "seconds": 10}, {"requests": 200, "seconds": 60}],
+    # Shared by every terrafs process of the user, whatever its cache folder: they share one IP address.
+    "rate_limit_state": "~/.cache/terrafs/ratelimit.state",
     "layout": "default",
     "collections": None,
     "log": {"level": "INFO", "file": "~/.cache/terrafs/terrafs.log"},
@@ -80,6 +82,7 @@ class Config:
     listing_ttl: float
     recent_listing_ttl: float
     rate_limits: tuple[tuple[int, float], ...]
+    rate_limit_state: Path
     layout: str  # "default" | "platform"
     collections: tuple[CollectionSelection, ...] | None  # None: every collection
     log_level: str
@@ -198,6 +201,7 @@ SCHEMA: dict[str, Any] = {
     "cache": {"dir": _path, "size": _positive_size, "listing_ttl": _seconds,
               "recent_listing_ttl": _seconds, "block_size": _positive_size},
     "rate_limits": "rate_limits",
+    "rate_limit_state": _path,
     "layout": _choice("default", "platform"),
     "collections": "collections",
     "log": {"level": _level, "file": _path},
@@ -528,6 +532,7 @@ def _build(
         listing_ttl=cache["listing_ttl"],
         recent_listing_ttl=cache["recent_listing_ttl"],
         rate_limits=v["rate_limits"],
+        rate_limit_state=_expand(v["rate_limit_state"], home),
         layout=v["layout"],
         collections=v["collections"],
         log_level=logv["level"],

@@ -18,13 +18,13 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from terrafs import __version__
-from terrafs.auth import BasicAuth, BearerAuth, TokenManager, load_refresh_token
+from terrafs.auth import make_auth as auth_from_values
 from terrafs.blockcache import BlockCache
 from terrafs.catalogue import Catalogue, Filter
 from terrafs.catalogue.opensearch import OpenSearchCatalogue
 from terrafs.catalogue.stac import StacCatalogue
 from terrafs.config import Config
-from terrafs.errors import AuthError
+from terrafs.errors import AuthError, CatalogueError
 from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.ratelimit import RateLimiter
@@ -62,29 +62,26 @@ def make_catalogue(config: Config, *, with_local_paths: bool = False) -> Catalog
 
 def make_auth(config: Config) -> requests.auth.AuthBase:
     """The download service's credentials; raises AuthError when there are none."""
-    if config.auth_method == "basic":
-        if not (config.username and config.password):
-            raise AuthError("auth method basic needs a username and password (TERRASCOPE_USERNAME/TERRASCOPE_PASSWORD, ~/.netrc or the config file)")
-        return BasicAuth(config.username, config.password)
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
-    refresh_token = None
-    if not (config.username and config.password):
-        refresh_token = load_refresh_token(config.refresh_token_file)
-        if refresh_token is None:
-            raise AuthError(
-                "no credentials: set TERRASCOPE_USERNAME and TERRASCOPE_PASSWORD, add the host to ~/.netrc, "
-                "or run 'terrafs login'"
-            )
-    manager = TokenManager(
-        config.token_url,
-        config.client_id,
+    has_password = bool(config.username and config.password)
+    auth = auth_from_values(
+        config.auth_method,
+        token_url=config.token_url,
+        client_id=config.client_id,
         username=config.username,
         password=config.password,
-        refresh_token=refresh_token,
+        # The refresh token kept by `terrafs login` is used (and its rotations
+        # saved) only when no password is configured.
+        refresh_token_file=None if has_password else config.refresh_token_file,
         session=session,
     )
-    return BearerAuth(manager)
+    if auth is None:
+        raise AuthError(
+            "no credentials: set TERRASCOPE_USERNAME and TERRASCOPE_PASSWORD, add the download host to ~/.netrc, "
+            "put them in the config file, or run 'terrafs login'"
+        )
+    return auth
 
 
 def check_auth(auth: requests.auth.AuthBase, config: Config) -> None:
@@ -121,6 +118,34 @@ def open_meta_cache(config: Config) -> diskcache.Cache:
     return diskcache.Cache(str(path), size_limit=256 << 20)
 
 
+def listing_store(config: Config, meta: diskcache.Cache) -> ListingStore:
+    url = config.stac_url if config.catalogue == "stac" else config.opensearch_url
+    return ListingStore(meta, f"{config.catalogue}:{url}", config.listing_ttl, config.recent_listing_ttl)
+
+
+def check_catalogue(config: Config) -> str | None:
+    """Fail fast on a catalogue that cannot be used, before anything is mounted.
+
+    Its collection list is kept for the tree. When the catalogue does not answer
+    but an earlier mount left listings in the cache, the mount goes ahead on
+    those: the returned text says so; None means all is well.
+    """
+    meta = open_meta_cache(config)
+    try:
+        store = listing_store(config, meta)
+        try:
+            collections = make_catalogue(config).collections()
+        except CatalogueError as exc:
+            url = config.stac_url if config.catalogue == "stac" else config.opensearch_url
+            if store.get_stale("collections") is None:
+                raise CatalogueError(f"the catalogue at {url} cannot be used: {exc}") from None
+            return f"the catalogue at {url} does not answer ({exc}); serving what the cache holds"
+        store.put("collections", collections, recent=False)
+        return None
+    finally:
+        meta.close()
+
+
 def open_block_cache(config: Config) -> BlockCache:
     path = config.cache_dir / "blocks"
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -128,7 +153,8 @@ def open_block_cache(config: Config) -> BlockCache:
 
 
 def make_limiter(config: Config) -> RateLimiter:
-    return RateLimiter(config.rate_limits, state_path=config.cache_dir / "ratelimit.state")
+    config.rate_limit_state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return RateLimiter(config.rate_limits, state_path=config.rate_limit_state)
 
 
 def selection_of(config: Config) -> dict[str, Filter] | None:
@@ -145,8 +171,7 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     reader = Reader(downloader, blocks, block_size=config.block_size)
     catalogue = make_catalogue(config)
     sampler = make_catalogue(config, with_local_paths=True) if config.layout == "platform" else None
-    namespace = f"{config.catalogue}:{config.stac_url if config.catalogue == 'stac' else config.opensearch_url}"
-    store = ListingStore(meta, namespace, config.listing_ttl, config.recent_listing_ttl)
+    store = listing_store(config, meta)
     tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler)
     files = Files(downloader, reader, meta)
     return Daemon(tree, files, reader, [blocks, meta])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import calendar
 import logging
+import math
 import posixpath
 import re
 import threading
@@ -48,6 +49,8 @@ class DirNode:
     children: dict[str, "Node"] | None = None  # None: not loaded yet
     loader: Callable[[], dict[str, "Node"]] | None = field(default=None, repr=False)
     product: Product | None = None  # set on product folders (for xattrs)
+    ttl: float = math.inf  # seconds a loaded listing is kept in memory
+    expires: float = math.inf  # time.monotonic() deadline of the loaded listing
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -69,7 +72,11 @@ class Placement:
 
 
 class ListingStore:
-    """Month listings kept on disk between mounts (a diskcache.Cache or None)."""
+    """Catalogue answers kept on disk between mounts (a diskcache.Cache or None).
+
+    Entries carry their own lifetime instead of a diskcache expiry, so that an
+    expired answer can still be served when the catalogue is unreachable.
+    """
 
     def __init__(self, cache, namespace: str, ttl: float, recent_ttl: float):
         self._cache = cache
@@ -77,7 +84,7 @@ class ListingStore:
         self.ttl = ttl
         self.recent_ttl = recent_ttl
 
-    def get(self, key: str):
+    def _read(self, key: str):
         if self._cache is None:
             return None
         try:
@@ -86,13 +93,42 @@ class ListingStore:
             log.warning("listing cache read failed: %s", exc)
             return None
 
+    def get(self, key: str):
+        """The stored answer while it is fresh, else None."""
+        entry = self._read(key)
+        if entry is None:
+            return None
+        stored_at, ttl, value = entry
+        return value if time.time() - stored_at < ttl else None
+
+    def get_stale(self, key: str):
+        """The stored answer however old (for when the catalogue is gone)."""
+        entry = self._read(key)
+        return None if entry is None else entry[2]
+
     def put(self, key: str, value, recent: bool) -> None:
         if self._cache is None:
             return
         try:
-            self._cache.set((self._ns, key), value, expire=self.recent_ttl if recent else self.ttl)
+            self._cache.set((self._ns, key), (time.time(), self.recent_ttl if recent else self.ttl, value))
         except Exception as exc:
             log.warning("listing cache write failed: %s", exc)
+
+    def query(self, key: str, fetch: Callable[[], object], *, recent: bool):
+        """A fresh stored answer, else fetch and store one; a stale one if fetching fails."""
+        value = self.get(key)
+        if value is not None:
+            return value
+        try:
+            value = fetch()
+        except CatalogueError as exc:
+            stale = self.get_stale(key)
+            if stale is None:
+                raise
+            log.warning("catalogue failed (%s); serving the cached listing %s", exc, key)
+            return stale
+        self.put(key, value, recent)
+        return value
 
 
 def split_path(path: str) -> list[str]:
@@ -165,23 +201,34 @@ class Tree:
 
     # ---- building ----------------------------------------------------
     def _children(self, node: DirNode) -> dict[str, Node]:
-        if node.children is not None:
+        if node.children is not None and time.monotonic() < node.expires:
             return node.children
         with node.lock:
-            if node.children is None:
-                assert node.loader is not None
+            if node.children is not None and time.monotonic() < node.expires:
+                return node.children
+            assert node.loader is not None
+            try:
                 node.children = node.loader()
+            except CatalogueError:
+                if node.children is None:
+                    raise
+                log.warning("keeping an expired listing: the catalogue failed")
+            node.expires = time.monotonic() + node.ttl
             return node.children
 
     def _root_node(self) -> DirNode:
         if self._root is None:
             with self._lock:
                 if self._root is None:
-                    self._root = DirNode(mtime=self.mount_time, loader=self._load_root)
+                    self._root = DirNode(mtime=self.mount_time, loader=self._load_root, ttl=self.store.ttl or math.inf)
         return self._root
 
+    def collections(self) -> list[Collection]:
+        """Every collection of the catalogue (kept in the store like any listing)."""
+        return self.store.query("collections", self.catalogue.collections, recent=False)
+
     def _selected_collections(self) -> list[Collection]:
-        found = self.catalogue.collections()
+        found = self.collections()
         if self.selection is None:
             return found
         by_id = {c.id: c for c in found}
@@ -208,20 +255,20 @@ class Tree:
         return out
 
     def _learn_platform_placement(self, c: Collection) -> Placement | None:
-        key = f"placement:{c.remote_id}"
-        cached = self.store.get(key)
-        if cached is not None:
-            prefix, dated = cached
-            return Placement(c, tuple(prefix), dated) if prefix else None
-        placement = platform_placement(c, self.sampler.products(c, None, None, None, limit=1))
-        value = (list(placement.prefix), placement.dated) if placement else ([], False)
-        self.store.put(key, value, recent=False)
-        if placement is None:
+        def learn():
+            found = platform_placement(c, self.sampler.products(c, None, None, None, limit=1))
+            return (list(found.prefix), found.dated) if found else ([], False)
+
+        prefix, dated = self.store.query(f"placement:{c.remote_id}", learn, recent=False)
+        if not prefix:
             log.warning("collection %s: the catalogue gives no platform path; left out of the platform layout", c.id)
-        return placement
+            return None
+        return Placement(c, tuple(prefix), dated)
 
     def _load_root(self) -> dict[str, Node]:
         # Build the folder trie of every placement's prefix.
+        with self._lock:
+            self._placements = None  # collections may have come or gone
         root: dict[str, Node] = {}
         for pl in self.placements():
             level = root
@@ -247,7 +294,7 @@ class Tree:
         mtime = _ts(pl.collection.start) or self.mount_time
         if pl.dated:
             return DirNode(mtime=mtime, loader=lambda: self._load_years(pl))
-        return DirNode(mtime=mtime, loader=lambda: self._load_flat(pl))
+        return DirNode(mtime=mtime, loader=lambda: self._load_flat(pl), ttl=self._ttl(recent=True))
 
     def _extent(self, pl: Placement) -> tuple[datetime, datetime]:
         flt = self._filter_for(pl.collection)
@@ -278,7 +325,8 @@ class Tree:
             last = first + timedelta(days=calendar.monthrange(year, m)[1]) - timedelta(microseconds=1)
             if last < start or first > end:
                 continue
-            out[f"{m:02d}"] = DirNode(mtime=_ts(first), loader=lambda m=m: self._load_days(pl, year, m))
+            out[f"{m:02d}"] = DirNode(mtime=_ts(first), loader=lambda m=m: self._load_days(pl, year, m),
+                                      ttl=self._ttl(recent=self._is_recent(last)))
         return out
 
     def _load_days(self, pl: Placement, year: int, month: int) -> dict[str, Node]:
@@ -298,12 +346,13 @@ class Tree:
         }
 
     def _load_flat(self, pl: Placement) -> dict[str, Node]:
-        key = f"flat:{pl.collection.remote_id}:{self._filter_for(pl.collection)!r}"
-        products = self.store.get(key)
-        if products is None:
-            start, end = self._extent(pl)
-            products = self.catalogue.products(pl.collection, start, end, self._filter_for(pl.collection))
-            self.store.put(key, products, recent=True)
+        flt = self._filter_for(pl.collection)
+        start, end = self._extent(pl)
+        products = self.store.query(
+            f"flat:{pl.collection.remote_id}:{flt!r}",
+            lambda: self.catalogue.products(pl.collection, start, end, flt),
+            recent=True,
+        )
         return product_folders(products)
 
     def _month_products(self, pl: Placement, year: int, month: int) -> list[Product]:
@@ -312,14 +361,19 @@ class Tree:
         start, end = self._extent(pl)
         q_start, q_end = max(first, start), min(last, end)
         flt = self._filter_for(pl.collection)
-        key = f"month:{pl.collection.remote_id}:{year:04d}-{month:02d}:{flt!r}"
-        cached = self.store.get(key)
-        if cached is not None:
-            return cached
-        products = self.catalogue.products(pl.collection, q_start, q_end, flt)
-        recent = last > self._now() - timedelta(days=3)
-        self.store.put(key, products, recent=recent)
-        return products
+        return self.store.query(
+            f"month:{pl.collection.remote_id}:{year:04d}-{month:02d}:{flt!r}",
+            lambda: self.catalogue.products(pl.collection, q_start, q_end, flt),
+            recent=self._is_recent(last),
+        )
+
+    def _is_recent(self, last: datetime) -> bool:
+        # The archive still fills the last few days (late products, reprocessing).
+        return last > self._now() - timedelta(days=3)
+
+    def _ttl(self, recent: bool) -> float:
+        ttl = self.store.recent_ttl if recent else self.store.ttl
+        return ttl if ttl > 0 else math.inf
 
 
 def product_folders(products: Iterable[Product]) -> dict[str, Node]:

@@ -33,6 +33,8 @@ def write_config(path: Path, base_url: str, cache_dir: Path, **overrides) -> Pat
             "token": f"{base_url}/auth/realms/terrascope/protocol/openid-connect/token",
         },
         "cache": {"dir": str(cache_dir), "size": "2GiB"},
+        # One limiter per test (not the user's): earlier tests' requests must not slow this one.
+        "rate_limit_state": str(path.parent.parent / "ratelimit.state"),
         "log": {"level": "DEBUG", "file": str(path.parent / "terrafs.log")},
     }
     for key, value in overrides.items():

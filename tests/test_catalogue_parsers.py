@@ -115,9 +115,8 @@ def test_opensearch_fixture_products(os_page):
     # The folder comes from the platform paths (file:// links), not the WMS URL.
     assert first.folder == "S2A_20220211T113321_29SMC_TOC_V210"
     assert json.loads(first.record)["id"] == first.id
-    # accessedFrom=MEP answer: the only http link is the WMS preview, without length.
-    assert [(f.relpath, f.size, f.role) for f in first.files] == [("WMS.png", None, "previews")]
-    assert first.files[0].href.startswith("https://services.terrascope.be/wms/v2?")
+    # accessedFrom=MEP answer: the only http link is the WMS preview, a rendering service, not a file.
+    assert first.files == ()
 
 
 def test_opensearch_fixture_every_link(os_page):
@@ -140,10 +139,10 @@ def test_opensearch_http_form_every_file_with_relpath_and_size(os_page):
     feature = _http_form(os_page["features"][0])
     p = opensearch.parse_feature(feature, "TERRASCOPE_S2_TOC_V2")
     sizes = {f.relpath: f.size for f in p.files}
-    assert len(p.files) == 20
+    assert len(p.files) == 19  # every link but the WMS preview
     assert sizes["S2A_20220211T113321_29SMC_TOC-B02_10M_V210.tif"] == 106320625
     assert sizes["S2A_20220211T113321_29SMC_TOC_QUICKLOOK_V210.tif"] == 275598
-    assert sizes["WMS.png"] is None
+    assert not any(f.href.startswith("https://services.terrascope.be/wms") for f in p.files)
     assert p.folder == "S2A_20220211T113321_29SMC_TOC_V210"
     assert all(f.local_path is None for f in p.files)
     # Pairing with the MEP answer's file:// links by base name fills local paths.

@@ -74,7 +74,8 @@ def test_300_small_files_within_the_limits_without_429(emulator_factory, mount_f
     elapsed = time.monotonic() - started
     downloads = emu.requests("download")
     assert [r for r in downloads if r["status"] == 429] == []
-    assert len(downloads) == 300
+    # reset() also revoked the mount's token: one 401 and one renewal are expected.
+    assert len([r for r in downloads if r["status"] in (200, 206)]) == 300
     # 80 per 10 s and 200 per 60 s: the 300th request can go at t = 70 s at the earliest.
     assert elapsed <= 70 * 1.10, f"300 files took {elapsed:.1f} s; the limits require 70 s"
 

@@ -41,7 +41,8 @@ def test_ls_lR_makes_no_download_get(emulator, mount_factory):
     subprocess.run(["du", "-s", str(mount.path)], capture_output=True, check=True)
     gets = [r for r in emulator.requests("download") if r["method"] != "HEAD"]
     assert gets == [], f"ls -lR made download requests: {gets[:3]}"
-    heads = [r["path"] for r in emulator.requests("download") if r["method"] == "HEAD"]
+    # (reset() revoked the mount's token: a 401 and its retry are not a repeat)
+    heads = [r["path"] for r in emulator.requests("download") if r["method"] == "HEAD" and r["status"] == 200]
     assert len(heads) == len(set(heads)), "a HEAD for a size was repeated"
 
 
@@ -58,7 +59,9 @@ def test_sizes_without_catalogue_length_cost_one_head_remembered_across_remounts
     second = mount_factory(emulator, cache_dir=cache, name="second")
     subprocess.run(["ls", "-lR", str(second.path)], capture_output=True, check=True)
     assert emulator.requests("download") == [], "sizes were not remembered across remounts"
-    assert _catalogue_requests(emulator) == [], "listings were not kept in the disk cache across remounts"
+    # The one request a mount makes is its start-up check that the catalogue answers.
+    listings = [r for r in _catalogue_requests(emulator) if not r["path"].endswith("/collections")]
+    assert listings == [], "listings were not kept in the disk cache across remounts"
 
 
 def test_day_of_1000_products_listed_in_ceil_n_over_page_requests(emulator_factory, mount_factory):

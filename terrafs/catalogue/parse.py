@@ -45,19 +45,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_NAME_BYTES = 255  # NAME_MAX on Linux filesystems
 _HTTP_SCHEMES = ("http", "https")
 
-# For links to services (a WMS GetMap with a query string) the path's base
-# name says nothing ("v2"); such a file is named after its title and type.
-_EXTENSIONS = {
-    "image/png": ".png",
-    "image/jpeg": ".jpg",
-    "image/tiff": ".tif",
-    "application/xml": ".xml",
-    "text/xml": ".xml",
-    "application/json": ".json",
-    "application/geo+json": ".geojson",
-    "application/zip": ".zip",
-    "application/x-netcdf": ".nc",
-}
 
 
 def safe_name(s: Any) -> str | None:
@@ -279,8 +266,11 @@ def _folder(links: list[Link], known: Mapping[str, str]) -> str | None:
 
 
 def _product_file(link: Link, known: Mapping[str, str]) -> ProductFile | None:
-    query = urlsplit(link.href).query
-    name = _service_name(link) if query else safe_name(link.basename)
+    if urlsplit(link.href).query:
+        # A rendering service (the WMS GetMap preview), not an archive file: it has
+        # no stable size and no Range support, so it gets no place in the tree.
+        return None
+    name = safe_name(link.basename)
     if name is None:
         return None
     lp = link.local_path or known.get(link.basename)
@@ -290,15 +280,6 @@ def _product_file(link: Link, known: Mapping[str, str]) -> ProductFile | None:
         relpath=relpath, href=link.href, size=link.size, local_path=lp,
         type=link.type, role=link.role, title=link.title,
     )
-
-
-def _service_name(link: Link) -> str | None:
-    base = safe_name(link.title) or safe_name(link.basename)
-    if base is None:
-        return None
-    media = (link.type or "").split(";")[0].strip().lower()
-    ext = _EXTENSIONS.get(media, "")
-    return base if base.lower().endswith(ext) else base + ext
 
 
 def post_filter(
