@@ -122,7 +122,10 @@ class TerraFS(fuse.Operations):
 
     @translated
     def listxattr(self, path):
-        return list(self._xattrs(path))
+        # The record is left out of the list (it stays readable by name): copy tools
+        # (cp -a, shutil.copytree, rsync -X) copy every listed attribute, and a
+        # record of many KiB does not fit in a local filesystem's xattr space.
+        return [name for name in self._xattrs(path) if name != XATTR_PREFIX + "record"]
 
     def _xattrs(self, path: str) -> dict[str, str]:
         node = self.tree.lookup(path)

@@ -77,6 +77,10 @@ class Emulator:
         self.set(reset=True)
         self._mark = len(read_log(self.log_path))
 
+    def mark(self) -> None:
+        """requests() counts from here; settings, limiter and tokens stay as they are."""
+        self._mark = len(read_log(self.log_path))
+
     def files(self, limit: int = 100, min_size: int = 0, max_size: int | None = None) -> list[dict]:
         """Served files, smallest first: [{"path", "size", "type", "name"}]."""
         params = {"limit": limit, "min_size": min_size}

@@ -107,10 +107,10 @@ def test_a_date_folder_costs_no_more_queries_than_in_the_default_layout(emulator
     default = mount_factory(emulator, name="default", cache_dir=tmp_path / "c1")
     platform = mount_factory(emulator, name="platform", layout="platform", cache_dir=tmp_path / "c2")
     os.listdir(platform.path / "MTDA/TERRASCOPE_Sentinel2")  # learning the prefixes happens first
-    emulator.reset()
+    emulator.mark()
     default_names = os.listdir(default.path / "terrascope-s2-toc-v2/2020/02/15")
     default_cost = len([r for r in emulator.requests() if r["kind"] == "stac"])
-    emulator.reset()
+    emulator.mark()
     platform_names = os.listdir(platform.path / "MTDA/TERRASCOPE_Sentinel2/TOC_V2/2020/02/15")
     platform_cost = len([r for r in emulator.requests() if r["kind"] == "stac"])
     assert sorted(platform_names) == sorted(default_names)
@@ -124,7 +124,7 @@ def test_both_layouts_at_once_share_the_cache(emulator, mount_factory, tmp_path)
     f = next((default.path / "terrascope-s2-toc-v2/2020/01/01").rglob("*B02_10M*.tif"))
     digest = sha256(f)
     other = platform.path / os.getxattr(f, "user.terrafs.platform_path").decode()[len("/data/"):]
-    emulator.reset()
+    emulator.mark()
     assert sha256(other) == digest
     assert [r for r in emulator.requests("download") if r["method"] == "GET"] == []
 

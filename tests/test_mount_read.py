@@ -53,7 +53,7 @@ def test_copied_files_equal_the_source(emulator, emulator_data, mount_factory, t
 def test_sequential_copy_uses_one_request(emulator, mount_factory, tmp_path):
     mount = mount_factory(emulator)
     f = band(mount, "B08_10M")
-    emulator.reset()
+    emulator.mark()
     shutil.copyfile(f, tmp_path / "x.tif")
     gets = data_gets(emulator, f.name)
     assert len(gets) == 1, f"cp made {len(gets)} requests: {[g['range'] for g in gets]}"
@@ -63,7 +63,7 @@ def test_sequential_copy_uses_one_request(emulator, mount_factory, tmp_path):
 def test_gdalinfo_costs_at_most_one_request(emulator, mount_factory):
     mount = mount_factory(emulator)
     f = band(mount, "B03_10M")
-    emulator.reset()
+    emulator.mark()
     out = subprocess.run(["gdalinfo", str(f)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "EPSG" in out.stdout or "UTM" in out.stdout
@@ -90,7 +90,7 @@ def test_remount_rereads_without_a_request(emulator, mount_factory, tmp_path):
     digest = sha256(f)
     rel = f.relative_to(first.path)
     first.stop()
-    emulator.reset()
+    emulator.mark()
     second = mount_factory(emulator, cache_dir=cache, name="b")
     assert sha256(second.path / rel) == digest
     assert data_gets(emulator) == [], "a remount fetched bytes it had cached"
@@ -100,7 +100,7 @@ def test_eight_readers_of_one_file_share_fetches(emulator, emulator_data, mount_
     mount = mount_factory(emulator)
     f = band(mount, "B04_10M", day="2020/01/02")
     expected = sha256(source_of(emulator_data, f))
-    emulator.reset()
+    emulator.mark()
     results: list[str] = []
     threads = [threading.Thread(target=lambda: results.append(sha256(f))) for _ in range(8)]
     for t in threads:
@@ -167,6 +167,7 @@ def test_kill_9_mid_fetch_serves_no_corrupt_byte_after(emulator, emulator_data, 
     first = mount_factory(emulator, cache_dir=cache, name="a")
     f = band(first, "B08_10M", day="2020/02/15")
     rel = f.relative_to(first.path)
+    source = source_of(emulator_data, f)
     emulator.set(bandwidth=2_000_000)  # slow, so the kill lands mid-body
     reader = subprocess.Popen(["cat", str(f)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.3)
@@ -175,4 +176,4 @@ def test_kill_9_mid_fetch_serves_no_corrupt_byte_after(emulator, emulator_data, 
     reader.wait()
     emulator.set(reset=True)
     second = mount_factory(emulator, cache_dir=cache, name="b")
-    assert sha256(second.path / rel) == sha256(source_of(emulator_data, f))
+    assert sha256(second.path / rel) == sha256(source)

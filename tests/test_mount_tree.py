@@ -35,13 +35,12 @@ def test_every_catalogue_file_at_its_path_with_its_size(emulator, emulator_data,
 
 def test_ls_lR_makes_no_download_get(emulator, mount_factory):
     mount = mount_factory(emulator)
-    emulator.reset()
+    emulator.mark()
     out = subprocess.run(["ls", "-lR", str(mount.path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     subprocess.run(["du", "-s", str(mount.path)], capture_output=True, check=True)
     gets = [r for r in emulator.requests("download") if r["method"] != "HEAD"]
     assert gets == [], f"ls -lR made download requests: {gets[:3]}"
-    # (reset() revoked the mount's token: a 401 and its retry are not a repeat)
     heads = [r["path"] for r in emulator.requests("download") if r["method"] == "HEAD" and r["status"] == 200]
     assert len(heads) == len(set(heads)), "a HEAD for a size was repeated"
 
@@ -50,12 +49,12 @@ def test_sizes_without_catalogue_length_cost_one_head_remembered_across_remounts
         emulator, mount_factory, tmp_path):
     cache = tmp_path / "shared-cache"
     first = mount_factory(emulator, cache_dir=cache, name="first")
-    emulator.reset()
+    emulator.mark()
     subprocess.run(["ls", "-lR", str(first.path)], capture_output=True, check=True)
     heads = [r for r in emulator.requests("download") if r["method"] == "HEAD"]
     assert heads, "the emulator has files without a catalogue size; expected one HEAD each"
     first.stop()
-    emulator.reset()
+    emulator.mark()
     second = mount_factory(emulator, cache_dir=cache, name="second")
     subprocess.run(["ls", "-lR", str(second.path)], capture_output=True, check=True)
     assert emulator.requests("download") == [], "sizes were not remembered across remounts"
@@ -70,13 +69,13 @@ def test_day_of_1000_products_listed_in_ceil_n_over_page_requests(emulator_facto
     emu = emulator_factory(args=["--bulk", "1000", "--rate-limit", "off"])
     mount = mount_factory(emu, collections=["terrascope-s2-ndvi-v2"])
     day = mount.path / "terrascope-s2-ndvi-v2" / "2021" / "06" / "15"
-    emu.reset()
+    emu.mark()
     names = os.listdir(day)
     assert len(names) == 1000
     searches = [r for r in _catalogue_requests(emu) if "/collections" not in r["path"] or "/items" in r["path"]]
     page = StacCatalogue.PAGE_SIZE
     assert len(searches) <= math.ceil(1000 / page), f"{len(searches)} catalogue requests for 1000 products"
-    emu.reset()
+    emu.mark()
     assert len(os.listdir(day)) == 1000
     subprocess.run(["ls", "-l", str(day)], capture_output=True, check=True)
     assert _catalogue_requests(emu) == [], "a second listing reached the catalogue"
