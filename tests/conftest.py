@@ -28,6 +28,8 @@ import requests
 
 from terrafs.emulator.app import read_log
 
+from mounting import mount_factory  # noqa: F401  (a fixture for every test module)
+
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 300.0  # the first run generates the archive
 BASE_LINE = "terrafs emulator: "

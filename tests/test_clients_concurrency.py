@@ -6,19 +6,20 @@ start together at one agreed instant so their first reads overlap.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from mounting import mount_factory  # noqa: F401  (fixture)
-from test_clients_gdal import log_mark, report
-from test_mount_read import band, sha256, source_of
+from support import band, log_mark, report, sha256, source_of
 
 READERS = 8
 DEADLINE = 120.0  # seconds for all readers together; more means a hang
-PEAK_RSS_LIMIT = 400 << 20  # bytes: the daemon must not hold what it serves in memory
+# The daemon keeps at most its hot-block set (16 MiB) plus in-flight buffers in
+# memory: what 8 readers pull through it must not show up in its RSS.
+PEAK_GROWTH_LIMIT = 128 << 20
 
 # Each reader: wait for the start instant, then hash whole files and read random
 # windows of each; print {path: [sha256, [[offset, length, sha256 of window] ...]]}.
@@ -73,7 +74,6 @@ def check(results: list[dict], emulator_data: Path) -> None:
             assert digest == sha256(src), f"wrong bytes for {path}"
             data = src.read_bytes()
             for off, n, wdigest in windows:
-                import hashlib
                 assert hashlib.sha256(data[off:off + n]).hexdigest() == wdigest, (path, off, n)
 
 
@@ -123,5 +123,5 @@ def test_eight_processes_read_whole_products_with_bounded_daemon_memory(emulator
     peak = peak_rss(mount)
     print(f"daemon-peak-rss: {peak / 2**20:.1f} MiB (before {baseline / 2**20:.1f} MiB) after "
           f"{total / 2**20:.1f} MiB read by {READERS} processes in {elapsed:.1f} s, {len(reqs)} requests")
-    assert peak < PEAK_RSS_LIMIT, f"daemon peak RSS {peak >> 20} MiB"
+    assert peak - baseline < PEAK_GROWTH_LIMIT, f"daemon peak RSS grew {(peak - baseline) >> 20} MiB"
     assert all(r["status"] in (200, 206) for r in reqs), [r["status"] for r in reqs if r["status"] not in (200, 206)]

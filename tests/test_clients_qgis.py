@@ -16,9 +16,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from mounting import mount_factory  # noqa: F401  (fixture)
-from test_clients_gdal import log_mark, report, source_copy
-from test_mount_read import band
+from support import band, log_mark, report, source_copy
 
 PROBE = Path(__file__).resolve().parent / "qgis_probe.py"
 SYSTEM_PYTHON = "/usr/bin/python3"

@@ -18,9 +18,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from mounting import mount_factory  # noqa: F401  (fixture)
-from test_clients_gdal import log_mark, report
-from test_mount_read import band, sha256, source_of
+from support import band, log_mark, report, sha256, source_of
 
 TIMEOUT = 120
 
@@ -207,3 +205,6 @@ def test_python_copy2_keeps_bytes_and_does_not_fail_on_xattrs(emulator, emulator
     dest = Path(shutil.copy2(f, tmp_path / f.name))
     assert sha256(dest) == sha256(source_of(emulator_data, f))
     assert stat.S_IMODE(dest.stat().st_mode) == 0o444
+    tree = Path(shutil.copytree(f.parent, tmp_path / "tree"))  # the product directory's xattrs too
+    assert sorted(p.name for p in tree.iterdir()) == sorted(served_files(emulator_data, f.parent))
+    assert os.getxattr(f, "user.terrafs.record"), "the record must stay readable by name"

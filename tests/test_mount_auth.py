@@ -8,9 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
-from mounting import credentials_env, mount_factory, write_config  # noqa: F401  (fixture)
+from mounting import credentials_env, write_config
 
 SECRET_USER = "alice"
 SECRET_PASSWORD = "Pa55-w0rd-that-must-not-leak"

@@ -11,7 +11,6 @@ import pytest
 import requests
 
 from expected import platform_tree, walk
-from mounting import mount_factory  # noqa: F401  (fixture)
 
 
 def sha256(path) -> str:

@@ -1,42 +1,23 @@
 """Reading file bytes through the mount: correctness, request economy, faults, cache."""
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 from rasterio.windows import Window
 
-from mounting import mount_factory  # noqa: F401  (fixture)
-
-
-def source_of(emulator_data: Path, mounted: Path) -> Path:
-    platform = os.getxattr(mounted, "user.terrafs.platform_path").decode()
-    return emulator_data / "small" / platform[len("/data/MTDA/"):]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+from support import band, sha256, source_of
 
 
 def data_gets(emulator, url_path: str | None = None) -> list[dict]:
     return [r for r in emulator.requests("download") if r["method"] == "GET"
             and (url_path is None or r["path"].endswith(url_path))]
-
-
-def band(mount, name="B04_10M", day="2020/01/01") -> Path:
-    return next((mount.path / "terrascope-s2-toc-v2" / day).rglob(f"*{name}*.tif"))
 
 
 def test_copied_files_equal_the_source(emulator, emulator_data, mount_factory, tmp_path):

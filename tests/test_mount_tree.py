@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from expected import default_tree, walk
-from mounting import credentials_env, mount_factory, write_config  # noqa: F401  (fixture)
+from mounting import credentials_env, write_config
 
 CATALOGUE_KINDS = ("stac", "opensearch")
 

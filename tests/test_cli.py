@@ -1,0 +1,110 @@
+"""The command line: version, cache, prefetch, login (device flow), no-password mounts."""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+from mounting import credentials_env, write_config
+
+
+def terrafs(*args, env=None, timeout=120, **kw):
+    return subprocess.run([sys.executable, "-m", "terrafs", *args], capture_output=True, text=True,
+                          env=env or credentials_env(), timeout=timeout, **kw)
+
+
+def test_version():
+    from terrafs import __version__
+
+    out = terrafs("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"terrafs {__version__}"
+
+
+def test_cache_stats_prefetch_and_clear(emulator, mount_factory):
+    mount = mount_factory(emulator)
+    product = next((mount.path / "terrascope-s2-toc-v2/2020/01/02").iterdir())
+    total = sum(f.stat().st_size for f in product.iterdir() if f.is_file())
+    out = terrafs("prefetch", "--config", str(mount.config), str(product))
+    assert out.returncode == 0, out.stderr
+    assert "prefetched" in out.stdout
+    emulator.mark()
+    for f in product.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                fh.read()
+    gets = [r for r in emulator.requests("download") if r["method"] == "GET"]
+    assert gets == [], "reads after prefetch still reached the server"
+    stats = terrafs("cache", "stats", "--config", str(mount.config))
+    assert stats.returncode == 0, stats.stderr
+    size = re.search(r"size:\s+([\d.]+) (\w+)", stats.stdout)
+    assert size and float(size.group(1)) > 0, stats.stdout
+    assert re.search(r"hit rate:\s+[\d.]+%", stats.stdout)
+    assert total > 0
+    mount.stop()
+    cleared = terrafs("cache", "clear", "--config", str(mount.config))
+    assert cleared.returncode == 0, cleared.stderr
+    after = terrafs("cache", "stats", "--config", str(mount.config))
+    assert re.search(r"blocks:\s+0\b", after.stdout), after.stdout
+
+
+def test_prefetch_refuses_paths_outside_a_mount(tmp_path):
+    (tmp_path / "plain.txt").write_text("x")
+    config = write_config(tmp_path / "config.yaml", "http://127.0.0.1:9", tmp_path / "cache")
+    out = terrafs("prefetch", "--config", str(config), str(tmp_path / "plain.txt"))
+    assert out.returncode != 0 and "not a file of a terrafs mount" in out.stderr
+
+
+def test_login_keeps_only_a_refresh_token_and_a_mount_needs_no_password(emulator, mount_factory, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    config = write_config(tmp_path / "config.yaml", emulator.base_url, tmp_path / "cache")
+    env = credentials_env()
+    for key in ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD"):
+        env.pop(key)
+    env["HOME"] = str(home)
+    emulator.set(device_interval=0.2)
+    proc = subprocess.Popen([sys.executable, "-m", "terrafs", "login", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    shown = []
+
+    def read_output():
+        for line in proc.stdout:
+            shown.append(line)
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
+    code = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and code is None:
+        code = next((m.group(1) for line in shown for m in [re.search(r"\b([A-Z0-9]{4}-[A-Z0-9]{4})\b", line)] if m),
+                    None)
+        time.sleep(0.1)
+    assert code, f"no user code shown: {shown}"
+    emulator.approve_device(code)
+    assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    token_file = home / ".config/terrafs/refresh-token"
+    assert token_file.exists()
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    # The mount runs with no password at all.
+    mount = mount_factory(emulator, env=env)
+    f = next(mount.path.rglob("*B02_10M*.tif"))
+    with open(f, "rb") as fh:
+        assert len(fh.read()) == f.stat().st_size
+    assert "demo" not in " ".join(open(f"/proc/{mount.proc.pid}/cmdline").read().split("\0"))
+
+
+def test_no_credentials_at_all_is_one_clear_line(emulator, tmp_path):
+    config = write_config(tmp_path / "config.yaml", emulator.base_url, tmp_path / "cache")
+    env = credentials_env()
+    for key in ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD"):
+        env.pop(key)
+    env["HOME"] = str(tmp_path)
+    (tmp_path / "mnt").mkdir()
+    out = terrafs("mount", "--config", str(config), str(tmp_path / "mnt"), env=env)
+    assert out.returncode != 0
+    assert len(out.stderr.strip().splitlines()) == 1 and "no credentials" in out.stderr, out.stderr
+    assert not os.path.ismount(tmp_path / "mnt")
