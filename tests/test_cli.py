@@ -108,3 +108,33 @@ def test_no_credentials_at_all_is_one_clear_line(emulator, tmp_path):
     assert out.returncode != 0
     assert len(out.stderr.strip().splitlines()) == 1 and "no credentials" in out.stderr, out.stderr
     assert not os.path.ismount(tmp_path / "mnt")
+
+
+def test_prompt_on_a_terminal_does_not_echo_the_password(emulator, tmp_path):
+    secret = "typed-Pa55word-not-echoed"
+    emulator.set(users={"demo": "demo", "bob": secret})
+    config = write_config(tmp_path / "config.yaml", emulator.base_url, tmp_path / "cache")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = credentials_env()
+    for key in ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD"):
+        env.pop(key)
+    env["HOME"] = str(tmp_path)
+    # `script` gives the command a terminal and passes our stdin to it.
+    command = f"{sys.executable} -m terrafs mount --config {config} {mnt}"
+    proc = subprocess.Popen(["script", "-qec", command, "/dev/null"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        time.sleep(1.5)
+        proc.stdin.write(b"bob\n")
+        proc.stdin.flush()
+        time.sleep(0.5)
+        proc.stdin.write(secret.encode() + b"\n")
+        proc.stdin.flush()
+        transcript = proc.communicate(timeout=60)[0].decode(errors="replace")
+        assert proc.returncode == 0, transcript
+        assert os.path.ismount(mnt), transcript
+        assert "password" in transcript.lower()
+        assert secret not in transcript
+    finally:
+        terrafs("umount", str(mnt))
