@@ -18,7 +18,6 @@ import requests
 
 from terrafs.catalogue.model import Collection, Filter, Product
 from terrafs.catalogue.parse import (
-    CatalogueHTTPError,
     JsonRequester,
     Link,
     ProductSelection,
@@ -26,7 +25,7 @@ from terrafs.catalogue.parse import (
     build_product,
     format_datetime,
     local_path,
-    may_be_page_size,
+    first_page,
     parse_datetime,
     parse_interval,
     parse_size,
@@ -40,8 +39,7 @@ from terrafs.catalogue.parse import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 1000  # the real maximum is unknown; see FALLBACK_PAGE_SIZE
-FALLBACK_PAGE_SIZE = 100  # the documented default page size, known to work
+DEFAULT_PAGE_SIZE = 1000  # the real maximum is unknown; see parse.first_page
 LINK_GROUPS = ("data", "related", "previews", "alternates", "alternate")
 
 
@@ -121,18 +119,16 @@ class OpenSearchCatalogue:
 
         def first() -> Any:
             nonlocal size
-            query = dict(params, startIndex=1, count=size)
-            seen.first_time(url, query)
-            try:
+
+            def ask(n: int) -> Any:
+                query = dict(params, startIndex=1, count=n)
+                seen.first_time(url, query)
                 return fetch(url, query)
-            except CatalogueHTTPError as e:
-                if not may_be_page_size(e.status) or size <= FALLBACK_PAGE_SIZE:
-                    raise
-                log.info("OpenSearch refused count=%d (HTTP %d); using %d from now on",
-                         size, e.status, FALLBACK_PAGE_SIZE)
-                size = self._page_size = FALLBACK_PAGE_SIZE
-                query = dict(params, startIndex=1, count=size)
-                return fetch(url, query)
+
+            page, used = first_page(ask, size, what)
+            if used != size:
+                size = self._page_size = used
+            return page
 
         def next_page(page: Any) -> Any | None:
             href = _next_href(page)

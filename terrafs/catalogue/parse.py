@@ -399,6 +399,24 @@ class CatalogueHTTPError(CatalogueError):
         self.status = status
 
 
+FALLBACK_PAGE_SIZE = 100  # the services' documented default page size: known to work
+
+
+def first_page(fetch: Callable[[int], Any], size: int, what: str) -> tuple[Any, int]:
+    """The first page of a walk asked with `size`, and the page size that worked.
+
+    A service that refuses a large page gets one more try with FALLBACK_PAGE_SIZE.
+    """
+    try:
+        return fetch(size), size
+    except CatalogueHTTPError as e:
+        if not may_be_page_size(e.status) or size <= FALLBACK_PAGE_SIZE:
+            raise
+        log.info("%s: a page of %d was refused (HTTP %d); using %d from now on",
+                 what, size, e.status, FALLBACK_PAGE_SIZE)
+        return fetch(FALLBACK_PAGE_SIZE), FALLBACK_PAGE_SIZE
+
+
 def may_be_page_size(status: int) -> bool:
     """Whether an error status may be the service refusing our page size.
 

@@ -26,7 +26,7 @@ from terrafs.catalogue.parse import (
     build_product,
     format_datetime,
     local_path,
-    may_be_page_size,
+    first_page,
     parse_datetime,
     parse_size,
     properties_of,
@@ -41,7 +41,6 @@ from terrafs.errors import CatalogueError
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 1000
-FALLBACK_PAGE_SIZE = 100
 # Elasticsearch's default cap on counted hits: a numberMatched of exactly this
 # may mean "at least", so it must not stop the walk.
 _CAPPED_COUNT = 10000
@@ -114,15 +113,15 @@ class StacCatalogue:
         state = _Walk(size=size)
 
         def first() -> Any:
-            try:
+            def ask(n: int) -> Any:
+                state.size = n
                 return self._first_search(collection, start, end, flt, state)
-            except CatalogueHTTPError as e:
-                if not may_be_page_size(e.status) or state.size <= FALLBACK_PAGE_SIZE:
-                    raise
-                log.info("STAC refused limit=%d (HTTP %d); using %d from now on",
-                         state.size, e.status, FALLBACK_PAGE_SIZE)
-                state.size = self._page_size = FALLBACK_PAGE_SIZE
-                return self._first_search(collection, start, end, flt, state)
+
+            asked = state.size
+            page, used = first_page(ask, asked, f"STAC items of {collection.remote_id}")
+            if used != asked:
+                self._page_size = used
+            return page
 
         def next_page(page: Any) -> Any | None:
             feats = page.get("features") or []
