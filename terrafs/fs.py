@@ -73,6 +73,11 @@ class TerraFS(fuse.Operations):
 
     # ---- life cycle --------------------------------------------------
     def init_with_config(self, conn_info, config_3) -> None:
+        # conn_info.max_readahead stays at the kernel's value: it can only be
+        # lowered here. Measured (kernel 6.18, libfuse 3.14): cat/cp already get
+        # 256 KiB reads, rsync 128 KiB, about 2 GB/s through mfusepy; raising
+        # the bdi's read_ahead_kb to 1 MiB (root only) gained ~10% on a cold
+        # copy but doubled what the kernel reads past each COG tile.
         if config_3 is not None:
             config_3.kernel_cache = 1
             config_3.entry_timeout = CACHE_TIMEOUT

@@ -3,18 +3,30 @@
 Requests are the scarce resource (the download service allows 80 per 10 s and
 200 per 60 s per IP), so the policy spends them carefully:
 
-* The first read of block 0 opens ONE streaming request from 0 to the end of
-  the file. It always fills the head (`head_size`, enough for every IFD of a
-  COG, so `gdalinfo` costs one request) and goes further only while a program
-  reads sequentially behind it (so `cp` costs one request too). If nobody
-  follows, it pauses, and closes after `idle_timeout` or on release().
+* A first read at offset 0 of `bulk_read` bytes or more is a copy program's
+  (the kernel turns cp's, cat's and rsync's big reads into 128-256 KiB reads):
+  it opens ONE streaming request from 0 to the end of the file, which goes on
+  only while the program reads behind it (flow control, up to `readahead`
+  ahead). If nobody follows, it pauses and closes after `idle_timeout` or on
+  release().
+* A smaller first read at 0 is a format probe (GDAL reads 16 KiB): one bounded
+  request for the head (`head_size`, where a COG keeps its IFDs), so gdalinfo
+  costs one request and no open-ended stream pushes megabytes into socket
+  buffers that nobody reads.
 * A sequential run that reaches uncached blocks without a live stream starts
   a new stream from there to the end of the file.
-* Any other read fetches exactly the missing blocks it touches, adjacent ones
-  coalesced into one ranged request; blocks are the cache's block size, so the
-  cache's block size is also the random-access granularity.
+* Any other read fetches the missing blocks it touches plus those of the next
+  `random_ahead` bytes (what the kernel's own readahead asks for next, so a
+  COG tile costs one request, not two); adjacent blocks are coalesced into one
+  ranged request. Blocks are the cache's block size, so that is also the
+  random-access granularity.
 * Concurrent readers of a block share one fetch (in-flight table), and readers
   of blocks a stream is about to deliver wait for it instead of asking again.
+
+Fetched blocks are served from RAM at once and written to the disk cache
+behind, on one writer thread that yields to readers (a cold copy is not slowed
+by cache writes); flush()/close() wait for it. A sequential re-read from the
+disk cache is loaded ahead into RAM by two loader threads.
 
 Blocks are cached only when complete and from a response whose size and
 identity (ETag / Last-Modified) were checked. This module must not import FUSE
@@ -24,6 +36,7 @@ to a BlockCache.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -36,6 +49,8 @@ from terrafs.errors import FetchError
 log = logging.getLogger(__name__)
 
 _WAIT_LIMIT = 600.0  # seconds a reader waits on another thread's fetch before giving up
+_WRITE_DEFER = 0.05  # cache writes wait while a read came within this many seconds
+_WRITE_MAX_DEFER = 2.0  # ... but no block waits longer than this
 
 
 @dataclass(frozen=True)
@@ -103,7 +118,9 @@ class _FileState:
 class Reader:
     """Serves reads of remote files from the block cache, fetching what is missing.
 
-    Thread-safe; read() is called from many FUSE threads at once.
+    Thread-safe; read() is called from many FUSE threads at once. Memory:
+    up to `hot_bytes` of recent blocks plus `write_queue` of blocks not yet on
+    disk (the same objects while both hold them).
     """
 
     def __init__(
@@ -113,13 +130,17 @@ class Reader:
         *,
         block_size: int | None = None,
         head_size: int = 1 << 20,
-        readahead: int = 32 << 20,
+        readahead: int = 64 << 20,
         max_workers: int = 4,
         idle_timeout: float = 2.0,
-        hot_bytes: int = 16 << 20,
+        hot_bytes: int = 64 << 20,
         stream_chunk: int = 1 << 20,
         stream_after: int = 2 << 20,
         plug: float = 0.003,
+        write_queue: int = 192 << 20,
+        bulk_read: int = 64 << 10,
+        random_ahead: int = 512 << 10,
+        disk_ahead: int = 8 << 20,
     ):
         bs = cache.block_size if block_size is None else block_size
         if bs != cache.block_size:
@@ -135,6 +156,9 @@ class Reader:
         # A sequential run away from the head opens a stream only once it is this
         # long: shorter runs (a COG tile row) are cheaper as one ranged request.
         self.stream_after = stream_after
+        # A first read at offset 0 at least this big is a copy program's.
+        self.bulk_read = bulk_read
+        self.random_ahead = random_ahead
         # How long a ranged fetch waits for concurrent readers to join its batch.
         self.plug = plug
         self._batches: dict[str, _Fetch] = {}  # open batch per file key
@@ -152,6 +176,29 @@ class Reader:
         self._hot_bytes = 0
         self._hot_limit = hot_bytes
         self._closed = False
+        # Blocks go to disk on a writer thread, off the read path: a diskcache
+        # set costs ~0.5 ms per MiB (file + SQLite row), as long as serving it.
+        # Until written they are served from `_pending`, never fetched again.
+        # The queue bounds the RAM this takes (a cold copy of a 200 MB band
+        # holds most of it until the copy ends).
+        self._pending: dict[tuple[str, int], bytes] = {}
+        self._writes: queue.Queue = queue.Queue(maxsize=max(4, write_queue // bs))
+        self._write_lock = threading.Lock()  # held while a block goes to disk
+        self._last_read = 0.0  # monotonic time of the last read() (unlocked: a hint)
+        self._flushing = 0
+        self._writer = threading.Thread(target=self._write_loop, name="terrafs-cache-writer", daemon=True)
+        self._writer.start()
+        # Disk read-ahead for sequential re-reads: blocks come from the cache
+        # into RAM ahead of the reader, two at a time, as the kernel does for
+        # a local file. A reader needing a block being loaded waits for it.
+        self.disk_ahead = max(0, disk_ahead)
+        self._loading: dict[tuple[str, int], threading.Event] = {}
+        self._loads: queue.Queue = queue.Queue()
+        self._loaders = [
+            threading.Thread(target=self._load_loop, name="terrafs-cache-loader", daemon=True) for _ in range(2)
+        ]
+        for t in self._loaders:
+            t.start()
 
     # -- public ---------------------------------------------------------------
 
@@ -164,11 +211,12 @@ class Reader:
             return b""
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
+        self._last_read = time.monotonic()
         with self._lock:
             if self._closed:
                 raise FetchError("reader is closed")
-            self._note_access(f, offset, end, first)
-        blocks = self._blocks(f, first, last)
+            fetch_to = self._note_access(f, offset, end, first)
+        blocks = self._blocks(f, first, last, (min(fetch_to, f.size) - 1) // bs)
         if first == last:
             return blocks[first][offset - first * bs : end - first * bs]
         parts = [blocks[first][offset - first * bs :]]
@@ -186,14 +234,14 @@ class Reader:
         done = 0
         i = 0
         while i < nblocks:
-            if self._cache.has(f.key, i):
+            if self._cached(f, i):
                 done += self._block_len(f, i)
                 i += 1
                 if progress:
                     progress(done)
                 continue
             j = i
-            while j < nblocks and not self._cache.has(f.key, j):
+            while j < nblocks and not self._cached(f, j):
                 j += 1
             stream = _Stream(f, i * bs, min(j * bs, f.size), allowed_end=f.size, urgent=False)
             base = done
@@ -207,6 +255,7 @@ class Reader:
                 raise FetchError(f"prefetch of {f.url} stopped at byte {stream.pos}: {stream.error}")
             done += stream.end - stream.start
             i = j
+        self.flush()
 
     def release(self, f: RemoteFile) -> None:
         """All openers closed f: stop its stream and forget its access pattern."""
@@ -227,11 +276,32 @@ class Reader:
         for st in streams:
             if st.thread is not None:
                 st.thread.join(timeout=10)
+        self.flush()
+        self._writes.put(None)
+        self._writer.join(timeout=60)
+        for t in self._loaders:
+            self._loads.put(None)
+        for t in self._loaders:
+            t.join(timeout=10)
+
+    def flush(self) -> None:
+        """Wait until every block fetched so far is in the disk cache."""
+        with self._lock:
+            self._flushing += 1
+        try:
+            self._writes.join()
+        finally:
+            with self._lock:
+                self._flushing -= 1
 
     # -- access pattern and streams --------------------------------------------
 
-    def _note_access(self, f: RemoteFile, offset: int, end: int, first: int) -> None:
-        """Track sequential runs and start or extend a stream (caller holds the lock)."""
+    def _note_access(self, f: RemoteFile, offset: int, end: int, first: int) -> int:
+        """Track sequential runs and start or extend a stream (caller holds the lock).
+
+        Returns how far a fetch for this read, should it need one, goes: the
+        bytes of the read and the next ones the program will likely ask for.
+        """
         bs = self.block_size
         state = self._files.get(f.key)
         if state is None:
@@ -247,19 +317,37 @@ class Reader:
         state.last_end = end
         sequential = state.run_reads >= 2
         st = state.stream
-        if st is not None and st.alive and not st.stop:
+        live = st is not None and st.alive and not st.stop
+        if sequential and self.disk_ahead and not live:
+            self._schedule_disk_ahead(f, (end - 1) // bs + 1)
+        if live:
             if sequential and st.start <= state.seq_end <= st.end:
                 ahead = min(self.readahead, max(state.seq_end - state.run_start, 2 * bs))
                 st.allowed_end = max(st.allowed_end, min(st.end, state.seq_end + ahead))
                 self._cond.notify_all()
-            return
+            return end
         if first == 0 and not self._cached(f, 0):
-            # The head: one request for the metadata of a COG and, if the
-            # program keeps reading, for the whole file.
-            self._start_stream(state, f, 0, min(f.size, self.head_size))
-        elif sequential and state.seq_end - state.run_start >= self.stream_after and not self._cached(f, first):
+            if end - offset >= self.bulk_read:
+                # A copy program: the kernel turns its big reads into reads
+                # of >= 128 KiB. One request for the whole file; it also
+                # fills the head, so a COG reader that shows up is served too.
+                self._start_stream(state, f, 0, min(f.size, self.head_size))
+                return end
+            # A format probe (GDAL reads 16 KiB): one bounded request for the
+            # head, where a COG keeps every IFD. No open-ended stream whose
+            # socket buffers would carry megabytes nobody reads.
+            return max(end, self.head_size)
+        if sequential and state.seq_end - state.run_start >= self.stream_after and not self._cached(f, first):
             ahead = min(self.readahead, max(state.seq_end - state.run_start, 2 * bs))
             self._start_stream(state, f, first * bs, min(f.size, state.seq_end + ahead))
+            return end
+        if sequential:
+            # A short run (a tile row split by the kernel): the kernel's own
+            # readahead already grows its reads; a longer run gets a stream.
+            return end
+        # A random read: also what the kernel's own readahead will ask for
+        # next (up to 2 x 128 KiB beyond the pages asked now), in the same request.
+        return end + self.random_ahead
 
     def _start_stream(self, state: _FileState, f: RemoteFile, start: int, allowed_end: int) -> None:
         live = [s for s in self._streams if s.alive]
@@ -298,6 +386,18 @@ class Reader:
                     if info is not None:
                         self._check_identity(f, info)
                     checked = True
+                if not buf and len(chunk) == min(bs, st.end - pos) and pos % bs == 0:
+                    # The usual case (chunk size = block size): no copy.
+                    self._store(f, pos // bs, bytes(chunk))
+                    pos += len(chunk)
+                    with self._lock:
+                        st.pos = pos
+                        self._cond.notify_all()
+                    if on_block:
+                        on_block(pos)
+                    if pos >= st.end or not self._wait_allowed(st, pos):
+                        break
+                    continue
                 buf += chunk
                 while buf and (len(buf) >= bs or pos + len(buf) >= st.end):
                     n = min(bs, st.end - pos)
@@ -347,19 +447,25 @@ class Reader:
 
     # -- blocks ---------------------------------------------------------------
 
-    def _blocks(self, f: RemoteFile, first: int, last: int) -> dict[int, bytes]:
-        """Blocks first..last of f, from RAM, disk, a stream or new fetches."""
+    def _blocks(self, f: RemoteFile, first: int, last: int, fetch_last: int) -> dict[int, bytes]:
+        """Blocks first..last of f, from RAM, disk, a stream or new fetches.
+
+        A fetch this read leads also brings the missing blocks up to
+        fetch_last, in the same request; the read does not wait for others'.
+        """
         got: dict[int, bytes] = {}
         for i in range(first, last + 1):
             data = self._cached_data(f, i)
             if data is not None:
                 got[i] = data
         deadline = time.monotonic() + _WAIT_LIMIT
+        extra = [i for i in range(last + 1, fetch_last + 1) if not self._cached(f, i)]
         while True:
             missing = [i for i in range(first, last + 1) if i not in got]
             if not missing:
                 break
-            lead, theirs, stream = self._claim(f, missing)
+            lead, theirs, stream = self._claim(f, missing, extra)
+            extra = []
             if lead is not None:
                 got.update(self._fetch_batch(f, lead))
             for i, fetch in theirs.items():
@@ -373,8 +479,14 @@ class Reader:
                 self._wait_stream(f, stream, got, deadline)
         return got
 
-    def _claim(self, f: RemoteFile, missing: list[int]) -> tuple[_Fetch | None, dict[int, _Fetch], list[int]]:
-        """Split missing blocks into: a batch I lead, fetches to wait on, the stream to wait on."""
+    def _claim(
+        self, f: RemoteFile, missing: list[int], extra: list[int] = ()
+    ) -> tuple[_Fetch | None, dict[int, _Fetch], list[int]]:
+        """Split missing blocks into: a batch I lead, fetches to wait on, the stream to wait on.
+
+        `extra` blocks join the batch only if this read fetches anyway and
+        nobody brings them yet; nobody waits for them.
+        """
         mine: list[int] = []
         theirs: dict[int, _Fetch] = {}
         stream: list[int] = []
@@ -386,7 +498,7 @@ class Reader:
                 fetch = self._inflight.get((f.key, i))
                 if fetch is not None:
                     theirs[i] = fetch
-                elif (f.key, i) in self._hot:
+                elif (f.key, i) in self._hot or (f.key, i) in self._pending:
                     stream.append(i)  # arrived meanwhile: picked up by _wait_stream
                 elif (
                     st is not None
@@ -410,6 +522,14 @@ class Reader:
                     self._inflight[(f.key, i)] = batch
                     if lead is None:
                         theirs[i] = batch
+                for i in extra:
+                    key = (f.key, i)
+                    if key in self._inflight or key in self._hot or key in self._pending:
+                        continue
+                    if st is not None and st.alive and not st.stop and st.start <= i * bs < st.end:
+                        continue
+                    batch.wanted.add(i)
+                    self._inflight[key] = batch
             if stream:
                 self._cond.notify_all()
         return lead, theirs, stream
@@ -490,7 +610,11 @@ class Reader:
         old = self._cache.get_meta(meta_key)
         if old is not None and tuple(old) != ident:
             log.info("%s changed remotely: dropping its cached blocks", f.url)
-            self._cache.drop_file(f.key)
+            with self._write_lock:
+                with self._lock:
+                    for k in [k for k in self._pending if k[0] == f.key]:
+                        del self._pending[k]
+                self._cache.drop_file(f.key)
             with self._lock:
                 for k in [k for k in self._hot if k[0] == f.key]:
                     self._hot_bytes -= len(self._hot.pop(k))
@@ -500,14 +624,95 @@ class Reader:
     def _store(self, f: RemoteFile, i: int, data: bytes) -> None:
         if len(data) != self._block_len(f, i):
             raise FetchError(f"block {i} of {f.url} is {len(data)} bytes, expected {self._block_len(f, i)}")
-        self._cache.put(f.key, i, data, expected_len=len(data))
         self._remember(f.key, i, data)
+        with self._lock:
+            self._pending[(f.key, i)] = data
+        self._writes.put((f.key, i, data, time.monotonic()))
+
+    def _yield_to_readers(self, queued: float) -> None:
+        """Hold a disk write back while programs are reading and the queue has room.
+
+        A block write costs about as much CPU as serving the block; on a busy
+        2-core machine it slowed a cold `cat` by a third. Writes catch up when
+        reads pause, the queue is three quarters full, the block has waited
+        _WRITE_MAX_DEFER seconds, or on flush/close.
+        """
+        high = self._writes.maxsize * 3 // 4
+        while (
+            not self._closed
+            and not self._flushing
+            and self._writes.qsize() < high
+            and time.monotonic() - self._last_read < _WRITE_DEFER
+            and time.monotonic() - queued < _WRITE_MAX_DEFER
+        ):
+            time.sleep(_WRITE_DEFER / 2)
+
+    def _schedule_disk_ahead(self, f: RemoteFile, start: int) -> None:
+        """Queue blocks [start, start + disk_ahead) for loading into RAM (caller holds the lock)."""
+        bs = self.block_size
+        for i in range(start, min(self._nblocks(f), start + max(1, self.disk_ahead // bs))):
+            key = (f.key, i)
+            if key in self._hot or key in self._pending or key in self._loading or key in self._inflight:
+                continue
+            self._loading[key] = threading.Event()
+            self._loads.put((f, i))
+
+    def _load_loop(self) -> None:
+        while True:
+            item = self._loads.get()
+            if item is None:
+                return
+            f, i = item
+            try:
+                data = self._cache.get(f.key, i)  # None if absent: then a fetch brings it
+                if data is not None and len(data) == self._block_len(f, i):
+                    self._remember(f.key, i, data)
+            except Exception:  # read-ahead is an optimisation: the reader retries itself
+                log.exception("loading block %d of %s from the cache failed", i, f.url)
+            finally:
+                with self._lock:
+                    event = self._loading.pop((f.key, i), None)
+                if event is not None:
+                    event.set()
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._writes.get()
+            try:
+                if item is None:
+                    return
+                key, i, data, queued = item
+                self._yield_to_readers(queued)
+                with self._write_lock:
+                    with self._lock:
+                        current = self._pending.get((key, i)) is data
+                    if current:
+                        self._cache.put(key, i, data, expected_len=len(data))
+                    with self._lock:
+                        if self._pending.get((key, i)) is data:
+                            del self._pending[(key, i)]
+            except Exception:  # the cache is an optimisation: a failed write costs a refetch later
+                log.exception("writing a block to the cache failed")
+                with self._lock:
+                    if item is not None:
+                        self._pending.pop((item[0], item[1]), None)
+            finally:
+                self._writes.task_done()
 
     def _cached_data(self, f: RemoteFile, i: int) -> bytes | None:
         with self._lock:
             data = self._hot.get((f.key, i))
             if data is not None:
                 self._hot.move_to_end((f.key, i))
+                return data
+            data = self._pending.get((f.key, i))
+            if data is not None:
+                return data
+            loading = self._loading.get((f.key, i))
+        if loading is not None and loading.wait(_WAIT_LIMIT):
+            with self._lock:
+                data = self._hot.get((f.key, i))
+            if data is not None:
                 return data
         data = self._cache.get(f.key, i)
         if data is None:
@@ -520,7 +725,7 @@ class Reader:
 
     def _cached(self, f: RemoteFile, i: int) -> bool:
         """Cheap presence test (caller may hold the lock)."""
-        return (f.key, i) in self._hot or self._cache.has(f.key, i)
+        return (f.key, i) in self._hot or (f.key, i) in self._pending or self._cache.has(f.key, i)
 
     def _remember(self, key: str, i: int, data: bytes) -> None:
         with self._lock:

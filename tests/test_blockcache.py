@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -96,7 +97,8 @@ def test_truncated_block_file_is_dropped(tmp_path: Path):
 
 def test_size_limit_evicts_least_recently_used(tmp_path: Path):
     limit = 2 << 20
-    c = BlockCache(tmp_path / "c", size_limit=limit, block_size=BS)
+    # touch_after=0: every get counts as a use (by default only one per hour does).
+    c = BlockCache(tmp_path / "c", size_limit=limit, block_size=BS, touch_after=0)
     try:
         for i in range(100):  # 6.25 MiB through a 2 MiB cache
             c.put("f", i, _block(i))
@@ -134,3 +136,36 @@ def test_cache_directory_is_private(tmp_path: Path):
     c = BlockCache(tmp_path / "priv", size_limit=1 << 20, block_size=BS)
     c.close()
     assert os.stat(tmp_path / "priv").st_mode & 0o077 == 0
+
+
+def test_each_block_is_one_file_one_directory_deep(tmp_path: Path):
+    """Blocks are stored as files under 256 directories (not one new directory per block)."""
+    cache = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=64 << 10)
+    data = bytes(range(256)) * 256  # binary with newlines: stored in one write, not line by line
+    for i in range(40):
+        cache.put("f", i, data)
+    files = [p for p in (tmp_path / "c" / "blocks").rglob("*.val")]
+    assert len(files) == 40
+    assert all(p.parent.parent == tmp_path / "c" / "blocks" for p in files), files[:3]
+    assert all(p.stat().st_size == len(data) for p in files)
+    assert cache.get("f", 7) == data
+    cache.close()
+
+
+def test_gets_within_touch_after_write_nothing(tmp_path: Path):
+    """A re-read does not rewrite blocks it finds fresh; an old one is stored again (its LRU position)."""
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS, touch_after=3600)
+    try:
+        for i in range(5):
+            c.put("f", i, _block(i))
+        files = sorted((tmp_path / "c" / "blocks").rglob("*.val"))
+        for _ in range(3):
+            assert all(c.get("f", i) == _block(i) for i in range(5))
+        assert sorted((tmp_path / "c" / "blocks").rglob("*.val")) == files, "a fresh block was rewritten on get"
+        c.touch_after = 0
+        time.sleep(1.1)  # store times have a one-second resolution
+        assert c.get("f", 2) == _block(2)
+        after = sorted((tmp_path / "c" / "blocks").rglob("*.val"))
+        assert len(after) == 5 and after != files, "an old block was not stored again when used"
+    finally:
+        c.close()

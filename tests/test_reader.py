@@ -1,7 +1,6 @@
 """Reader read policy against a fake downloader that counts requests."""
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -147,11 +146,19 @@ def test_warm_reread_uses_no_request(env):
     assert len(dl.calls) == n, f"re-read issued requests: {dl.calls[n:]}"
 
 
-def test_head_read_costs_one_request_and_does_not_stream_the_file(env):
-    """gdalinfo: scattered reads inside the head; the stream pauses after the head."""
-    data, f, dl, cache, reader = env(size=16 << 20, idle_timeout=0.3)
+def test_head_probe_costs_one_bounded_request(env):
+    """gdalinfo: a small first read, then scattered reads inside the head: one ranged request, no stream."""
+    data, f, dl, cache, reader = env(size=16 << 20)
     for off, n in [(0, 16384), (200_000, 4096), (8, 100), (150_000, 30_000), (250_000, 6_000)]:
         assert reader.read(f, off, n) == data[off : off + n]
+    assert dl.calls == [("range", 0, 256 << 10, True)], dl.calls
+    assert dl.bytes_sent == 256 << 10
+
+
+def test_bulk_first_read_streams_and_a_reader_that_stops_closes_it(env):
+    """A first read of >= 128 KiB at 0 (cp, cat) opens the stream; it pauses and closes when nobody follows."""
+    data, f, dl, cache, reader = env(size=16 << 20, idle_timeout=0.3)
+    assert reader.read(f, 0, 128 << 10) == data[: 128 << 10]
     time.sleep(0.6)  # let the paused stream time out
     assert dl.kinds() == ["stream"], dl.calls
     # Bytes beyond the head: at most one stream chunk in flight.
@@ -161,7 +168,7 @@ def test_head_read_costs_one_request_and_does_not_stream_the_file(env):
 
 def test_release_stops_a_paused_stream(env):
     data, f, dl, cache, reader = env(size=16 << 20, idle_timeout=30)
-    reader.read(f, 0, 4096)
+    reader.read(f, 0, 128 << 10)
     reader.release(f)
     deadline = time.monotonic() + 3
     while dl.closed_streams == 0 and time.monotonic() < deadline:
@@ -170,13 +177,26 @@ def test_release_stops_a_paused_stream(env):
 
 
 def test_random_window_fetches_missing_blocks_coalesced(env):
-    data, f, dl, cache, reader = env()
+    data, f, dl, cache, reader = env(random_ahead=0)
     off = 1_000_000  # inside block 15, spans blocks 15..18
     assert reader.read(f, off, 200_000) == data[off : off + 200_000]
     assert dl.calls == [("range", 15 * BS, 19 * BS, True)], dl.calls
     # Overlapping read (blocks 16..21): only the new blocks 19..21 are fetched, as one range.
     assert reader.read(f, off + 100_000, 300_000) == data[off + 100_000 : off + 400_000]
     assert dl.calls[1:] == [("range", 19 * BS, 22 * BS, True)], dl.calls
+
+
+def test_random_read_brings_the_kernels_next_readahead_in_the_same_request(env):
+    """A COG tile through the kernel: a small read, then sequential 128 KiB pieces; one request in all."""
+    data, f, dl, cache, reader = env(random_ahead=512 << 10)
+    tile = 2_500_000 - 2_500_000 % 4096
+    pieces = [(tile, 8192)] + [(tile + 8192 + k * (128 << 10), 128 << 10) for k in range(4)]
+    for off, n in pieces:
+        assert reader.read(f, off, n) == data[off : off + n]
+    assert len(dl.calls) == 1, f"one tile cost {len(dl.calls)} requests: {dl.calls}"
+    kind, start, end, urgent = dl.calls[0]
+    assert kind == "range" and start == tile // BS * BS
+    assert end <= (tile + 8192 + (512 << 10)) // BS * BS + BS, "fetched more than random_ahead beyond the read"
 
 
 def test_same_region_read_by_8_threads_is_one_fetch(env):
@@ -226,7 +246,8 @@ def test_concurrent_sequential_readers_share_the_stream(env):
 
 def test_concurrent_pieces_of_one_large_read_are_one_request(env):
     """The kernel splits a 600 KB pread (a COG tile row) into concurrent 128 KiB reads."""
-    data, f, dl, cache, reader = env()
+    # A long plug: on a loaded 2-core machine five threads may take more than the default 3 ms to arrive.
+    data, f, dl, cache, reader = env(random_ahead=0, plug=0.05)
     base, piece = 2_000_000, 128 << 10
     out: dict[int, bytes] = {}
     barrier = threading.Barrier(5)
@@ -326,6 +347,7 @@ def test_stream_failure_falls_back_and_caches_no_partial_block(env):
     assert _read_all(reader, f) == data
     assert dl.kinds()[0] == "stream"
     assert "range" in dl.kinds(), "no fallback after the stream died"
+    reader.flush()
     for i in range(f.size // BS):
         got = cache.get(f.key, i)
         assert got is None or got == data[i * BS : (i + 1) * BS], f"block {i} is wrong in the cache"
@@ -334,10 +356,12 @@ def test_stream_failure_falls_back_and_caches_no_partial_block(env):
 def test_etag_change_drops_old_blocks(env):
     data, f, dl, cache, reader = env()
     reader.read(f, 1_000_000, 10)
+    reader.flush()
     assert cache.has(f.key, 15)
     new = _data(len(data), seed=2)
     dl.data, dl.etag = new, "e2"
     assert reader.read(f, 3_000_000, 10) == new[3_000_000:3_000_010]
+    reader.flush()
     assert not cache.has(f.key, 15), "blocks from the old ETag survived"
     assert reader.read(f, 1_000_000, 10) == new[1_000_000:1_000_010]
 
@@ -347,6 +371,7 @@ def test_size_mismatch_is_a_fetcherror_and_not_cached(env):
     wrong = RemoteFile(f.url, f.size + 1, f.key)
     with pytest.raises(FetchError):
         reader.read(wrong, 1_000_000, 10)
+    reader.flush()
     assert cache.stats()["entries"] == 0
 
 
@@ -377,8 +402,55 @@ def test_lru_eviction_under_reader(tmp_path: Path):
     try:
         f = RemoteFile(URL, len(data), "k")
         assert _read_all(reader, f) == data
+        reader.flush()
         assert cache.stats()["size"] <= (1 << 20) + 4 * BS
         assert _read_all(reader, f) == data  # refetches what was evicted, still correct
+    finally:
+        reader.close()
+        cache.close()
+
+
+def test_blocks_are_written_behind_and_served_until_they_are(env):
+    """Cache writes happen off the read path; a block not yet on disk is served from RAM, not fetched again."""
+    data, f, dl, cache, reader = env(size=2 << 20, hot_bytes=BS)  # RAM holds one block: the rest wait in the queue
+    assert _read_all(reader, f) == data
+    assert _read_all(reader, f) == data
+    assert dl.kinds() == ["stream"], dl.calls
+    reader.flush()
+    for i in range(f.size // BS):
+        assert cache.get(f.key, i) == data[i * BS : (i + 1) * BS], f"block {i} missing or wrong after flush"
+
+
+class CountingCache(BlockCache):
+    """Records which thread read each block from disk."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.getters: list[str] = []
+
+    def get(self, file_key, index):
+        self.getters.append(threading.current_thread().name)
+        return super().get(file_key, index)
+
+
+def test_sequential_reread_from_disk_is_loaded_ahead(tmp_path: Path):
+    """A warm re-read: blocks come from disk on read-ahead threads, not in the reader's own call."""
+    data = _data(4 << 20)
+    dl = FakeDownloader(data)
+    cache = BlockCache(tmp_path / "c", size_limit=256 << 20, block_size=BS)
+    f = RemoteFile(URL, len(data), "k")
+    reader = Reader(dl, cache, head_size=BS, stream_chunk=32 << 10)
+    assert _read_all(reader, f) == data
+    reader.close()
+    cache.close()
+    cache = CountingCache(tmp_path / "c", size_limit=256 << 20, block_size=BS)
+    reader = Reader(dl, cache, head_size=BS, disk_ahead=8 * BS)
+    try:
+        calls = len(dl.calls)
+        assert _read_all(reader, f, step=32 << 10) == data
+        assert len(dl.calls) == calls, "a warm re-read made requests"
+        ahead = sum(1 for name in cache.getters if name == "terrafs-cache-loader")
+        assert ahead >= len(cache.getters) - 4, f"most blocks were read from disk in the read path: {cache.getters}"
     finally:
         reader.close()
         cache.close()
