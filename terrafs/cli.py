@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,31 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 
 
+# Tokens look like JWTs ("eyJ..."); the modules never log them, and this catches
+# anything that would (a library's debug line, an exception text).
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
+
+class RedactSecrets(logging.Filter):
+    """Last line of defence: the password and anything token-shaped never reach a log."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = _JWT.sub("<token>", text)
+        for secret in self.secrets:
+            clean = clean.replace(secret, "<secret>")
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return True
+
+
+REDACT = RedactSecrets()
+
+
 def setup_logging(level: str, *, log_file: Path | None = None) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -35,6 +61,7 @@ def setup_logging(level: str, *, log_file: Path | None = None) -> None:
         os.fchmod(fd, 0o600)
         handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(REDACT)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
@@ -73,6 +100,8 @@ def cmd_mount(args) -> int:
     if args.foreground:
         setup_logging(_level(args, config))
     config = _prompt_for_credentials(config)
+    if config.password and len(config.password) >= 4:
+        REDACT.secrets.add(config.password)
     auth = make_auth(config)
     check_auth(auth, config)
     warning = check_catalogue(config)

@@ -138,3 +138,18 @@ def test_prompt_on_a_terminal_does_not_echo_the_password(emulator, tmp_path):
         assert secret not in transcript
     finally:
         terrafs("umount", str(mnt))
+
+
+def test_log_filter_redacts_password_and_tokens():
+    import logging
+
+    from terrafs.cli import RedactSecrets
+
+    f = RedactSecrets()
+    f.secrets.add("hunter22")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "auth %s with %s failed", ("hunter22",
+                               "eyJhbGciOiJub25lIn0.eyJleHAiOjF9.c2ln"), None)
+    assert f.filter(record)
+    text = record.getMessage()
+    assert "hunter22" not in text and "eyJhbGci" not in text
+    assert text == "auth <secret> with <token> failed"
