@@ -171,3 +171,17 @@ def test_background_mount_and_umount(emulator, tmp_path):
         umount = subprocess.run([sys.executable, "-m", "terrafs", "umount", str(mnt)], capture_output=True, text=True)
     assert umount.returncode == 0, umount.stderr
     assert not os.path.ismount(mnt)
+
+
+@pytest.mark.parametrize("backend", ["stac", "opensearch"])
+def test_catalogue_garbage_gives_eio_with_a_logged_reason(emulator, mount_factory, backend):
+    mount = mount_factory(emulator, catalogue=backend)
+    folder = "terrascope-s2-toc-v2" if backend == "stac" else "TERRASCOPE_S2_TOC_V2"
+    emulator.set(catalogue_garbage=True)
+    with pytest.raises(OSError) as err:
+        os.listdir(mount.path / folder / "2021" / "06")
+    assert err.value.errno == 5
+    emulator.set(catalogue_garbage=False)
+    assert "30" in os.listdir(mount.path / folder / "2021" / "06"), "the mount did not recover"
+    log = mount.log_text()
+    assert "JSON" in log or "json" in log, log[-2000:]

@@ -47,7 +47,7 @@ WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 # Settings a POST may change, with the type each value is coerced to.
 _NUMBER_FIELDS = ("access_token_lifetime", "refresh_token_lifetime", "error_rate", "drop_rate",
                   "latency", "bandwidth", "device_interval")
-_BOOL_FIELDS = ("ignore_range", "send_retry_after", "wrong_content_range")
+_BOOL_FIELDS = ("ignore_range", "send_retry_after", "wrong_content_range", "catalogue_garbage")
 
 
 @dataclass
@@ -67,6 +67,7 @@ class EmulatorSettings:
     ignore_range: bool = False  # answer 200 + whole body to Range requests
     send_retry_after: bool = True  # Retry-After on 429
     wrong_content_range: bool = False  # 206 for the range one byte later than asked (a broken proxy)
+    catalogue_garbage: bool = False  # catalogue answers 200 with an HTML error page (a proxy in the way)
     device_interval: float = 5.0  # polling interval the device endpoint announces
     tokens_not_before: float = 0.0  # epoch; tokens issued earlier are dead (revoke_tokens)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -281,6 +282,9 @@ class EmulatorApp:
             path = request.path
             if kind == "download":
                 return self._download(request, base_url, path[len("/download"):].lstrip("/"))
+            if kind in ("stac", "opensearch") and self.settings.catalogue_garbage:
+                return Response("<html><body>Service Temporarily Unavailable</body></html>", 200,
+                                mimetype="text/html")
             # Catalogue handlers get the path after their prefix, with its leading slash.
             if kind == "stac":
                 from terrafs.emulator.stac import handle_stac
