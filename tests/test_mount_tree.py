@@ -74,6 +74,7 @@ def test_day_of_1000_products_listed_in_ceil_n_over_page_requests(emulator_facto
     assert len(names) == 1000
     searches = [r for r in _catalogue_requests(emu) if "/collections" not in r["path"] or "/items" in r["path"]]
     page = StacCatalogue.PAGE_SIZE
+    print(f"catalogue requests for a day of 1000 products: {len(searches)} (page size {page})")
     assert len(searches) <= math.ceil(1000 / page), f"{len(searches)} catalogue requests for 1000 products"
     emu.mark()
     assert len(os.listdir(day)) == 1000
