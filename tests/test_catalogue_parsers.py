@@ -22,7 +22,7 @@ from terrafs.catalogue.parse import (
     safe_name,
 )
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).parent / "fixtures"  # real captured responses, kept as they are
 UTC = timezone.utc
 
 
