@@ -454,3 +454,54 @@ def test_sequential_reread_from_disk_is_loaded_ahead(tmp_path: Path):
     finally:
         reader.close()
         cache.close()
+
+
+def test_stream_blocks_wait_for_their_cache_write_in_an_unlinked_spool(env, tmp_path: Path):
+    """A cold copy's blocks are not held in RAM until written: they sit in a spool file nobody can see."""
+    from terrafs.reader import _Spooled
+
+    data, f, dl, cache, reader = env(size=2 << 20)
+    with reader._write_lock:  # the writer is stuck: every block must wait somewhere
+        assert _read_all(reader, f) == data
+        waiting = [v for (k, _), v in reader._pending.items() if k == f.key]
+        assert waiting and all(isinstance(v, _Spooled) for v in waiting), "stream blocks waited in RAM"
+        assert reader._hot_bytes == 0, "stream blocks were also kept in RAM"
+        assert _read_all(reader, f, step=100_000) == data, "a block waiting in the spool was served wrong"
+    reader.flush()
+    for i in range(f.size // BS):
+        assert cache.get(f.key, i) == data[i * BS : (i + 1) * BS], f"block {i} missing or wrong after flush"
+    leftovers = [p.name for p in (tmp_path / "cache").iterdir()]
+    assert sorted(leftovers) == ["blocks", "meta"], f"the spool left a file behind: {leftovers}"
+    assert dl.kinds() == ["stream"], dl.calls
+
+
+def test_spool_is_bounded_and_the_stream_waits_for_room(env):
+    from terrafs.reader import _Spooled
+
+    data, f, dl, cache, reader = env(size=2 << 20, write_queue=4 * BS)
+    out: list[bytes] = []
+    with reader._write_lock:
+        t = threading.Thread(target=lambda: out.append(_read_all(reader, f)))
+        t.start()
+        time.sleep(0.5)
+        spooled = sum(isinstance(v, _Spooled) for v in list(reader._pending.values()))
+        assert 0 < spooled <= 4, f"{spooled} blocks in a spool of 4 slots"
+        assert t.is_alive(), "the copy finished although the spool had no room"
+    t.join(30)
+    assert out == [data]
+
+
+def test_a_read_racing_the_reuse_of_a_spool_slot_never_serves_the_new_bytes(env):
+    data, f, dl, cache, reader = env(size=1 << 20)
+    assert _read_all(reader, f) == data
+    reader.flush()
+    spool = reader._spool
+    stale = spool.put(b"x" * BS)
+    spool.free(stale)
+    fresh = spool.put(b"y" * BS)  # the same slot, handed out again
+    assert fresh.slot == stale.slot
+    assert spool.read(stale, 0, 10) is None, "a reused slot was not detected"
+    assert spool.read(fresh, 0, 10) == b"y" * 10
+    # The reader looks again (here: the disk cache) instead of serving the slot's new bytes.
+    assert reader._slice(f, 3, stale, 5, 105) == data[3 * BS + 5 : 3 * BS + 105]
+    spool.free(fresh)
