@@ -103,10 +103,11 @@ def cmd_mount(args) -> int:
     if config.password and len(config.password) >= 4:
         REDACT.secrets.add(config.password)
     auth = make_auth(config)
-    check_auth(auth, config)
     warning = check_catalogue(config)
     if warning:
         print(f"terrafs: warning: {warning}", file=sys.stderr)
+    else:
+        check_auth(auth, config)
     if args.foreground:
         run(config, mountpoint, auth, options=args.options)
         return 0

@@ -41,7 +41,7 @@ def catalogue_session() -> requests.Session:
     session = requests.Session()
     retry = Retry(
         total=4,
-        backoff_factor=1.0,
+        backoff_factor=0.5,
         status_forcelist=(429, 500, 502, 503, 504),
         allowed_methods=("GET", "POST"),
         respect_retry_after_header=True,
@@ -85,15 +85,36 @@ def make_auth(config: Config) -> requests.auth.AuthBase:
 
 
 def check_auth(auth: requests.auth.AuthBase, config: Config) -> None:
-    """Fail fast: a bearer setup gets its first token now."""
+    """Fail fast on refused credentials, before anything is mounted.
+
+    Bearer: the first token is fetched now. Basic: one HEAD of a file the
+    catalogue names (the download service is the only judge of a password).
+    """
     manager = getattr(auth, "manager", None)
-    if manager is None:
-        return
     try:
-        manager.check()
+        if manager is not None:
+            manager.check()
+            return
+        url = sample_download_url(config)
+        if url is not None:
+            Downloader(auth, make_limiter(config)).head(url)
     except AuthError as exc:
         source = config.credential_source or f"the refresh token in {config.refresh_token_file}"
         raise AuthError(f"{exc} (credentials from {source})") from None
+
+
+def sample_download_url(config: Config) -> str | None:
+    """A download URL from the catalogue, or None when it has none to give
+    (the catalogue check that follows reports an unusable catalogue)."""
+    catalogue = make_catalogue(config)
+    try:
+        for collection in catalogue.collections()[:5]:
+            for product in catalogue.products(collection, None, None, None, limit=1):
+                for f in product.files:
+                    return f.href
+    except CatalogueError as exc:
+        log.debug("no sample file for the credential check: %s", exc)
+    return None
 
 
 @dataclass

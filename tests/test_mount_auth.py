@@ -109,6 +109,18 @@ def test_bad_password_refuses_to_mount_with_a_clear_line(emulator, tmp_path):
     assert not os.path.ismount(tmp_path / "mnt")
 
 
+def test_bad_basic_password_refuses_to_mount(emulator, tmp_path):
+    config = write_config(tmp_path / "config.yaml", emulator.base_url, tmp_path / "cache", auth={"method": "basic"})
+    (tmp_path / "mnt").mkdir()
+    result = subprocess.run([sys.executable, "-m", "terrafs", "mount", "--config", str(config), str(tmp_path / "mnt")],
+                            capture_output=True, text=True, env=credentials_env("demo", SECRET_PASSWORD), timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "environment" in lines[0], result.stderr
+    assert SECRET_PASSWORD not in result.stderr + result.stdout
+    assert not os.path.ismount(tmp_path / "mnt")
+
+
 def test_basic_auth_mount_reads(emulator, mount_factory):
     mount = mount_factory(emulator, auth={"method": "basic"})
     f = next(mount.path.rglob("*B02_10M*.tif"))
