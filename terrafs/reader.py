@@ -10,16 +10,18 @@ Requests are the scarce resource (the download service allows 80 per 10 s and
   ahead). If nobody follows, it pauses and closes after `idle_timeout` or on
   release().
 * A smaller first read at 0 is a format probe (GDAL reads 16 KiB): one bounded
-  request for the head (`head_size`, where a COG keeps its IFDs), so gdalinfo
-  costs one request and no open-ended stream pushes megabytes into socket
-  buffers that nobody reads.
+  request for the head (`head_size`, 256 KiB, where a COG keeps its IFDs), so
+  gdalinfo costs one request and no open-ended stream pushes megabytes into
+  socket buffers that nobody reads.
 * A sequential run that reaches uncached blocks without a live stream starts
   a new stream from there to the end of the file.
-* Any other read fetches the missing blocks it touches plus those of the next
-  `random_ahead` bytes (what the kernel's own readahead asks for next, so a
-  COG tile costs one request, not two); adjacent blocks are coalesced into one
-  ranged request. Blocks are the cache's block size, so that is also the
-  random-access granularity.
+* Any other read fetches what it touches plus the next `random_ahead` bytes
+  (what the program and the kernel's readahead ask for next, so a COG tile
+  costs one request, not two); adjacent units are coalesced into one ranged
+  request. These reads, the head probe and short sequential runs (under a
+  block) fetch `piece_size` pieces (16 KiB), cached under the file's own piece
+  key, not whole blocks: whole 1 MiB blocks around three ~260 KB tile ranges
+  cost 8 times the bytes. Cached whole blocks are used when present.
 * Concurrent readers of a block share one fetch (in-flight table), and readers
   of blocks a stream is about to deliver wait for it instead of asking again.
 
@@ -209,7 +211,7 @@ class Reader:
         cache: BlockCache,
         *,
         block_size: int | None = None,
-        head_size: int = 1 << 20,
+        head_size: int = 256 << 10,
         readahead: int = 64 << 20,
         max_workers: int = 4,
         idle_timeout: float = 2.0,
@@ -219,8 +221,9 @@ class Reader:
         plug: float = 0.003,
         write_queue: int = 256 << 20,
         bulk_read: int = 64 << 10,
-        random_ahead: int = 512 << 10,
+        random_ahead: int = 384 << 10,
         disk_ahead: int = 8 << 20,
+        piece_size: int = 16 << 10,
     ):
         bs = cache.block_size if block_size is None else block_size
         if bs != cache.block_size:
@@ -228,7 +231,14 @@ class Reader:
         self._dl = downloader
         self._cache = cache
         self.block_size = bs
-        self.head_size = max(head_size, bs)
+        # Reads that are not part of a copy (format probes, COG tiles) fetch and
+        # cache `piece_size` pieces, not whole blocks: a 512x512 window of a COG
+        # is three ~260 KB tile ranges, and whole blocks around them cost 4-8
+        # times the bytes. Pieces live under their own file key; a piece size
+        # of block_size or more turns them off.
+        self.piece_size = piece_size if 0 < piece_size < bs and bs % piece_size == 0 else bs
+        self._pieces = self.piece_size < bs
+        self.head_size = head_size if self._pieces else max(head_size, bs)
         self.readahead = max(readahead, bs)
         self.max_workers = max(1, max_workers)
         self.idle_timeout = idle_timeout
@@ -303,13 +313,40 @@ class Reader:
         with self._lock:
             if self._closed:
                 raise FetchError("reader is closed")
-            fetch_to = self._note_access(f, offset, end, first)
+            fetch_to, pieces = self._note_access(f, offset, end, first)
+        # A file of one block costs one request whole, fewer than in pieces.
+        if pieces and self._pieces and f.size > bs and not all(self._cached(f, i) for i in range(first, last + 1)):
+            return self._read_pieces(f, offset, end, fetch_to)
         blocks = self._blocks(f, first, last, (min(fetch_to, f.size) - 1) // bs)
         if first == last:
             return self._slice(f, first, blocks[first], offset - first * bs, end - first * bs)
         parts = [self._slice(f, first, blocks[first], offset - first * bs, bs)]
         parts.extend(self._slice(f, i, blocks[i], 0, bs) for i in range(first + 1, last))
         parts.append(self._slice(f, last, blocks[last], 0, end - last * bs))
+        return b"".join(parts)
+
+    def _piece_file(self, f: RemoteFile) -> RemoteFile:
+        """The same file seen as pieces: its own cache key, so pieces and blocks never mix."""
+        return RemoteFile(f.url, f.size, f"{f.key}#p{self.piece_size}")
+
+    def _read_pieces(self, f: RemoteFile, offset: int, end: int, fetch_to: int) -> bytes:
+        """Bytes [offset, end) from whole blocks where cached, else from pieces (fetched up to fetch_to)."""
+        bs, ps = self.block_size, self.piece_size
+        pf = self._piece_file(f)
+        fetch_last = (min(fetch_to, f.size) - 1) // ps
+        parts: list[bytes] = []
+        pos = offset
+        while pos < end:
+            i = pos // bs
+            stop = min(end, (i + 1) * bs)
+            if self._cached(f, i):
+                parts.append(self._slice(f, i, self._blocks(f, i, i, i)[i], pos - i * bs, stop - i * bs))
+            else:
+                p0, p1 = pos // ps, (stop - 1) // ps
+                got = self._blocks(pf, p0, p1, max(p1, fetch_last), ps)
+                for j in range(p0, p1 + 1):
+                    parts.append(got[j][max(pos, j * ps) - j * ps : min(stop, (j + 1) * ps) - j * ps])
+            pos = stop
         return b"".join(parts)
 
     def _slice(self, f: RemoteFile, i: int, data: bytes | _Spooled, start: int, end: int) -> bytes:
@@ -398,11 +435,12 @@ class Reader:
 
     # -- access pattern and streams --------------------------------------------
 
-    def _note_access(self, f: RemoteFile, offset: int, end: int, first: int) -> int:
+    def _note_access(self, f: RemoteFile, offset: int, end: int, first: int) -> tuple[int, bool]:
         """Track sequential runs and start or extend a stream (caller holds the lock).
 
-        Returns how far a fetch for this read, should it need one, goes: the
-        bytes of the read and the next ones the program will likely ask for.
+        Returns how far a fetch for this read, should it need one, goes (the
+        bytes of the read and the next ones the program will likely ask for),
+        and whether it fetches pieces rather than whole blocks.
         """
         bs = self.block_size
         state = self._files.get(f.key)
@@ -427,29 +465,40 @@ class Reader:
                 ahead = min(self.readahead, max(state.seq_end - state.run_start, 2 * bs))
                 st.allowed_end = max(st.allowed_end, min(st.end, state.seq_end + ahead))
                 self._cond.notify_all()
-            return end
+            return end, False
         if first == 0 and not self._cached(f, 0):
-            if end - offset >= self.bulk_read:
+            if end - offset >= self.bulk_read and not self._pieces_cached(f, offset, end):
                 # A copy program: the kernel turns its big reads into reads
                 # of >= 128 KiB. One request for the whole file; it also
                 # fills the head, so a COG reader that shows up is served too.
                 self._start_stream(state, f, 0, min(f.size, self.head_size))
-                return end
+                return end, False
             # A format probe (GDAL reads 16 KiB): one bounded request for the
             # head, where a COG keeps every IFD. No open-ended stream whose
             # socket buffers would carry megabytes nobody reads.
-            return max(end, self.head_size)
+            return max(end, self.head_size), True
         if sequential and state.seq_end - state.run_start >= self.stream_after and not self._cached(f, first):
             ahead = min(self.readahead, max(state.seq_end - state.run_start, 2 * bs))
             self._start_stream(state, f, first * bs, min(f.size, state.seq_end + ahead))
-            return end
+            return end, False
         if sequential:
-            # A short run (a tile row split by the kernel): the kernel's own
-            # readahead already grows its reads; a longer run gets a stream.
-            return end
-        # A random read: also what the kernel's own readahead will ask for
-        # next (up to 2 x 128 KiB beyond the pages asked now), in the same request.
-        return end + self.random_ahead
+            # A short run (a tile range split by the kernel) goes on in pieces,
+            # as far ahead as a random read; past a block it is whole blocks,
+            # and past stream_after a stream.
+            if self._pieces and state.seq_end - state.run_start < bs:
+                return end + self.random_ahead, True
+            return end, False
+        # A random read (a COG tile): also what the program and the kernel's
+        # readahead will ask for next, in the same request (measured with a
+        # 64 KiB kernel readahead: GDAL's ~260 KB tile ranges become ~352 KiB).
+        return end + self.random_ahead, True
+
+    def _pieces_cached(self, f: RemoteFile, offset: int, end: int) -> bool:
+        """Whether pieces hold all of [offset, end) (caller may hold the lock)."""
+        if not self._pieces:
+            return False
+        pf, ps = self._piece_file(f), self.piece_size
+        return all(self._cached(pf, j, ps) for j in range(offset // ps, (end - 1) // ps + 1))
 
     def _start_stream(self, state: _FileState, f: RemoteFile, start: int, allowed_end: int) -> None:
         live = [s for s in self._streams if s.alive]
@@ -549,27 +598,30 @@ class Reader:
 
     # -- blocks ---------------------------------------------------------------
 
-    def _blocks(self, f: RemoteFile, first: int, last: int, fetch_last: int) -> dict[int, bytes]:
+    def _blocks(
+        self, f: RemoteFile, first: int, last: int, fetch_last: int, unit: int | None = None
+    ) -> dict[int, bytes]:
         """Blocks first..last of f, from RAM, disk, a stream or new fetches.
 
         A fetch this read leads also brings the missing blocks up to
         fetch_last, in the same request; the read does not wait for others'.
+        unit: the size of a "block" here (piece_size for a piece file).
         """
         got: dict[int, bytes] = {}
         for i in range(first, last + 1):
-            data = self._cached_data(f, i)
+            data = self._cached_data(f, i, unit)
             if data is not None:
                 got[i] = data
         deadline = time.monotonic() + _WAIT_LIMIT
-        extra = [i for i in range(last + 1, fetch_last + 1) if not self._cached(f, i)]
+        extra = [i for i in range(last + 1, fetch_last + 1) if not self._cached(f, i, unit)]
         while True:
             missing = [i for i in range(first, last + 1) if i not in got]
             if not missing:
                 break
-            lead, theirs, stream = self._claim(f, missing, extra)
+            lead, theirs, stream = self._claim(f, missing, extra, unit)
             extra = []
             if lead is not None:
-                got.update(self._fetch_batch(f, lead))
+                got.update(self._fetch_batch(f, lead, unit))
             for i, fetch in theirs.items():
                 if not fetch.done.wait(max(0.0, deadline - time.monotonic())):
                     raise FetchError(f"timed out waiting for block {i} of {f.url}")
@@ -578,11 +630,11 @@ class Reader:
                 if i in fetch.blocks:
                     got[i] = fetch.blocks[i]
             if stream:
-                self._wait_stream(f, stream, got, deadline)
+                self._wait_stream(f, stream, got, deadline, unit)
         return got
 
     def _claim(
-        self, f: RemoteFile, missing: list[int], extra: list[int] = ()
+        self, f: RemoteFile, missing: list[int], extra: list[int] = (), unit: int | None = None
     ) -> tuple[_Fetch | None, dict[int, _Fetch], list[int]]:
         """Split missing blocks into: a batch I lead, fetches to wait on, the stream to wait on.
 
@@ -592,7 +644,7 @@ class Reader:
         mine: list[int] = []
         theirs: dict[int, _Fetch] = {}
         stream: list[int] = []
-        bs = self.block_size
+        bs = unit or self.block_size
         with self._lock:
             state = self._files.get(f.key)
             st = state.stream if state else None
@@ -636,9 +688,11 @@ class Reader:
                 self._cond.notify_all()
         return lead, theirs, stream
 
-    def _wait_stream(self, f: RemoteFile, wanted: list[int], got: dict[int, bytes], deadline: float) -> None:
+    def _wait_stream(
+        self, f: RemoteFile, wanted: list[int], got: dict[int, bytes], deadline: float, unit: int | None = None
+    ) -> None:
         """Wait until the stream delivered `wanted` or died; what it failed to bring is retried."""
-        bs = self.block_size
+        bs = unit or self.block_size
         for i in wanted:
             with self._lock:
                 while True:
@@ -654,11 +708,11 @@ class Reader:
                         raise FetchError(f"timed out waiting for block {i} of {f.url}")
                     self._cond.wait(1.0)
             if i not in got:
-                data = self._cached_data(f, i)
+                data = self._cached_data(f, i, unit)
                 if data is not None:
                     got[i] = data
 
-    def _fetch_batch(self, f: RemoteFile, fetch: _Fetch) -> dict[int, bytes]:
+    def _fetch_batch(self, f: RemoteFile, fetch: _Fetch, unit: int | None = None) -> dict[int, bytes]:
         """Let concurrent readers join for `plug` seconds, then fetch the batch, adjacent blocks as one range."""
         if self.plug > 0:
             time.sleep(self.plug)
@@ -667,7 +721,7 @@ class Reader:
             if self._batches.get(f.key) is fetch:
                 del self._batches[f.key]
             mine = sorted(fetch.wanted)
-        bs = self.block_size
+        bs = unit or self.block_size
         got: dict[int, bytes] = {}
         runs: list[tuple[int, int]] = []
         for i in mine:
@@ -684,7 +738,7 @@ class Reader:
                 self._check_identity(f, info)
                 for i in range(a, b):
                     block = data[(i - a) * bs : min((i - a + 1) * bs, end - start)]
-                    self._store(f, i, block)
+                    self._store(f, i, block, unit=unit)
                     got[i] = block
             fetch.blocks = got
         except FetchError as exc:
@@ -712,24 +766,29 @@ class Reader:
         old = self._cache.get_meta(meta_key)
         if old is not None and tuple(old) != ident:
             log.info("%s changed remotely: dropping its cached blocks", f.url)
+            suffix = f"#p{self.piece_size}"
+            base = f.key[: -len(suffix)] if f.key.endswith(suffix) else f.key
+            keys = {base, base + suffix}  # its blocks and its pieces
             with self._write_lock:
                 with self._lock:
-                    for k in [k for k in self._pending if k[0] == f.key]:
+                    for k in [k for k in self._pending if k[0] in keys]:
                         del self._pending[k]
-                self._cache.drop_file(f.key)
+                for key in keys:
+                    self._cache.drop_file(key)
             with self._lock:
-                for k in [k for k in self._hot if k[0] == f.key]:
+                for k in [k for k in self._hot if k[0] in keys]:
                     self._hot_bytes -= len(self._hot.pop(k))
         if old is None or tuple(old) != ident:
             self._cache.set_meta(meta_key, ident)
 
-    def _store(self, f: RemoteFile, i: int, data: bytes, spool: bool = False) -> None:
+    def _store(self, f: RemoteFile, i: int, data: bytes, spool: bool = False, unit: int | None = None) -> None:
         """A complete, checked block: served from now on, written to the disk cache behind.
 
         spool: a stream's block goes to the spool file rather than RAM (see _Spool).
         """
-        if len(data) != self._block_len(f, i):
-            raise FetchError(f"block {i} of {f.url} is {len(data)} bytes, expected {self._block_len(f, i)}")
+        want = self._block_len(f, i, unit)
+        if len(data) != want:
+            raise FetchError(f"block {i} of {f.url} is {len(data)} bytes, expected {want}")
         held: bytes | _Spooled = data
         if spool and self._spool is not None:
             held = self._spool.put(data)
@@ -817,7 +876,7 @@ class Reader:
                     self._spool.free(item[2])  # type: ignore[union-attr]
                 self._writes.task_done()
 
-    def _cached_data(self, f: RemoteFile, i: int) -> bytes | None:
+    def _cached_data(self, f: RemoteFile, i: int, unit: int | None = None) -> bytes | None:
         with self._lock:
             data = self._hot.get((f.key, i))
             if data is not None:
@@ -835,13 +894,13 @@ class Reader:
         data = self._cache.get(f.key, i)
         if data is None:
             return None
-        if len(data) != self._block_len(f, i):
+        if len(data) != self._block_len(f, i, unit):
             log.warning("cached block %d of %s has the wrong length; refetching", i, f.url)
             return None
         self._remember(f.key, i, data)
         return data
 
-    def _cached(self, f: RemoteFile, i: int) -> bool:
+    def _cached(self, f: RemoteFile, i: int, unit: int | None = None) -> bool:
         """Cheap presence test (caller may hold the lock)."""
         return (f.key, i) in self._hot or (f.key, i) in self._pending or self._cache.has(f.key, i)
 
@@ -856,8 +915,9 @@ class Reader:
                 _, dropped = self._hot.popitem(last=False)
                 self._hot_bytes -= len(dropped)
 
-    def _block_len(self, f: RemoteFile, i: int) -> int:
-        return min(self.block_size, f.size - i * self.block_size)
+    def _block_len(self, f: RemoteFile, i: int, unit: int | None = None) -> int:
+        u = unit or self.block_size
+        return min(u, f.size - i * u)
 
     def _nblocks(self, f: RemoteFile) -> int:
         return (f.size + self.block_size - 1) // self.block_size

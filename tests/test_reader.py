@@ -109,6 +109,8 @@ def env(tmp_path: Path):
         kw.setdefault("head_size", 256 << 10)
         kw.setdefault("readahead", 1 << 20)
         kw.setdefault("stream_chunk", 32 << 10)
+        kw.setdefault("piece_size", BS)  # whole blocks: the piece tests below turn pieces on
+        kw.setdefault("random_ahead", 512 << 10)
         reader = Reader(dl, cache, **kw)
         made.append((reader, cache))
         return data, RemoteFile(URL, len(data), "key-" + URL), dl, cache, reader
@@ -505,3 +507,148 @@ def test_a_read_racing_the_reuse_of_a_spool_slot_never_serves_the_new_bytes(env)
     # The reader looks again (here: the disk cache) instead of serving the slot's new bytes.
     assert reader._slice(f, 3, stale, 5, 105) == data[3 * BS + 5 : 3 * BS + 105]
     spool.free(fresh)
+
+
+# -- pieces: sub-block fetches for format probes and COG tiles ------------------
+
+MB = 1 << 20
+PS = 16 << 10
+
+
+@pytest.fixture
+def penv(tmp_path: Path):
+    """(data, file, downloader, cache, reader) as in production: 1 MiB blocks, 16 KiB pieces."""
+    made = []
+
+    def make(size: int = 16 << 20, cache_dir: Path | None = None, dl: FakeDownloader | None = None, **kw):
+        data = dl.data if dl else _data(size)
+        dl = dl or FakeDownloader(data)
+        cache = BlockCache(cache_dir or tmp_path / "pcache", size_limit=256 << 20, block_size=MB)
+        kw.setdefault("stream_chunk", MB)
+        kw.setdefault("piece_size", PS)
+        reader = Reader(dl, cache, head_size=256 << 10, random_ahead=384 << 10, **kw)
+        made.append((reader, cache))
+        return data, RemoteFile(URL, len(data), "key-" + URL), dl, cache, reader
+
+    yield make
+    for reader, cache in made:
+        reader.close()
+        cache.close()
+
+
+# What GDAL and the kernel (96 KiB readahead) read for gdal_translate -srcwin on a
+# 512-tiled COG (measured): the head, then per tile range an 8 KiB read and 96 KiB ones.
+TILES = (3_060_224, 7_844_928, 12_629_632)
+
+
+def _window_reads() -> list[tuple[int, int]]:
+    reads = [(0, 16384), (16384, 32768)]
+    for t in TILES:
+        reads += [(t, 8192), (t + 8192, 98304), (t + 106496, 90112), (t + 196608, 98304), (t + 294912, 98304)]
+    return reads
+
+
+def test_window_costs_one_request_per_tile_range_in_pieces(penv):
+    data, f, dl, cache, reader = penv()
+    for off, n in _window_reads():
+        assert reader.read(f, off, n) == data[off : off + n]
+    assert [c[0] for c in dl.calls] == ["range"] * 4, dl.calls
+    assert dl.calls[0][1:3] == (0, 256 << 10), "the head probe is not one 256 KiB request"
+    for (kind, start, end, urgent), t in zip(dl.calls[1:], TILES):
+        assert t - PS < start <= t and t + 393216 <= end <= t + 8192 + (384 << 10) + PS, (start, end, t)
+    # Whole 1 MiB blocks would be >= 4 MiB here.
+    assert dl.bytes_sent <= (256 << 10) + 3 * (416 << 10), dl.bytes_sent
+
+
+def test_pieces_go_to_the_disk_cache_and_serve_a_new_reader(penv, tmp_path: Path):
+    data, f, dl, cache, reader = penv()
+    for off, n in _window_reads():
+        reader.read(f, off, n)
+    reader.flush()
+    assert cache.has(f.key + f"#p{PS}", TILES[0] // PS)
+    assert not cache.has(f.key, TILES[0] // MB), "a whole block was cached for a tile read"
+    reader.close()
+    cache.close()
+    dl2 = FakeDownloader(data)
+    _, f2, dl2, cache2, reader2 = penv(cache_dir=tmp_path / "pcache", dl=dl2)
+    for off, n in _window_reads():
+        assert reader2.read(f2, off, n) == data[off : off + n]
+    assert dl2.calls == [], f"cached pieces were fetched again: {dl2.calls}"
+
+
+def test_cached_blocks_serve_random_reads_without_pieces(penv):
+    data, f, dl, cache, reader = penv(size=4 << 20)
+    assert _read_all(reader, f, 192 << 10) == data
+    n = len(dl.calls)
+    for off, n_ in [(3_000_001, 8192), (1_500_000, 300_000), (100, 5)]:
+        assert reader.read(f, off, n_) == data[off : off + n_]
+    assert len(dl.calls) == n, dl.calls[n:]
+
+
+def test_a_copy_after_a_head_probe_is_one_stream(penv):
+    data, f, dl, cache, reader = penv(size=6 << 20)
+    reader.read(f, 0, 16384)
+    assert _read_all(reader, f, 192 << 10) == data
+    assert dl.kinds() == ["range", "stream"], dl.calls
+
+
+def test_a_long_run_mid_file_leaves_pieces_for_blocks(penv):
+    data, f, dl, cache, reader = penv()
+    base = 5 << 20
+    for k in range(16):  # 3 MiB sequential run, starting as a random read
+        off = base + k * (192 << 10)
+        assert reader.read(f, off, 192 << 10) == data[off : off + (192 << 10)]
+    assert len(dl.calls) <= 5, dl.calls
+    assert dl.bytes_sent <= (3 << 20) + 2 * MB, dl.bytes_sent
+
+
+def test_concurrent_readers_of_a_tile_share_one_piece_fetch(penv):
+    data, f, dl, cache, reader = penv()
+    dl.delay = 0.2
+    off, n = 9_000_000, 100_000
+    results: list[bytes] = []
+    barrier = threading.Barrier(8)
+
+    def work() -> None:
+        barrier.wait()
+        results.append(reader.read(f, off, n))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == [data[off : off + n]] * 8
+    assert len(dl.calls) == 1, dl.calls
+
+
+def test_etag_change_drops_cached_pieces(penv):
+    data, f, dl, cache, reader = penv()
+    reader.read(f, 9_000_000, 10)
+    reader.flush()
+    pkey = f.key + f"#p{PS}"
+    assert cache.has(pkey, 9_000_000 // PS)
+    new = _data(len(data), seed=2)
+    dl.data, dl.etag = new, "e2"
+    assert reader.read(f, 2_000_000, 10) == new[2_000_000:2_000_010]
+    reader.flush()
+    assert not cache.has(pkey, 9_000_000 // PS), "pieces from the old ETag survived"
+    assert reader.read(f, 9_000_000, 10) == new[9_000_000:9_000_010]
+
+
+def test_a_failed_piece_fetch_caches_nothing(penv):
+    data, f, dl, cache, reader = penv()
+    dl.fail_ranges = True
+    with pytest.raises(FetchError):
+        reader.read(f, 9_000_000, 8192)
+    reader.flush()
+    assert cache.stats()["entries"] == 0
+    dl.fail_ranges = False
+    assert reader.read(f, 9_000_000, 8192) == data[9_000_000:9_008_192]
+
+
+def test_a_file_of_one_block_is_fetched_whole_in_one_request(penv):
+    data, f, dl, cache, reader = penv(size=900_000)
+    for off, n in [(0, 16384), (16384, 32768), (600_000, 8192), (300_000, 90_000)]:
+        assert reader.read(f, off, n) == data[off : off + n]
+    assert dl.calls == [("range", 0, 900_000, True)], dl.calls
