@@ -529,6 +529,18 @@ class Reader:
         buf = bytearray()
         pos = st.start
         checked = False
+
+        def deliver(block: bytes) -> None:
+            """Store the block at pos and wake the readers waiting for it."""
+            nonlocal pos
+            self._store(f, pos // bs, block, spool=True)
+            pos += len(block)
+            with self._lock:
+                st.pos = pos
+                self._cond.notify_all()
+            if on_block:
+                on_block(pos)
+
         try:
             for chunk in it:
                 if not checked:
@@ -538,14 +550,7 @@ class Reader:
                         self._check_identity(f, info)
                     checked = True
                 if not buf and len(chunk) == min(bs, st.end - pos) and pos % bs == 0:
-                    # The usual case (chunk size = block size): no copy.
-                    self._store(f, pos // bs, bytes(chunk), spool=True)
-                    pos += len(chunk)
-                    with self._lock:
-                        st.pos = pos
-                        self._cond.notify_all()
-                    if on_block:
-                        on_block(pos)
+                    deliver(bytes(chunk))  # the usual case (chunk size = block size): no copy
                     if pos >= st.end or not self._wait_allowed(st, pos):
                         break
                     continue
@@ -554,14 +559,8 @@ class Reader:
                     n = min(bs, st.end - pos)
                     if len(buf) < n:
                         break
-                    self._store(f, pos // bs, bytes(buf[:n]), spool=True)
+                    deliver(bytes(buf[:n]))
                     del buf[:n]
-                    pos += n
-                    with self._lock:
-                        st.pos = pos
-                        self._cond.notify_all()
-                    if on_block:
-                        on_block(pos)
                 if pos >= st.end or not self._wait_allowed(st, pos):
                     break
             if pos < st.end and not st.stop:
