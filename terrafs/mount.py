@@ -7,7 +7,6 @@ endpoint ends the command with one clear line and nothing left behind.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -107,8 +106,14 @@ def sample_download_url(config: Config) -> str | None:
     """A download URL from the catalogue, or None when it has none to give
     (the catalogue check that follows reports an unusable catalogue)."""
     catalogue = make_catalogue(config)
+    meta = open_meta_cache(config)
     try:
-        for collection in catalogue.collections()[:5]:
+        # check_catalogue has just kept the collection list: no second request for it.
+        collections = listing_store(config, meta).get("collections")
+    finally:
+        meta.close()
+    try:
+        for collection in (collections or catalogue.collections())[:5]:
             for product in catalogue.products(collection, None, None, None, limit=1):
                 for f in product.files:
                     return f.href
@@ -229,7 +234,3 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
     finally:
         daemon.close()
         log.info("unmounted %s", mountpoint)
-
-
-def is_mounted(path: Path) -> bool:
-    return os.path.ismount(path)

@@ -184,20 +184,11 @@ class Tree:
             raise NotFound(path)
         return sorted(self._children(node))
 
-    def children(self, node: DirNode) -> dict[str, Node]:
-        return self._children(node)
-
     def placements(self) -> list[Placement]:
         with self._lock:
             if self._placements is None:
                 self._placements = self._learn_placements()
             return self._placements
-
-    def platform_prefix(self, collection: Collection) -> Placement | None:
-        for p in self.placements():
-            if p.collection.id == collection.id:
-                return p
-        return None
 
     # ---- building ----------------------------------------------------
     def _children(self, node: DirNode) -> dict[str, Node]:
