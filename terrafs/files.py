@@ -62,5 +62,10 @@ class Files:
             return b""
         return self._reader.read(remote, offset, min(length, remote.size - offset))
 
+    def read_into(self, remote: RemoteFile, offset: int, out: memoryview) -> int:
+        if offset >= remote.size:
+            return 0
+        return self._reader.read_into(remote, offset, out[: remote.size - offset])
+
     def release(self, remote: RemoteFile) -> None:
         self._reader.release(remote)

@@ -222,15 +222,13 @@ def fuse_options(extra: str | None) -> dict:
 def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, options: str | None = None,
         on_ready: Callable[[], None] | None = None) -> None:
     """Mounts and serves until unmounted (blocks)."""
-    import mfusepy
-
-    from terrafs.fs import TerraFS
+    from terrafs.fs import FUSE, TerraFS
 
     daemon = build(config, auth)
     try:
         ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready)
         log.info("mounting %s (layout %s, catalogue %s)", mountpoint, config.layout, config.catalogue)
-        mfusepy.FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(options))
+        FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(options))
     finally:
         daemon.close()
         log.info("unmounted %s", mountpoint)

@@ -172,6 +172,17 @@ class _Spool:
             raise FetchError(f"spool file returned {len(data)} bytes for {end - start}")
         return data
 
+    def read_into(self, sp: _Spooled, start: int, dst: memoryview) -> bool:
+        """Bytes [start, start+len(dst)) of the block into dst; False if its slot was reused meanwhile."""
+        done = 0
+        while done < len(dst):
+            n = os.preadv(self._fd, [dst[done:]], sp.slot * self._size + start + done)
+            if n <= 0:
+                raise FetchError(f"spool file ended {len(dst) - done} bytes short")
+            done += n
+        with self._lock:
+            return self._gens[sp.slot] == sp.gen
+
     def free(self, sp: _Spooled) -> None:
         """The block is in the cache (or dropped): its slot may be handed out again."""
         with self._lock:
@@ -304,9 +315,22 @@ class Reader:
         """Bytes [offset, offset+size) of f, shorter at end of file. Raises FetchError."""
         if offset < 0 or size < 0:
             raise ValueError("negative offset or size")
-        end = min(offset + size, f.size)
+        out = bytearray(max(0, min(offset + size, f.size) - offset))
+        n = self.read_into(f, offset, memoryview(out))
+        return bytes(out[:n])
+
+    def read_into(self, f: RemoteFile, offset: int, out: memoryview) -> int:
+        """Copy bytes [offset, offset+len(out)) of f into out; returns how many (fewer at end of file).
+
+        The FUSE layer passes the kernel reply's own buffer: each byte is
+        copied once, from RAM or straight from the spool file, with no
+        intermediate bytes objects. Raises FetchError.
+        """
+        if offset < 0:
+            raise ValueError("negative offset")
+        end = min(offset + len(out), f.size)
         if offset >= end:
-            return b""
+            return 0
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
         self._last_read = time.monotonic()
@@ -316,47 +340,46 @@ class Reader:
             fetch_to, pieces = self._note_access(f, offset, end, first)
         # A file of one block costs one request whole, fewer than in pieces.
         if pieces and self._pieces and f.size > bs and not all(self._cached(f, i) for i in range(first, last + 1)):
-            return self._read_pieces(f, offset, end, fetch_to)
+            self._read_pieces(f, offset, end, fetch_to, out)
+            return end - offset
         blocks = self._blocks(f, first, last, (min(fetch_to, f.size) - 1) // bs)
-        if first == last:
-            return self._slice(f, first, blocks[first], offset - first * bs, end - first * bs)
-        parts = [self._slice(f, first, blocks[first], offset - first * bs, bs)]
-        parts.extend(self._slice(f, i, blocks[i], 0, bs) for i in range(first + 1, last))
-        parts.append(self._slice(f, last, blocks[last], 0, end - last * bs))
-        return b"".join(parts)
+        for i in range(first, last + 1):
+            a, b = max(offset, i * bs), min(end, (i + 1) * bs)
+            self._copy(f, i, blocks[i], a - i * bs, b - i * bs, out[a - offset : b - offset])
+        return end - offset
 
     def _piece_file(self, f: RemoteFile) -> RemoteFile:
         """The same file seen as pieces: its own cache key, so pieces and blocks never mix."""
         return RemoteFile(f.url, f.size, f"{f.key}#p{self.piece_size}")
 
-    def _read_pieces(self, f: RemoteFile, offset: int, end: int, fetch_to: int) -> bytes:
-        """Bytes [offset, end) from whole blocks where cached, else from pieces (fetched up to fetch_to)."""
+    def _read_pieces(self, f: RemoteFile, offset: int, end: int, fetch_to: int, out: memoryview) -> None:
+        """Bytes [offset, end) into out from whole blocks where cached, else from pieces (fetched up to fetch_to)."""
         bs, ps = self.block_size, self.piece_size
         pf = self._piece_file(f)
         fetch_last = (min(fetch_to, f.size) - 1) // ps
-        parts: list[bytes] = []
         pos = offset
         while pos < end:
             i = pos // bs
             stop = min(end, (i + 1) * bs)
             if self._cached(f, i):
-                parts.append(self._slice(f, i, self._blocks(f, i, i, i)[i], pos - i * bs, stop - i * bs))
+                block = self._blocks(f, i, i, i)[i]
+                self._copy(f, i, block, pos - i * bs, stop - i * bs, out[pos - offset : stop - offset])
             else:
                 p0, p1 = pos // ps, (stop - 1) // ps
                 got = self._blocks(pf, p0, p1, max(p1, fetch_last), ps)
                 for j in range(p0, p1 + 1):
-                    parts.append(got[j][max(pos, j * ps) - j * ps : min(stop, (j + 1) * ps) - j * ps])
+                    a, b = max(pos, j * ps), min(stop, (j + 1) * ps)
+                    out[a - offset : b - offset] = memoryview(got[j])[a - j * ps : b - j * ps]
             pos = stop
-        return b"".join(parts)
 
-    def _slice(self, f: RemoteFile, i: int, data: bytes | _Spooled, start: int, end: int) -> bytes:
-        """Bytes [start, end) of block i, whether in RAM or in the spool."""
+    def _copy(self, f: RemoteFile, i: int, data: bytes | _Spooled, start: int, end: int, dst: memoryview) -> None:
+        """Bytes [start, end) of block i into dst, whether the block is in RAM or in the spool."""
         for _ in range(3):
             if not isinstance(data, _Spooled):
-                return data[start:end]
-            got = self._spool.read(data, start, end)  # type: ignore[union-attr]
-            if got is not None:
-                return got
+                dst[:] = memoryview(data)[start:end]
+                return
+            if self._spool.read_into(data, start, dst):  # type: ignore[union-attr]
+                return
             # Written to the cache and its slot reused while we read: look again.
             data = self._blocks(f, i, i, i)[i]
         raise FetchError(f"block {i} of {f.url} kept moving while it was read")
