@@ -72,10 +72,36 @@ def _tag(data: bytes, stored: float) -> str:
     return f"{len(data)}:{zlib.crc32(data)}:{int(stored)}"
 
 
+class DiskBlock:
+    """A verified cached block, served from its open file (closed when the last user lets go)."""
+
+    __slots__ = ("_file", "length")
+
+    def __init__(self, file, length: int):
+        self._file = file  # an unbuffered file object: closes its fd when collected
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read_into(self, start: int, dst: memoryview) -> None:
+        """Bytes [start, start+len(dst)) of the block into dst."""
+        fd, done = self._file.fileno(), 0
+        while done < len(dst):
+            n = os.preadv(fd, [dst[done:]], start + done)
+            if n <= 0:
+                raise OSError(f"cached block file ended {len(dst) - done} bytes short")
+            done += n
+
+
 def _check(value: object, tag: object) -> float | None:
     """When a block with this tag was stored, or None if value does not match it."""
     if not isinstance(value, bytes):
         return None
+    return _check_view(value, tag)
+
+
+def _check_view(value, tag: object) -> float | None:
     if isinstance(tag, int):  # the first format: length and CRC packed, no time
         return 0.0 if tag == (len(value) << 32) | zlib.crc32(value) else None
     try:
@@ -132,6 +158,69 @@ class BlockCache:
                     self._blocks.set(key, value, tag=_tag(value, now))  # used: to the back of the queue
         self._count(value is not None)
         return value
+
+    def open_block(self, file_key: str, index: int, scratch: bytearray) -> "bytes | DiskBlock | None":
+        """The verified block as an open file (or bytes, if kept in the index), or None.
+
+        Verifies like get(), but reads the file into `scratch` (at least
+        block_size bytes, reused by the caller) instead of a new bytes object,
+        and hands back the open file: serving a block from its file costs one
+        copy out of the page cache and no fresh memory.
+        """
+        key = (_BLOCK, file_key, index)
+        try:
+            value, tag = self._blocks.get(key, default=None, read=True, tag=True)
+        except (OSError, diskcache.Timeout) as exc:
+            log.warning("block cache read failed for block %d of %s: %s", index, file_key, exc)
+            value, tag = None, None
+        if value is None or isinstance(value, bytes):
+            if value is not None and _check(value, tag) is None:
+                log.warning("dropping corrupt cached block %d of %s", index, file_key)
+                self._blocks.delete(key)
+                value = None
+            self._count(value is not None)
+            return value
+        raw = value.detach() if hasattr(value, "detach") else value  # the unbuffered file under it
+        try:
+            fd = raw.fileno()
+            length = os.fstat(fd).st_size
+            view = memoryview(scratch)
+            if length > len(view):
+                raise OSError(f"{length} bytes, more than a block")
+            done = 0
+            while done < length:
+                n = os.preadv(fd, [view[done:length]], done)
+                if n <= 0:
+                    break
+                done += n
+            data = view[:done]
+            stored = _check_view(data, tag)
+        except OSError as exc:
+            log.warning("block cache read failed for block %d of %s: %s", index, file_key, exc)
+            stored = None
+        if stored is None:
+            raw.close()
+            log.warning("dropping corrupt cached block %d of %s", index, file_key)
+            self._blocks.delete(key)
+            self._count(False)
+            return None
+        now = time.time()
+        if now - stored > self.touch_after:
+            self._blocks.set(key, bytes(data), tag=_tag(data, now))  # used: to the back of the queue
+        self._count(True)
+        return DiskBlock(raw, length)
+
+    def advise(self, file_key: str, indices: list[int]) -> None:
+        """Ask the kernel to start reading these blocks' files (a hint: absent blocks are skipped)."""
+        for index in indices:
+            try:
+                value = self._blocks.get((_BLOCK, file_key, index), default=None, read=True)
+            except (OSError, diskcache.Timeout):
+                continue
+            if value is None or isinstance(value, bytes):
+                continue
+            with value:
+                os.posix_fadvise(value.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
 
     def put(self, file_key: str, index: int, data: bytes, expected_len: int | None = None) -> None:
         """Store one COMPLETE block: `expected_len` bytes (default block_size)."""

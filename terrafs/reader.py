@@ -47,9 +47,9 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterator, Protocol, Union
 
-from terrafs.blockcache import BlockCache
+from terrafs.blockcache import BlockCache, DiskBlock
 from terrafs.errors import FetchError
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,11 @@ class _Spooled:
 
     def __len__(self) -> int:
         return self.length
+
+
+# A block as the reader holds it: bytes in RAM, a slot of the spool file, or
+# its verified file in the disk cache.
+_Block = Union[bytes, _Spooled, DiskBlock]
 
 
 class _Spool:
@@ -273,7 +278,11 @@ class Reader:
         self._streams: list[_Stream] = []
         # Recently used blocks in RAM: a 128 KiB kernel read must not re-read and
         # re-verify a whole block from disk each time.
-        self._hot: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        # A block loaded from the disk cache is held as its open, verified file
+        # (DiskBlock): it costs a file descriptor here, its bytes stay in the
+        # page cache. Its length counts against hot_bytes like a block in RAM.
+        self._hot: OrderedDict[tuple[str, int], bytes | DiskBlock] = OrderedDict()
+        self._scratch: list[bytearray] = []  # verify buffers (list.pop/append are atomic)
         self._hot_bytes = 0
         self._hot_limit = hot_bytes
         self._closed = False
@@ -369,12 +378,15 @@ class Reader:
                 got = self._blocks(pf, p0, p1, max(p1, fetch_last), ps)
                 for j in range(p0, p1 + 1):
                     a, b = max(pos, j * ps), min(stop, (j + 1) * ps)
-                    out[a - offset : b - offset] = memoryview(got[j])[a - j * ps : b - j * ps]
+                    self._copy(pf, j, got[j], a - j * ps, b - j * ps, out[a - offset : b - offset])
             pos = stop
 
-    def _copy(self, f: RemoteFile, i: int, data: bytes | _Spooled, start: int, end: int, dst: memoryview) -> None:
-        """Bytes [start, end) of block i into dst, whether the block is in RAM or in the spool."""
+    def _copy(self, f: RemoteFile, i: int, data: _Block, start: int, end: int, dst: memoryview) -> None:
+        """Bytes [start, end) of block i into dst, from RAM, the spool or the block's cache file."""
         for _ in range(3):
+            if isinstance(data, DiskBlock):
+                data.read_into(start, dst)
+                return
             if not isinstance(data, _Spooled):
                 dst[:] = memoryview(data)[start:end]
                 return
@@ -622,7 +634,7 @@ class Reader:
 
     def _blocks(
         self, f: RemoteFile, first: int, last: int, fetch_last: int, unit: int | None = None
-    ) -> dict[int, bytes]:
+    ) -> dict[int, _Block]:
         """Blocks first..last of f, from RAM, disk, a stream or new fetches.
 
         A fetch this read leads also brings the missing blocks up to
@@ -839,32 +851,52 @@ class Reader:
             time.sleep(_WRITE_DEFER / 2)
 
     def _schedule_disk_ahead(self, f: RemoteFile, start: int) -> None:
-        """Queue blocks [start, start + disk_ahead) for loading into RAM (caller holds the lock)."""
+        """Queue blocks [start, start + disk_ahead) for loading (caller holds the lock).
+
+        The kernel is first told to read the new blocks' files ahead, all at
+        once, so that the disk works on several while the loaders verify one.
+        """
         bs = self.block_size
+        new = []
         for i in range(start, min(self._nblocks(f), start + max(1, self.disk_ahead // bs))):
             key = (f.key, i)
             if key in self._hot or key in self._pending or key in self._loading or key in self._inflight:
                 continue
             self._loading[key] = threading.Event()
-            self._loads.put((f, i))
+            new.append(i)
+        if new:
+            self._loads.put((f, new))
 
     def _load_loop(self) -> None:
+        scratch = bytearray(self.block_size)  # reused: no fresh memory per block
         while True:
             item = self._loads.get()
             if item is None:
                 return
-            f, i = item
-            try:
-                data = self._cache.get(f.key, i)  # None if absent: then a fetch brings it
-                if data is not None and len(data) == self._block_len(f, i):
-                    self._remember(f.key, i, data)
-            except Exception:  # read-ahead is an optimisation: the reader retries itself
-                log.exception("loading block %d of %s from the cache failed", i, f.url)
-            finally:
-                with self._lock:
-                    event = self._loading.pop((f.key, i), None)
-                if event is not None:
-                    event.set()
+            f, indices = item
+            if len(indices) > 1:
+                try:
+                    self._cache.advise(f.key, indices)
+                except Exception:  # a hint only
+                    log.debug("read-ahead hint for %s failed", f.url, exc_info=True)
+                # The rest go to the queue again: both loaders verify them.
+                for i in indices[1:]:
+                    self._loads.put((f, [i]))
+            self._load(f, indices[0], scratch)
+
+    def _load(self, f: RemoteFile, i: int, scratch: bytearray) -> None:
+        """Verify block i from the disk cache into the hot set; wake whoever waits for it."""
+        try:
+            data = self._cache.open_block(f.key, i, scratch)  # None if absent: then a fetch brings it
+            if data is not None and len(data) == self._block_len(f, i):
+                self._remember(f.key, i, data)
+        except Exception:  # read-ahead is an optimisation: the reader retries itself
+            log.exception("loading block %d of %s from the cache failed", i, f.url)
+        finally:
+            with self._lock:
+                event = self._loading.pop((f.key, i), None)
+            if event is not None:
+                event.set()
 
     def _write_loop(self) -> None:
         while True:
@@ -898,7 +930,7 @@ class Reader:
                     self._spool.free(item[2])  # type: ignore[union-attr]
                 self._writes.task_done()
 
-    def _cached_data(self, f: RemoteFile, i: int, unit: int | None = None) -> bytes | None:
+    def _cached_data(self, f: RemoteFile, i: int, unit: int | None = None) -> bytes | DiskBlock | None:
         with self._lock:
             data = self._hot.get((f.key, i))
             if data is not None:
@@ -913,7 +945,11 @@ class Reader:
                 data = self._hot.get((f.key, i))
             if data is not None:
                 return data
-        data = self._cache.get(f.key, i)
+        scratch = self._take_scratch()
+        try:
+            data = self._cache.open_block(f.key, i, scratch)
+        finally:
+            self._scratch.append(scratch)
         if data is None:
             return None
         if len(data) != self._block_len(f, i, unit):
@@ -922,11 +958,18 @@ class Reader:
         self._remember(f.key, i, data)
         return data
 
+    def _take_scratch(self) -> bytearray:
+        """A block-sized buffer to verify a cached block in (kept for reuse: no fresh memory each time)."""
+        try:
+            return self._scratch.pop()
+        except IndexError:
+            return bytearray(self.block_size)
+
     def _cached(self, f: RemoteFile, i: int, unit: int | None = None) -> bool:
         """Cheap presence test (caller may hold the lock)."""
         return (f.key, i) in self._hot or (f.key, i) in self._pending or self._cache.has(f.key, i)
 
-    def _remember(self, key: str, i: int, data: bytes) -> None:
+    def _remember(self, key: str, i: int, data: bytes | DiskBlock) -> None:
         with self._lock:
             old = self._hot.pop((key, i), None)
             if old is not None:

@@ -95,6 +95,50 @@ def test_truncated_block_file_is_dropped(tmp_path: Path):
         c.close()
 
 
+def _open_bytes(c: BlockCache, key: str, i: int) -> bytes | None:
+    """What open_block hands back, as bytes (through the open file for a file-backed block)."""
+    blk = c.open_block(key, i, bytearray(BS))
+    if blk is None or isinstance(blk, bytes):
+        return blk
+    out = bytearray(len(blk))
+    blk.read_into(0, memoryview(out))
+    return bytes(out)
+
+
+def test_open_block_serves_the_verified_file_and_keeps_it_if_evicted(tmp_path: Path):
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    try:
+        c.put("f", 0, _block(0))
+        c.put("f", 1, _block(1, 1000), expected_len=1000)
+        assert _open_bytes(c, "f", 0) == _block(0)
+        assert _open_bytes(c, "f", 1) == _block(1, 1000)
+        assert c.open_block("f", 2, bytearray(BS)) is None
+        held = c.open_block("f", 0, bytearray(BS))
+        assert not isinstance(held, bytes), "a 64 KiB block should live in its own file"
+        c.drop_file("f")  # evicted (its file unlinked) while a reader holds it
+        out = bytearray(100)
+        held.read_into(50, memoryview(out))
+        assert out == _block(0)[50:150]
+    finally:
+        c.close()
+
+
+def test_open_block_drops_a_corrupt_file(tmp_path: Path):
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    c.put("f", 0, _block(0))
+    c.close()
+    (f,) = _value_files(tmp_path / "c")
+    raw = bytearray(f.read_bytes())
+    raw[999] ^= 0x01
+    f.write_bytes(bytes(raw))
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    try:
+        assert c.open_block("f", 0, bytearray(BS)) is None, "a corrupt block was handed out"
+        assert not c.has("f", 0), "the corrupt block was not dropped"
+    finally:
+        c.close()
+
+
 def test_size_limit_evicts_least_recently_used(tmp_path: Path):
     limit = 2 << 20
     # touch_after=0: every get counts as a use (by default only one per hour does).
