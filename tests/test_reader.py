@@ -5,6 +5,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+import os
 from pathlib import Path
 
 import pytest
@@ -654,3 +655,24 @@ def test_a_file_of_one_block_is_fetched_whole_in_one_request(penv):
     for off, n in [(0, 16384), (16384, 32768), (600_000, 8192), (300_000, 90_000)]:
         assert reader.read(f, off, n) == data[off : off + n]
     assert dl.calls == [("range", 0, 900_000, True)], dl.calls
+
+
+def test_spool_reserves_its_space_on_disk_but_not_in_memory(tmp_path: Path):
+    from terrafs.reader import _Spool
+
+    spool = _Spool(str(tmp_path), BS, 4)
+    try:
+        assert os.fstat(spool._fd).st_blocks * 512 >= 4 * BS, "the spool's space was not reserved ahead"
+        sp = spool.put(b"z" * BS)
+        out = bytearray(10)
+        assert spool.read_into(sp, 100, memoryview(out)) and out == b"z" * 10
+        spool.free(sp)  # empty again: pages given back, space reserved again
+        assert os.fstat(spool._fd).st_blocks * 512 >= 4 * BS
+    finally:
+        spool.close()
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        spool = _Spool("/dev/shm", BS, 4)
+        try:
+            assert os.fstat(spool._fd).st_blocks == 0, "a spool in memory reserved 4 blocks of RAM"
+        finally:
+            spool.close()
