@@ -194,7 +194,9 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     downloader = Downloader(auth, make_limiter(config))
     blocks = open_block_cache(config)
     meta = open_meta_cache(config)
-    reader = Reader(downloader, blocks, block_size=config.block_size)
+    # Blocks waiting for their cache write (and the spool's reserved space) never
+    # need to exceed what the cache can hold.
+    reader = Reader(downloader, blocks, block_size=config.block_size, write_queue=min(256 << 20, config.cache_size))
     catalogue = make_catalogue(config)
     sampler = make_catalogue(config, with_local_paths=True) if config.layout == "platform" else None
     store = listing_store(config, meta)
