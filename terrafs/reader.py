@@ -29,8 +29,10 @@ Fetched blocks are served at once and written to the disk cache behind, on
 one writer thread that yields to readers (a cold copy is not slowed by cache
 writes); flush()/close() wait for it. Until written, a ranged fetch's blocks
 wait in RAM and a stream's in an unlinked spool file (its page cache is far
-cheaper than fresh anonymous memory, see _Spool). A sequential re-read from the
-disk cache is loaded ahead into RAM by two loader threads.
+cheaper than fresh anonymous memory, see _Spool). Blocks read back from the disk
+cache are verified once and then served from their open cache file (DiskBlock);
+a sequential re-read has them verified ahead by two loader threads, after the
+kernel was told to read their files.
 
 Blocks are cached only when complete and from a response whose size and
 identity (ETag / Last-Modified) were checked. This module must not import FUSE
@@ -349,9 +351,10 @@ class Reader:
         self._flushing = 0
         self._writer = threading.Thread(target=self._write_loop, name="terrafs-cache-writer", daemon=True)
         self._writer.start()
-        # Disk read-ahead for sequential re-reads: blocks come from the cache
-        # into RAM ahead of the reader, two at a time, as the kernel does for
-        # a local file. A reader needing a block being loaded waits for it.
+        # Disk read-ahead for sequential re-reads: blocks are verified and
+        # opened ahead of the reader, two at a time, after a hint to the kernel
+        # to read the next files (as it reads ahead in a local file). A reader
+        # needing a block being loaded waits for it.
         self.disk_ahead = max(0, disk_ahead)
         self._loading: dict[tuple[str, int], threading.Event] = {}
         self._loads: queue.Queue = queue.Queue()
