@@ -210,18 +210,6 @@ class BlockCache:
         self._count(True)
         return DiskBlock(raw, length)
 
-    def advise(self, file_key: str, indices: list[int]) -> None:
-        """Ask the kernel to start reading these blocks' files (a hint: absent blocks are skipped)."""
-        for index in indices:
-            try:
-                value = self._blocks.get((_BLOCK, file_key, index), default=None, read=True)
-            except (OSError, diskcache.Timeout):
-                continue
-            if value is None or isinstance(value, bytes):
-                continue
-            with value:
-                os.posix_fadvise(value.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
-
     def put(self, file_key: str, index: int, data: bytes, expected_len: int | None = None) -> None:
         """Store one COMPLETE block: `expected_len` bytes (default block_size)."""
         want = self.block_size if expected_len is None else expected_len

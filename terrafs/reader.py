@@ -31,8 +31,7 @@ writes); flush()/close() wait for it. Until written, a ranged fetch's blocks
 wait in RAM and a stream's in an unlinked spool file (its page cache is far
 cheaper than fresh anonymous memory, see _Spool). Blocks read back from the disk
 cache are verified once and then served from their open cache file (DiskBlock);
-a sequential re-read has them verified ahead by two loader threads, after the
-kernel was told to read their files.
+a sequential re-read has them verified ahead by two loader threads.
 
 Blocks are cached only when complete and from a response whose size and
 identity (ETag / Last-Modified) were checked. This module must not import FUSE
@@ -352,9 +351,8 @@ class Reader:
         self._writer = threading.Thread(target=self._write_loop, name="terrafs-cache-writer", daemon=True)
         self._writer.start()
         # Disk read-ahead for sequential re-reads: blocks are verified and
-        # opened ahead of the reader, two at a time, after a hint to the kernel
-        # to read the next files (as it reads ahead in a local file). A reader
-        # needing a block being loaded waits for it.
+        # opened ahead of the reader, two at a time, as the kernel reads ahead
+        # in a local file. A reader needing a block being loaded waits for it.
         self.disk_ahead = max(0, disk_ahead)
         self._loading: dict[tuple[str, int], threading.Event] = {}
         self._loads: queue.Queue = queue.Queue()
@@ -897,21 +895,14 @@ class Reader:
             time.sleep(_WRITE_DEFER / 2)
 
     def _schedule_disk_ahead(self, f: RemoteFile, start: int) -> None:
-        """Queue blocks [start, start + disk_ahead) for loading (caller holds the lock).
-
-        The kernel is first told to read the new blocks' files ahead, all at
-        once, so that the disk works on several while the loaders verify one.
-        """
+        """Queue blocks [start, start + disk_ahead) for loading (caller holds the lock)."""
         bs = self.block_size
-        new = []
         for i in range(start, min(self._nblocks(f), start + max(1, self.disk_ahead // bs))):
             key = (f.key, i)
             if key in self._hot or key in self._pending or key in self._loading or key in self._inflight:
                 continue
             self._loading[key] = threading.Event()
-            new.append(i)
-        if new:
-            self._loads.put((f, new))
+            self._loads.put((f, i))
 
     def _load_loop(self) -> None:
         scratch = bytearray(self.block_size)  # reused: no fresh memory per block
@@ -919,16 +910,8 @@ class Reader:
             item = self._loads.get()
             if item is None:
                 return
-            f, indices = item
-            if len(indices) > 1:
-                try:
-                    self._cache.advise(f.key, indices)
-                except Exception:  # a hint only
-                    log.debug("read-ahead hint for %s failed", f.url, exc_info=True)
-                # The rest go to the queue again: both loaders verify them.
-                for i in indices[1:]:
-                    self._loads.put((f, [i]))
-            self._load(f, indices[0], scratch)
+            f, i = item
+            self._load(f, i, scratch)
 
     def _load(self, f: RemoteFile, i: int, scratch: bytearray) -> None:
         """Verify block i from the disk cache into the hot set; wake whoever waits for it."""
