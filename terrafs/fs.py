@@ -255,4 +255,5 @@ class FUSE(fuse.FUSE):
         return super()._wrapper(func, *args, **kwargs)
 
     def read(self, path, buf, size, offset, fip):  # the signature of mfusepy's callback
-        return self.operations.read_into(None if path is None else path.decode(), buf, size, offset, fip.contents.fh)
+        name = None if path is None else path.decode(self.encoding, self.errors)  # as mfusepy decodes paths
+        return self.operations.read_into(name, buf, size, offset, fip.contents.fh)
