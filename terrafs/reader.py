@@ -84,6 +84,7 @@ def _in_memory(fd: int) -> bool:
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF in _MEMORY_FILESYSTEMS
 
 _WAIT_LIMIT = 600.0  # seconds a reader waits on another thread's fetch before giving up
+_MAX_OPEN_BLOCKS = 128  # cache files held open (DiskBlock) at most: small blocks must not exhaust descriptors
 _WRITE_DEFER = 0.05  # cache writes wait while a read came within this many seconds
 _WRITE_MAX_DEFER = 2.0  # ... but no block waits longer than this
 
@@ -326,6 +327,7 @@ class Reader:
         # (DiskBlock): it costs a file descriptor here, its bytes stay in the
         # page cache. Its length counts against hot_bytes like a block in RAM.
         self._hot: OrderedDict[tuple[str, int], bytes | DiskBlock] = OrderedDict()
+        self._open_files: OrderedDict[tuple[str, int], None] = OrderedDict()  # the DiskBlocks in _hot
         self._scratch: list[bytearray] = []  # verify buffers (list.pop/append are atomic)
         self._hot_bytes = 0
         self._hot_limit = hot_bytes
@@ -856,6 +858,7 @@ class Reader:
             with self._lock:
                 for k in [k for k in self._hot if k[0] in keys]:
                     self._hot_bytes -= len(self._hot.pop(k))
+                    self._open_files.pop(k, None)
         if old is None or tuple(old) != ident:
             self._cache.set_meta(meta_key, ident)
 
@@ -1005,11 +1008,20 @@ class Reader:
             old = self._hot.pop((key, i), None)
             if old is not None:
                 self._hot_bytes -= len(old)
+                self._open_files.pop((key, i), None)
             self._hot[(key, i)] = data
             self._hot_bytes += len(data)
+            if isinstance(data, DiskBlock):
+                self._open_files[(key, i)] = None
+                while len(self._open_files) > _MAX_OPEN_BLOCKS:
+                    k, _ = self._open_files.popitem(last=False)
+                    closed = self._hot.pop(k, None)
+                    if closed is not None:
+                        self._hot_bytes -= len(closed)
             while self._hot_bytes > self._hot_limit and len(self._hot) > 1:
-                _, dropped = self._hot.popitem(last=False)
+                k, dropped = self._hot.popitem(last=False)
                 self._hot_bytes -= len(dropped)
+                self._open_files.pop(k, None)
 
     def _block_len(self, f: RemoteFile, i: int, unit: int | None = None) -> int:
         u = unit or self.block_size

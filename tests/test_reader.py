@@ -676,3 +676,24 @@ def test_spool_reserves_its_space_on_disk_but_not_in_memory(tmp_path: Path):
             assert os.fstat(spool._fd).st_blocks == 0, "a spool in memory reserved 4 blocks of RAM"
         finally:
             spool.close()
+
+
+def test_cached_blocks_held_open_are_bounded(env, tmp_path: Path):
+    """A re-read from the disk cache holds blocks as open files; small blocks must not use up descriptors."""
+    from terrafs.blockcache import DiskBlock
+
+    limit = 128  # terrafs.reader._MAX_OPEN_BLOCKS
+    data, f, dl, cache, reader = env(size=256 * BS, cache_dir=tmp_path / "c")  # 256 blocks, 16 MiB
+    assert _read_all(reader, f) == data
+    reader.flush()
+    reader2 = Reader(dl, cache)  # a fresh reader (as after a remount) on the same cache
+    try:
+        fds_before = len(os.listdir("/proc/self/fd"))
+        requests_before = len(dl.calls)
+        assert _read_all(reader2, f) == data
+        assert len(dl.calls) == requests_before, "the re-read went to the server"
+        held = sum(isinstance(v, DiskBlock) for v in reader2._hot.values())
+        assert 0 < held <= limit, f"{held} cached blocks held open"
+        assert len(os.listdir("/proc/self/fd")) - fds_before <= limit + 8
+    finally:
+        reader2.close()
