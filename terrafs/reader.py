@@ -544,8 +544,14 @@ class Reader:
         if live:
             if sequential and st.start <= state.seq_end <= st.end:
                 ahead = min(self.readahead, max(state.seq_end - state.run_start, 2 * bs))
-                st.allowed_end = max(st.allowed_end, min(st.end, state.seq_end + ahead))
-                self._cond.notify_all()
+                allowed = max(st.allowed_end, min(st.end, state.seq_end + ahead))
+                if allowed > st.allowed_end:
+                    # Only a paused stream waits for this (see _wait_allowed): wake
+                    # it then, not every thread on the condition at every read.
+                    paused = st.pos >= st.allowed_end
+                    st.allowed_end = allowed
+                    if paused:
+                        self._cond.notify_all()
             return end, False
         if first == 0 and not self._cached(f, 0):
             if end - offset >= self.bulk_read and not self._pieces_cached(f, offset, end):
