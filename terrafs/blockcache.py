@@ -86,22 +86,23 @@ class DiskBlock:
 
     def read_into(self, start: int, dst: memoryview) -> None:
         """Bytes [start, start+len(dst)) of the block into dst."""
-        fd, done = self._file.fileno(), 0
-        while done < len(dst):
-            n = os.preadv(fd, [dst[done:]], start + done)
-            if n <= 0:
-                raise OSError(f"cached block file ended {len(dst) - done} bytes short")
-            done += n
+        if read_fully(self._file.fileno(), dst, start) < len(dst):
+            raise OSError("cached block file ended short")
 
 
-def _check(value: object, tag: object) -> float | None:
-    """When a block with this tag was stored, or None if value does not match it."""
-    if not isinstance(value, bytes):
-        return None
-    return _check_view(value, tag)
+def read_fully(fd: int, dst: memoryview, pos: int) -> int:
+    """pread into all of dst from pos (fewer bytes only at end of file); returns how many were read."""
+    done = 0
+    while done < len(dst):
+        n = os.preadv(fd, [dst[done:]], pos + done)
+        if n <= 0:
+            break
+        done += n
+    return done
 
 
-def _check_view(value, tag: object) -> float | None:
+def _check(value, tag: object) -> float | None:
+    """When a block with this tag was stored, or None if value (bytes-like) does not match it."""
     if isinstance(tag, int):  # the first format: length and CRC packed, no time
         return 0.0 if tag == (len(value) << 32) | zlib.crc32(value) else None
     try:
@@ -140,32 +141,20 @@ class BlockCache:
 
     def get(self, file_key: str, index: int) -> bytes | None:
         """The verified block, or None (missing, or corrupt and now dropped)."""
-        key = (_BLOCK, file_key, index)
-        try:
-            value, tag = self._blocks.get(key, default=None, tag=True)
-        except (OSError, diskcache.Timeout) as exc:
-            log.warning("block cache read failed for block %d of %s: %s", index, file_key, exc)
-            value, tag = None, None
-        if value is not None:
-            stored = _check(value, tag)
-            if stored is None:
-                log.warning("dropping corrupt cached block %d of %s", index, file_key)
-                self._blocks.delete(key)
-                value = None
-            else:
-                now = time.time()
-                if now - stored > self.touch_after:
-                    self._blocks.set(key, value, tag=_tag(value, now))  # used: to the back of the queue
-        self._count(value is not None)
-        return value
+        block = self.open_block(file_key, index, bytearray(self.block_size))
+        if not isinstance(block, DiskBlock):
+            return block
+        out = bytearray(len(block))
+        block.read_into(0, memoryview(out))
+        return bytes(out)
 
     def open_block(self, file_key: str, index: int, scratch: bytearray) -> "bytes | DiskBlock | None":
         """The verified block as an open file (or bytes, if kept in the index), or None.
 
-        Verifies like get(), but reads the file into `scratch` (at least
-        block_size bytes, reused by the caller) instead of a new bytes object,
-        and hands back the open file: serving a block from its file costs one
-        copy out of the page cache and no fresh memory.
+        A file-backed block is read into `scratch` (at least block_size bytes,
+        reused by the caller) to check its length and CRC, and handed back open:
+        serving it costs one copy out of the page cache and no fresh memory. A
+        block that does not match its row is dropped and reported as a miss.
         """
         key = (_BLOCK, file_key, index)
         try:
@@ -173,33 +162,28 @@ class BlockCache:
         except (OSError, diskcache.Timeout) as exc:
             log.warning("block cache read failed for block %d of %s: %s", index, file_key, exc)
             value, tag = None, None
-        if value is None or isinstance(value, bytes):
-            if value is not None and _check(value, tag) is None:
-                log.warning("dropping corrupt cached block %d of %s", index, file_key)
-                self._blocks.delete(key)
-                value = None
-            self._count(value is not None)
-            return value
-        raw = value.detach() if hasattr(value, "detach") else value  # the unbuffered file under it
+        if value is None:
+            self._count(False)
+            return None
+        raw = None
         try:
-            fd = raw.fileno()
-            length = os.fstat(fd).st_size
-            view = memoryview(scratch)
-            if length > len(view):
-                raise OSError(f"{length} bytes, more than a block")
-            done = 0
-            while done < length:
-                n = os.preadv(fd, [view[done:length]], done)
-                if n <= 0:
-                    break
-                done += n
-            data = view[:done]
-            stored = _check_view(data, tag)
+            if isinstance(value, bytes):  # small values live in the index itself
+                data = memoryview(value)
+            elif not hasattr(value, "fileno"):
+                raise OSError(f"a {type(value).__name__} where a block should be")
+            else:
+                raw = value.detach() if hasattr(value, "detach") else value  # the unbuffered file under it
+                length = os.fstat(raw.fileno()).st_size
+                if length > len(scratch):
+                    raise OSError(f"{length} bytes, more than a block")
+                data = memoryview(scratch)[: read_fully(raw.fileno(), memoryview(scratch)[:length], 0)]
+            stored = _check(data, tag)
         except OSError as exc:
             log.warning("block cache read failed for block %d of %s: %s", index, file_key, exc)
             stored = None
         if stored is None:
-            raw.close()
+            if raw is not None:
+                raw.close()
             log.warning("dropping corrupt cached block %d of %s", index, file_key)
             self._blocks.delete(key)
             self._count(False)
@@ -208,7 +192,7 @@ class BlockCache:
         if now - stored > self.touch_after:
             self._blocks.set(key, bytes(data), tag=_tag(data, now))  # used: to the back of the queue
         self._count(True)
-        return DiskBlock(raw, length)
+        return value if raw is None else DiskBlock(raw, len(data))
 
     def put(self, file_key: str, index: int, data: bytes, expected_len: int | None = None) -> None:
         """Store one COMPLETE block: `expected_len` bytes (default block_size)."""

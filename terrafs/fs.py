@@ -179,19 +179,22 @@ class TerraFS(fuse.Operations):
             self._handles[fh] = remote
         return fh
 
-    @translated
-    def read(self, path, size, offset, fh):
+    def _remote(self, fh):
         remote = self._handles.get(fh)
         if remote is None:
             raise fuse.FuseOSError(errno.EBADF)
-        return self.files.read(remote, offset, size)
+        return remote
+
+    @translated
+    def read(self, path, size, offset, fh):
+        # Under FUSE below, libfuse's read callback goes to read_into; this one
+        # serves plain mfusepy (and its presence makes mfusepy register the callback).
+        return self.files.read(self._remote(fh), offset, size)
 
     @translated
     def read_into(self, path, buf, size, offset, fh):
         """read(), but into libfuse's reply buffer (see FUSE below): no bytes object, one copy less."""
-        remote = self._handles.get(fh)
-        if remote is None:
-            raise fuse.FuseOSError(errno.EBADF)
+        remote = self._remote(fh)
         if size <= 0:
             return 0
         out = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
@@ -211,7 +214,6 @@ class TerraFS(fuse.Operations):
 
     chmod = chown = create = mkdir = mknod = rename = rmdir = _readonly
     symlink = truncate = unlink = utimens = write = link = setxattr = removexattr = _readonly
-
 
 
 _ADOPTED: set[int] = set()  # native ids of libfuse threads that keep their Python thread state

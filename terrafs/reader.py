@@ -51,35 +51,35 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Union
 
-from terrafs.blockcache import BlockCache, DiskBlock
+from terrafs.blockcache import BlockCache, DiskBlock, read_fully
 from terrafs.errors import FetchError
 
 log = logging.getLogger(__name__)
 
 
-def _libc_fallocate():
-    """fallocate(2) itself: glibc's posix_fallocate writes zeros where the filesystem cannot allocate."""
+def _libc(name: str):
+    """A function of the C library, or None where there is none by that name."""
     try:
-        fn = ctypes.CDLL(None, use_errno=True).fallocate64
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    fn.restype = ctypes.c_int
-    return fn
 
 
-_fallocate = _libc_fallocate()
+# fallocate(2) itself: glibc's posix_fallocate writes zeros where the filesystem cannot allocate.
+_fallocate = _libc("fallocate64")
+if _fallocate is not None:
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    _fallocate.restype = ctypes.c_int
+_fstatfs = _libc("fstatfs")
 _MEMORY_FILESYSTEMS = {0x01021994, 0x858458F6}  # tmpfs, ramfs (statfs f_type)
 
 
 def _in_memory(fd: int) -> bool:
     """Whether fd's file lives in memory (tmpfs, ramfs); False when it cannot tell."""
-    try:
-        fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
-    except (OSError, AttributeError):
+    if _fstatfs is None:
         return False
     buf = ctypes.create_string_buffer(256)  # struct statfs; f_type is its first word
-    if fstatfs(fd, buf) != 0:
+    if _fstatfs(fd, buf) != 0:
         return False
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF in _MEMORY_FILESYSTEMS
 
@@ -184,12 +184,14 @@ class _Spool:
         self._gens = [0] * slots
         self._room = threading.Semaphore(slots)
         self._lock = threading.Lock()
+        # Not on tmpfs: there, reserving would take 256 MiB of RAM for as long as we run.
+        self._reserve = _fallocate is not None and not _in_memory(self._fd)
         self._allocate()
 
     def _allocate(self) -> None:
         """Reserve the file's blocks if the filesystem can (a hint: without, writes allocate as they go)."""
-        if _fallocate is None or _in_memory(self._fd):
-            return  # on tmpfs, reserving would take 256 MiB of RAM for as long as we run
+        if not self._reserve:
+            return
         if _fallocate(self._fd, 0, 0, ctypes.c_int64(len(self._gens) * self._size)) != 0:
             err = ctypes.get_errno()
             log.debug("spool space not reserved ahead: %s", os.strerror(err))
@@ -223,12 +225,8 @@ class _Spool:
 
     def read_into(self, sp: _Spooled, start: int, dst: memoryview) -> bool:
         """Bytes [start, start+len(dst)) of the block into dst; False if its slot was reused meanwhile."""
-        done = 0
-        while done < len(dst):
-            n = os.preadv(self._fd, [dst[done:]], sp.slot * self._size + start + done)
-            if n <= 0:
-                raise FetchError(f"spool file ended {len(dst) - done} bytes short")
-            done += n
+        if read_fully(self._fd, dst, sp.slot * self._size + start) < len(dst):
+            raise FetchError("spool file ended short")
         with self._lock:
             return self._gens[sp.slot] == sp.gen
 

@@ -64,15 +64,24 @@ def _value_files(directory: Path) -> list[Path]:
     return [p for p in directory.rglob("*.val")]
 
 
-def test_corrupt_block_file_is_dropped_not_served(tmp_path: Path):
+def _stored_block_file(tmp_path: Path) -> Path:
+    """Block 0 of "f", stored in the cache at tmp_path / "c" (then closed): its value file."""
     c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
     c.put("f", 0, _block(0))
     c.close()
     files = _value_files(tmp_path / "c")
     assert len(files) == 1, f"expected one value file, found {files}"
-    raw = bytearray(files[0].read_bytes())
-    raw[1234] ^= 0xFF
-    files[0].write_bytes(bytes(raw))
+    return files[0]
+
+
+def _flip(path: Path, at: int, mask: int) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[at] ^= mask
+    path.write_bytes(bytes(raw))
+
+
+def test_corrupt_block_file_is_dropped_not_served(tmp_path: Path):
+    _flip(_stored_block_file(tmp_path), 1234, 0xFF)
     c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
     try:
         assert c.get("f", 0) is None, "a corrupt block was served"
@@ -82,11 +91,7 @@ def test_corrupt_block_file_is_dropped_not_served(tmp_path: Path):
 
 
 def test_truncated_block_file_is_dropped(tmp_path: Path):
-    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
-    c.put("f", 0, _block(0))
-    c.close()
-    (f,) = _value_files(tmp_path / "c")
-    with open(f, "r+b") as fh:
+    with open(_stored_block_file(tmp_path), "r+b") as fh:
         fh.truncate(BS // 2)  # as if the write had been cut short
     c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
     try:
@@ -124,13 +129,7 @@ def test_open_block_serves_the_verified_file_and_keeps_it_if_evicted(tmp_path: P
 
 
 def test_open_block_drops_a_corrupt_file(tmp_path: Path):
-    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
-    c.put("f", 0, _block(0))
-    c.close()
-    (f,) = _value_files(tmp_path / "c")
-    raw = bytearray(f.read_bytes())
-    raw[999] ^= 0x01
-    f.write_bytes(bytes(raw))
+    _flip(_stored_block_file(tmp_path), 999, 0x01)
     c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
     try:
         assert c.open_block("f", 0, bytearray(BS)) is None, "a corrupt block was handed out"
