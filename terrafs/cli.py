@@ -278,7 +278,7 @@ def cmd_prefetch(args) -> int:
     from terrafs.fs import XATTR_PREFIX
     from terrafs.http import Downloader
     from terrafs.mount import check_auth, make_auth, make_limiter, open_block_cache
-    from terrafs.reader import Reader, RemoteFile
+    from terrafs.read import Reader, RemoteFile
 
     config = _load(args)
     setup_logging(_level(args, config))

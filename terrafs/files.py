@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from terrafs.reader import Reader, RemoteFile
+from terrafs.read import Reader, RemoteFile
 from terrafs.tree import FileNode
 
 log = logging.getLogger(__name__)

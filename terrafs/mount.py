@@ -27,7 +27,7 @@ from terrafs.errors import AuthError, CatalogueError
 from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.ratelimit import RateLimiter
-from terrafs.reader import Reader
+from terrafs.read import Reader
 from terrafs.tree import ListingStore, Tree
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,8 @@ import pytest
 
 from terrafs.blockcache import BlockCache
 from terrafs.errors import FetchError
-from terrafs.reader import Reader, RemoteFile
+from terrafs.read import Reader, RemoteFile
+from terrafs.read.remote import blocks_of
 
 BS = 64 << 10
 URL = "http://127.0.0.1:1/download/x/B02.tif"
@@ -94,6 +95,18 @@ class FakeDownloader:
         return [c[0] for c in self.calls]
 
 
+class StalledCache(BlockCache):
+    """A block cache whose writes wait until `go` is set: the writer is stuck, blocks must wait somewhere."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.go = threading.Event()
+
+    def put(self, *a, **kw):
+        self.go.wait(60)
+        return super().put(*a, **kw)
+
+
 def _data(n: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(n)
 
@@ -103,10 +116,11 @@ def env(tmp_path: Path):
     """(data, file, downloader, cache, reader) with a 4 MiB file and 64 KiB blocks."""
     made = []
 
-    def make(size: int = 4 << 20, cache_dir: Path | None = None, dl: FakeDownloader | None = None, **kw):
+    def make(size: int = 4 << 20, cache_dir: Path | None = None, dl: FakeDownloader | None = None,
+             cache_cls: type = BlockCache, **kw):
         data = dl.data if dl else _data(size)
         dl = dl or FakeDownloader(data)
-        cache = BlockCache(cache_dir or tmp_path / "cache", size_limit=256 << 20, block_size=BS)
+        cache = cache_cls(cache_dir or tmp_path / "cache", size_limit=256 << 20, block_size=BS)
         kw.setdefault("head_size", 256 << 10)
         kw.setdefault("readahead", 1 << 20)
         kw.setdefault("stream_chunk", 32 << 10)
@@ -461,15 +475,15 @@ def test_sequential_reread_from_disk_is_loaded_ahead(tmp_path: Path):
 
 def test_stream_blocks_wait_for_their_cache_write_in_an_unlinked_spool(env, tmp_path: Path):
     """A cold copy's blocks are not held in RAM until written: they sit in a spool file nobody can see."""
-    from terrafs.reader import _Spooled
-
-    data, f, dl, cache, reader = env(size=2 << 20)
-    with reader._write_lock:  # the writer is stuck: every block must wait somewhere
+    data, f, dl, cache, reader = env(size=2 << 20, cache_cls=StalledCache)
+    try:
         assert _read_all(reader, f) == data
-        waiting = [v for (k, _), v in reader._pending.items() if k == f.key]
-        assert waiting and all(isinstance(v, _Spooled) for v in waiting), "stream blocks waited in RAM"
-        assert reader._hot_bytes == 0, "stream blocks were also kept in RAM"
+        s = reader.stats()
+        assert s["spooled_blocks"] > 0 and s["spooled_blocks"] == s["pending_blocks"], f"stream blocks waited in RAM: {s}"
+        assert s["hot_bytes"] == 0, f"stream blocks were also kept in RAM: {s}"
         assert _read_all(reader, f, step=100_000) == data, "a block waiting in the spool was served wrong"
+    finally:
+        cache.go.set()
     reader.flush()
     for i in range(f.size // BS):
         assert cache.get(f.key, i) == data[i * BS : (i + 1) * BS], f"block {i} missing or wrong after flush"
@@ -479,17 +493,17 @@ def test_stream_blocks_wait_for_their_cache_write_in_an_unlinked_spool(env, tmp_
 
 
 def test_spool_is_bounded_and_the_stream_waits_for_room(env):
-    from terrafs.reader import _Spooled
-
-    data, f, dl, cache, reader = env(size=2 << 20, write_queue=4 * BS)
+    data, f, dl, cache, reader = env(size=2 << 20, write_queue=4 * BS, cache_cls=StalledCache)
     out: list[bytes] = []
-    with reader._write_lock:
+    try:
         t = threading.Thread(target=lambda: out.append(_read_all(reader, f)))
         t.start()
         time.sleep(0.5)
-        spooled = sum(isinstance(v, _Spooled) for v in list(reader._pending.values()))
+        spooled = reader.stats()["spooled_blocks"]
         assert 0 < spooled <= 4, f"{spooled} blocks in a spool of 4 slots"
         assert t.is_alive(), "the copy finished although the spool had no room"
+    finally:
+        cache.go.set()
     t.join(30)
     assert out == [data]
 
@@ -498,7 +512,7 @@ def test_a_read_racing_the_reuse_of_a_spool_slot_never_serves_the_new_bytes(env)
     data, f, dl, cache, reader = env(size=1 << 20)
     assert _read_all(reader, f) == data
     reader.flush()
-    spool = reader._spool
+    spool = reader._wb.spool  # white-box: the race cannot be timed from outside
     stale = spool.put(b"x" * BS)
     spool.free(stale)
     fresh = spool.put(b"y" * BS)  # the same slot, handed out again
@@ -507,7 +521,7 @@ def test_a_read_racing_the_reuse_of_a_spool_slot_never_serves_the_new_bytes(env)
     assert spool.read(fresh, 0, 10) == b"y" * 10
     # The reader looks again (here: the disk cache) instead of serving the slot's new bytes.
     out = bytearray(100)
-    reader._copy(f, 3, stale, 5, 105, memoryview(out))
+    reader._copy(blocks_of(f, BS), 3, stale, 5, 105, memoryview(out))
     assert out == data[3 * BS + 5 : 3 * BS + 105]
     spool.free(fresh)
 
@@ -658,7 +672,7 @@ def test_a_file_of_one_block_is_fetched_whole_in_one_request(penv):
 
 
 def test_spool_reserves_its_space_on_disk_but_not_in_memory(tmp_path: Path):
-    from terrafs.reader import _Spool
+    from terrafs.read.spool import Spool as _Spool
 
     spool = _Spool(str(tmp_path), BS, 4)
     try:
@@ -680,9 +694,8 @@ def test_spool_reserves_its_space_on_disk_but_not_in_memory(tmp_path: Path):
 
 def test_cached_blocks_held_open_are_bounded(env, tmp_path: Path):
     """A re-read from the disk cache holds blocks as open files; small blocks must not use up descriptors."""
-    from terrafs.blockcache import DiskBlock
+    from terrafs.read.hotset import MAX_OPEN_BLOCKS as limit
 
-    limit = 128  # terrafs.reader._MAX_OPEN_BLOCKS
     data, f, dl, cache, reader = env(size=256 * BS, cache_dir=tmp_path / "c")  # 256 blocks, 16 MiB
     assert _read_all(reader, f) == data
     reader.flush()
@@ -692,7 +705,7 @@ def test_cached_blocks_held_open_are_bounded(env, tmp_path: Path):
         requests_before = len(dl.calls)
         assert _read_all(reader2, f) == data
         assert len(dl.calls) == requests_before, "the re-read went to the server"
-        held = sum(isinstance(v, DiskBlock) for v in reader2._hot.values())
+        held = reader2.stats()["hot_open_files"]
         assert 0 < held <= limit, f"{held} cached blocks held open"
         assert len(os.listdir("/proc/self/fd")) - fds_before <= limit + 8
     finally:

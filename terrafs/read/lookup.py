@@ -1,0 +1,117 @@
+"""Where a unit of a file is held now: RAM (hot set), pending writes, the disk cache.
+
+Looking a unit up in the disk cache reads and verifies it (CRC) and may ask
+SQLite: never call into here while holding the reader's condition, except
+`in_ram`, which takes only leaf locks.
+
+Must not: fetch, or decide anything (the reader and the policy do).
+"""
+from __future__ import annotations
+
+import logging
+
+from terrafs.blockcache import BlockCache, DiskBlock
+from terrafs.read.diskahead import DiskAhead
+from terrafs.read.hotset import HotSet
+from terrafs.read.remote import RemoteFile, Units
+from terrafs.read.spool import Spooled
+from terrafs.read.writebehind import WriteBehind
+
+log = logging.getLogger(__name__)
+
+_WAIT_LIMIT = 600.0  # seconds to wait for a loader thread's block
+
+Block = "bytes | Spooled | DiskBlock"
+
+
+class Lookup:
+    def __init__(self, cache: BlockCache, hot: HotSet, wb: WriteBehind, block_size: int):
+        self.cache = cache
+        self.hot = hot
+        self.wb = wb
+        self._block_size = block_size
+        self.ahead = DiskAhead(self.load, block_size)
+        self._scratch: list[bytearray] = []  # verify buffers (list.pop/append are atomic)
+        self.counts = {"bytes_from_cache": 0, "hits": 0, "misses": 0}
+
+    def in_ram(self, u: Units, i: int) -> bool:
+        """Held in RAM or waiting for its write (leaf locks only: callable under the reader's cond)."""
+        return (u.key, i) in self.hot or (u.key, i) in self.wb
+
+    def has(self, u: Units, i: int) -> bool:
+        """Cheap presence test (may ask SQLite)."""
+        return self.in_ram(u, i) or self.cache.has(u.key, i)
+
+    def data(self, u: Units, i: int) -> "bytes | Spooled | DiskBlock | None":
+        """Unit i from RAM, a pending write, a loader thread or the disk cache (verified); None if absent."""
+        data = self.hot.get((u.key, i)) or self.wb.get((u.key, i))
+        if data is not None:
+            return data
+        loading = self.ahead.loading((u.key, i))
+        if loading is not None and loading.wait(_WAIT_LIMIT):
+            data = self.hot.get((u.key, i))
+            if data is not None:
+                return data
+        scratch = self._take_scratch()
+        try:
+            data = self.cache.open_block(u.key, i, scratch)
+        finally:
+            self._scratch.append(scratch)
+        if data is None:
+            self.counts["misses"] += 1
+            return None
+        self.counts["hits"] += 1
+        if len(data) != u.length(i):
+            log.warning("cached block %d of %s has the wrong length; refetching", i, u.url)
+            return None
+        self.counts["bytes_from_cache"] += len(data)
+        self.hot.put((u.key, i), data)
+        return data
+
+    def peek(self, units: tuple[Units, ...], offset: int, n: int) -> bytes | None:
+        """Bytes [offset, offset+n) if cached in any of these unit sizes, else None; never fetches."""
+        out = memoryview(bytearray(n))
+        pos, end = offset, offset + n
+        while pos < end:
+            for u in units:
+                i = pos // u.unit
+                data = self.data(u, i) if self.has(u, i) else None
+                if data is not None:
+                    stop = min(end, i * u.unit + u.length(i))
+                    if not self.copy(data, pos - i * u.unit, stop - i * u.unit, out[pos - offset: stop - offset]):
+                        return None
+                    pos = stop
+                    break
+            else:
+                return None
+        return bytes(out)
+
+    def copy(self, data: "bytes | Spooled | DiskBlock", start: int, end: int, dst: memoryview) -> bool:
+        """Bytes [start, end) of a held unit into dst; False if its spool slot was reused meanwhile."""
+        if isinstance(data, DiskBlock):
+            data.read_into(start, dst)
+            return True
+        if not isinstance(data, Spooled):
+            dst[:] = memoryview(data)[start:end]
+            return True
+        return self.wb.spool.read_into(data, start, dst)  # type: ignore[union-attr]
+
+    def schedule_ahead(self, f: RemoteFile, u: Units, start: int, count: int, busy) -> None:
+        """Load blocks [start, start+count) ahead unless held or `busy(key)` (leaf locks only)."""
+        todo = [i for i in range(start, min(u.count(), start + count))
+                if not self.in_ram(u, i) and not busy((u.key, i))]
+        if todo:
+            self.ahead.schedule(f, u.key, todo)
+
+    def load(self, f: RemoteFile, i: int, scratch: bytearray) -> None:
+        """Verify block i from the disk cache into the hot set (a loader thread)."""
+        data = self.cache.open_block(f.key, i, scratch)  # None if absent: then a fetch brings it
+        if data is not None and len(data) == min(self._block_size, f.size - i * self._block_size):
+            self.counts["bytes_from_cache"] += len(data)
+            self.hot.put((f.key, i), data)
+
+    def _take_scratch(self) -> bytearray:
+        try:
+            return self._scratch.pop()
+        except IndexError:
+            return bytearray(self._block_size)

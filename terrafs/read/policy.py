@@ -1,0 +1,204 @@
+"""The read policy: which bytes to fetch for a read, and how, as pure functions.
+
+Requests are what a user runs out of (the download service allows 80 per 10 s
+and 200 per 60 s per address): once the limiter's burst is spent a request
+costs 125 ms of budget, 300 ms sustained, while a byte costs 1/bandwidth. So a
+fetch is planned to cover what the program will ask for next whenever those
+bytes cost less than the request they save:
+
+* A first read at offset 0 of `bulk_read` bytes or more is a copy program's:
+  ONE streaming request for the whole file, kept going only while the program
+  reads behind it (flow control, up to `readahead` ahead).
+* A smaller first read at 0 is a format probe: one bounded request for the
+  head (`head_size`), where a COG keeps every IFD (gdalinfo costs 1 request).
+* A sequential run that reaches uncached blocks past `stream_after` starts a
+  stream from there.
+* Any other read is random (a tile of a GeoTIFF): it fetches what it touches
+  plus `random_ahead`, in pieces. Where the file is a TIFF whose IFDs are
+  cached, the fetch is stretched to whole tiles (or strips): the one the read
+  enters and the adjacent ones up to `random_ahead` past it, so a program
+  reading a run of tiles in one read() (which the kernel cuts into 128 KiB
+  FUSE reads) costs one request, not one per cut.
+* Missing units separated by cached ones are fetched as one range when the
+  cached gap costs less to fetch again than a request (`merge_gap`).
+
+Everything here is pure: state in, decision out; no threads, locks or I/O.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from terrafs.read.tiff import TiffLayout
+
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    """The read path's knobs, each with why its default is what it is."""
+
+    #: Unit of the disk cache and of copies (the cache's block_size): one CRC and one row per block.
+    block_size: int = 1 << 20
+    #: Unit of probes and random reads: whole blocks around ~260 KB tile ranges cost 4-8 x the bytes.
+    piece_size: int = 16 << 10
+    #: A probe's first request: a COG keeps every IFD in its first 256 KiB.
+    head_size: int = 256 << 10
+    #: How far a stream may run ahead of the program reading it (bounded RAM and spool).
+    readahead: int = 64 << 20
+    #: Streams at once: each holds a connection and a thread.
+    max_streams: int = 4
+    #: A paused stream nobody follows closes after this many seconds.
+    idle_timeout: float = 2.0
+    #: Recently used blocks kept in RAM: a 128 KiB kernel read must not re-verify a block from disk.
+    hot_bytes: int = 64 << 20
+    #: Bytes a stream hands over at a time (the block size: no copy when they match).
+    stream_chunk: int = 1 << 20
+    #: A sequential run away from the head opens a stream only once it is this long.
+    stream_after: int = 2 << 20
+    #: Seconds a ranged fetch waits for concurrent FUSE reads to join its request.
+    plug: float = 0.003
+    #: Blocks waiting for the disk cache at most (RAM or spool): a whole 211 MB band fits.
+    write_queue: int = 256 << 20
+    #: A first read at 0 this large is a copy program's (the kernel sends >= 128 KiB for cp and cat).
+    bulk_read: int = 64 << 10
+    #: Bytes past a random read fetched in the same request: what the program and the kernel ask next.
+    random_ahead: int = 384 << 10
+    #: Cached blocks verified ahead of a sequential re-read.
+    disk_ahead: int = 8 << 20
+    #: Budget one request costs once the limiter's burst is spent (80 per 10 s).
+    request_cost: float = 0.125
+    #: Bandwidth assumed for pricing bytes against requests (bytes/s); a modest link.
+    bandwidth: float = 8e6
+    #: A planned ranged fetch never goes beyond this many bytes.
+    max_fetch: int = 8 << 20
+
+    @property
+    def merge_gap(self) -> int:
+        """Cached bytes worth fetching again to save a request."""
+        return int(self.bandwidth * self.request_cost)
+
+    def fitted(self, block_size: int) -> "ReadPolicy":
+        """The policy for a cache of `block_size` blocks (pieces off if they do not divide it)."""
+        import dataclasses
+
+        ps = self.piece_size if 0 < self.piece_size < block_size and block_size % self.piece_size == 0 else block_size
+        head = self.head_size if ps < block_size else max(self.head_size, block_size)
+        return dataclasses.replace(self, block_size=block_size, piece_size=ps, head_size=head,
+                                   readahead=max(self.readahead, block_size), max_streams=max(1, self.max_streams))
+
+
+@dataclass
+class Access:
+    """How one file is being read: the current sequential run."""
+
+    last_end: int = -1
+    run_start: int = 0
+    seq_end: int = 0  # highest end of the current run
+    run_reads: int = 0
+
+    def note(self, offset: int, end: int, slack: int) -> bool:
+        """Record a read; True if it continues a sequential run.
+
+        FUSE may deliver the reads of one pass slightly out of order, so
+        "sequential" tolerates `slack` bytes either way.
+        """
+        if self.last_end >= 0 and abs(offset - self.last_end) <= slack and end > self.seq_end:
+            self.run_reads += 1
+            self.seq_end = end
+        elif not (self.run_start <= offset and end <= self.seq_end):
+            self.run_start, self.seq_end, self.run_reads = offset, end, 1
+        # else: a repeat inside the run (another thread, or the kernel re-asking)
+        self.last_end = end
+        return self.run_reads >= 2
+
+
+@dataclass(frozen=True)
+class StreamView:
+    """A live stream of the file, as the plan sees it."""
+
+    start: int
+    end: int
+    allowed_end: int
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What is cached, looked up before the plan (disk lookups stay outside locks)."""
+
+    head_cached: bool  # block 0
+    first_cached: bool  # the read's first block
+    head_pieces_cached: bool  # pieces hold all of the read (only asked for reads at 0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    pieces: bool  # fetch in pieces (else whole blocks)
+    fetch_start: int  # a fetch this read leads covers [fetch_start, fetch_end)
+    fetch_end: int
+    start_stream: tuple[int, int] | None = None  # (start, allowed_end) of a new stream
+    allow_stream_to: int | None = None  # let the live stream run this far
+    disk_ahead_from: int | None = None  # block index to load ahead from the disk cache
+    notes: tuple[str, ...] = field(default=())
+
+
+def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, stream: StreamView | None,
+         facts: Facts, layout: TiffLayout | None) -> Plan:
+    """Decide how to serve bytes [offset, end) of a file of `size` bytes; updates `access`."""
+    bs = p.block_size
+    first = offset // bs
+    sequential = access.note(offset, end, bs)
+    run = access.seq_end - access.run_start
+    ahead = min(p.readahead, max(run, 2 * bs))
+    if stream is not None:
+        allow = None
+        if sequential and stream.start <= access.seq_end <= stream.end:
+            want = max(stream.allowed_end, min(stream.end, access.seq_end + ahead))
+            allow = want if want > stream.allowed_end else None
+        return Plan(False, offset, end, allow_stream_to=allow)
+    disk = (end - 1) // bs + 1 if sequential and p.disk_ahead else None
+    pieces_on = p.piece_size < bs
+    if first == 0 and not facts.head_cached:
+        if end - offset >= p.bulk_read and not facts.head_pieces_cached:
+            return Plan(False, offset, end, start_stream=(0, min(size, p.head_size)), disk_ahead_from=disk)
+        return Plan(pieces_on, offset, max(end, p.head_size), disk_ahead_from=disk)
+    if sequential and run >= p.stream_after and not facts.first_cached:
+        return Plan(False, offset, end, start_stream=(first * bs, min(size, access.seq_end + ahead)),
+                    disk_ahead_from=disk)
+    if sequential and not (pieces_on and run < bs):
+        return Plan(False, offset, end, disk_ahead_from=disk)
+    # A random read, or a short run (a tile range the kernel cut up): pieces, reaching ahead.
+    start, stop = reach(p, layout, offset, end)
+    return Plan(pieces_on, start, min(size, stop), disk_ahead_from=disk)
+
+
+def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int) -> tuple[int, int]:
+    """The bytes a random read at [offset, end) should fetch.
+
+    Without a layout: the read and `random_ahead` past it. With one: whole
+    tiles, from the start of the one the read enters, through each adjacent
+    tile that starts before `random_ahead` past the read, so that one request
+    brings the run of tiles a program reads in one read().
+    """
+    want = max(end, offset + p.random_ahead)
+    if layout is None:
+        return offset, end + p.random_ahead
+    i = layout.at(offset)
+    if i is None:
+        return offset, end + p.random_ahead  # the IFDs or a gap between tiles: the generic policy
+    segs = layout.segments
+    start, stop = min(offset, segs[i].offset), segs[i].end
+    k = i
+    while (k + 1 < len(segs) and segs[k + 1].offset < want and segs[k + 1].offset - stop <= 64
+           and segs[k + 1].end - start <= p.max_fetch):
+        k += 1
+        stop = segs[k].end
+    return start, max(stop, end)
+
+
+def ranges(missing: list[int], gap: int) -> list[tuple[int, int]]:
+    """Sorted unit indices -> [first, last+1) runs; runs apart by at most `gap` units become one."""
+    out: list[tuple[int, int]] = []
+    for i in missing:
+        if out and i - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], i + 1)
+        else:
+            out.append((i, i + 1))
+    return out

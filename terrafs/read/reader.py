@@ -1,0 +1,398 @@
+"""The reader: the read path's facade, which serves reads of remote files.
+
+For each read: plan (policy.py, from what is cached and streaming), then look
+the bytes up (hot set, pending writes, disk cache), then fetch what is missing
+(fetches.py, or wait for a stream, streams.py), then copy into the caller's
+buffer. Blocks that arrive are served at once and written to the disk cache
+behind (writebehind.py). Only complete blocks from a response whose size and
+identity (ETag / Last-Modified) were checked are cached.
+
+Lock order (a thread holding one lock takes only locks further down):
+  1. WriteBehind._write_lock   held while one block goes to disk
+  2. Reader._cond              per-file state, streams, in-flight fetches
+  3. leaf locks: HotSet._lock, WriteBehind._lock, Spool._lock, DiskAhead._lock
+No disk or SQLite call, and no HTTP, is made while _cond is held: what is
+cached is looked up before the plan, and fetches and streams run outside it.
+
+Must not: import FUSE, or do HTTP itself (a Downloader does, see terrafs/http.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import threading
+import time
+from typing import Callable, Iterator, Protocol, Union
+
+from terrafs.blockcache import BlockCache, DiskBlock
+from terrafs.errors import FetchError
+from terrafs.read import tiff
+from terrafs.read.fetches import Fetches
+from terrafs.read.hotset import HotSet
+from terrafs.read.lookup import Lookup
+from terrafs.read.policy import Access, Facts, Plan, ReadPolicy, plan
+from terrafs.read.remote import RemoteFile, Units, blocks_of, pieces_of, unit_keys
+from terrafs.read.spool import Spooled
+from terrafs.read.streams import Stream, Streams
+from terrafs.read.writebehind import WriteBehind
+
+log = logging.getLogger(__name__)
+
+_WAIT_LIMIT = 600.0  # seconds a reader waits on another thread's fetch before giving up
+_LAYOUT_TRIES = 8  # reads that look for a TIFF layout before giving up on a file
+
+# A block as the reader holds it: bytes in RAM, a slot of the spool file, or its verified cache file.
+Block = Union[bytes, Spooled, DiskBlock]
+
+
+class Downloader(Protocol):
+    """What the reader needs of terrafs.http.Downloader."""
+
+    def get_range(self, url: str, start: int, end: int, *, urgent: bool = True) -> tuple[bytes, object]:
+        ...
+
+    def stream(self, url: str, start: int, end: int, *, urgent: bool = True,
+               chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        ...
+
+
+class _FileState:
+    """One file being read (guarded by Reader._cond)."""
+
+    def __init__(self) -> None:
+        self.access = Access()
+        self.stream: Stream | None = None
+        self.layout: tiff.TiffLayout | None = None
+        self.layout_tries = 0  # 0..; _LAYOUT_TRIES = given up
+
+
+class Reader:
+    """Serves reads of remote files from the block cache, fetching what is missing. Thread-safe."""
+
+    def __init__(self, downloader: Downloader, cache: BlockCache, policy: ReadPolicy | None = None, *,
+                 block_size: int | None = None, **knobs):
+        if block_size is not None and block_size != cache.block_size:
+            raise ValueError(f"reader block_size {block_size} differs from the cache's {cache.block_size}")
+        if "max_workers" in knobs:
+            knobs["max_streams"] = knobs.pop("max_workers")
+        p = dataclasses.replace(policy or ReadPolicy(), **knobs).fitted(cache.block_size)
+        self.policy = p
+        self._dl = downloader
+        self._cache = cache
+        self._cond = threading.Condition()
+        self._files: dict[str, _FileState] = {}
+        self._closed = False
+        self._hot = HotSet(p.hot_bytes)
+        self._wb = WriteBehind(cache, p.block_size, p.write_queue)
+        self._held = Lookup(cache, self._hot, self._wb, p.block_size)
+        self._fetches = Fetches(self._cond, p)
+        self._streams = Streams(downloader, self._cond, p, self._deliver, self._check_identity)
+        # A reader waits for a stream rather than fetching if its block is at most this far ahead of it.
+        self._wait_gap = max(2 * p.block_size, min(p.readahead, 4 << 20))
+        self._counts = {"bytes_from_network": 0, "reads": 0}
+
+    @property
+    def block_size(self) -> int:
+        return self.policy.block_size
+
+    # -- public ---------------------------------------------------------------
+
+    def read(self, f: RemoteFile, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of f, shorter at end of file. Raises FetchError."""
+        if offset < 0 or size < 0:
+            raise ValueError("negative offset or size")
+        out = bytearray(max(0, min(offset + size, f.size) - offset))
+        n = self.read_into(f, offset, memoryview(out))
+        return bytes(out[:n])
+
+    def read_into(self, f: RemoteFile, offset: int, out: memoryview) -> int:
+        """Copy bytes [offset, offset+len(out)) of f into out; returns how many (fewer at end of file).
+
+        The FUSE layer passes the kernel reply's own buffer: each byte is copied
+        once, from RAM, the spool or a cache file. Raises FetchError.
+        """
+        if offset < 0:
+            raise ValueError("negative offset")
+        end = min(offset + len(out), f.size)
+        if offset >= end:
+            return 0
+        bs = self.policy.block_size
+        first, last = offset // bs, (end - 1) // bs
+        self._wb.last_read = time.monotonic()
+        self._counts["reads"] += 1
+        decided = self._plan(f, offset, end)
+        blocks = blocks_of(f, bs)
+        if decided.pieces and f.size > bs and not all(self._held.has(blocks, i) for i in range(first, last + 1)):
+            self._read_pieces(f, offset, end, decided, out)
+            return end - offset
+        fetch_last = (min(decided.fetch_end, f.size) - 1) // bs
+        got = self._units(blocks, first, last, first, fetch_last)
+        for i in range(first, last + 1):
+            a, b = max(offset, i * bs), min(end, (i + 1) * bs)
+            self._copy(blocks, i, got[i], a - i * bs, b - i * bs, out[a - offset: b - offset])
+        return end - offset
+
+    def prefetch(self, f: RemoteFile, progress: Callable[[int], None] | None = None) -> None:
+        """Put the whole file in the cache with non-urgent streams over the missing runs.
+
+        progress, if given, is called with the number of bytes of f cached so far.
+        """
+        blocks = blocks_of(f, self.policy.block_size)
+        n, done, i = blocks.count(), 0, 0
+        while i < n:
+            if self._held.has(blocks, i):
+                done += blocks.length(i)
+                i += 1
+                if progress:
+                    progress(done)
+                continue
+            j = i
+            while j < n and not self._held.has(blocks, j):
+                j += 1
+            start = i * blocks.unit
+            st = Stream(f, start, min(j * blocks.unit, f.size), allowed_end=f.size, urgent=False)
+            base = done
+            self._streams.run(st, on_block=(lambda pos, base=base, start=start: progress(base + pos - start))
+                              if progress else None)
+            if st.pos < st.end:
+                raise FetchError(f"prefetch of {f.url} stopped at byte {st.pos}: {st.error}")
+            done += st.end - st.start
+            i = j
+        self.flush()
+
+    def release(self, f: RemoteFile) -> None:
+        """All openers closed f: stop its stream and forget its access pattern."""
+        with self._cond:
+            state = self._files.pop(f.key, None)
+            if state and state.stream and state.stream.alive:
+                state.stream.stop = True
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop every stream, write what is pending (the cache stays open: the caller owns it)."""
+        with self._cond:
+            self._closed = True
+        self._streams.close()
+        self._wb.close()
+        self._held.ahead.close()
+
+    def flush(self) -> None:
+        """Wait until every block fetched so far is in the disk cache (or given up)."""
+        self._wb.flush()
+
+    def stats(self) -> dict:
+        """Live figures: bytes by source, open streams, RAM held, the cache's health."""
+        out = dict(self._counts)
+        out.update(self._held.counts)
+        out.update(self._wb.stats())
+        out["open_streams"] = self._streams.count()
+        out["hot_bytes"] = self._hot.bytes
+        out["hot_open_files"] = self._hot.open_files
+        return out
+
+    # -- planning -------------------------------------------------------------
+
+    def _plan(self, f: RemoteFile, offset: int, end: int) -> Plan:
+        """Decide how to serve [offset, end), and start or move this file's stream accordingly."""
+        with self._cond:
+            if self._closed:
+                raise FetchError("reader is closed")
+            state = self._files.setdefault(f.key, _FileState())
+            st = state.stream if state.stream is not None and state.stream.running else None
+            if st is not None:  # no facts needed: the plan follows the stream
+                return self._apply(f, state, offset, end, Facts(True, True, True))
+        facts = self._facts(f, offset, end)  # disk lookups, outside the lock
+        self._find_layout(f, state, offset)
+        with self._cond:
+            return self._apply(f, state, offset, end, facts)
+
+    def _apply(self, f: RemoteFile, state: _FileState, offset: int, end: int, facts: Facts) -> Plan:
+        """Plan and act on it (caller holds _cond)."""
+        st = state.stream if state.stream is not None and state.stream.running else None
+        p = plan(self.policy, state.access, f.size, offset, end, stream=st.view() if st else None,
+                 facts=facts, layout=state.layout)
+        if p.allow_stream_to is not None and st is not None:
+            self._streams.allow(st, p.allow_stream_to)
+        if p.start_stream is not None:
+            new = self._streams.start(f, *p.start_stream)
+            if new is not None:
+                state.stream = new
+        if p.disk_ahead_from is not None and self.policy.disk_ahead:
+            blocks = blocks_of(f, self.policy.block_size)
+            self._held.schedule_ahead(f, blocks, p.disk_ahead_from, max(1, self.policy.disk_ahead // blocks.unit),
+                                      self._fetches.in_flight)
+        return p
+
+    def _facts(self, f: RemoteFile, offset: int, end: int) -> Facts:
+        blocks = blocks_of(f, self.policy.block_size)
+        first = offset // blocks.unit
+        head = self._held.has(blocks, 0)
+        first_cached = head if first == 0 else self._held.has(blocks, first)
+        pieces_cached = False
+        if first == 0 and not head and self.policy.piece_size < blocks.unit:
+            pieces = pieces_of(f, self.policy.piece_size)
+            pieces_cached = all(self._held.has(pieces, j) for j in pieces.span(offset, end))
+        return Facts(head, first_cached, pieces_cached)
+
+    def _find_layout(self, f: RemoteFile, state: _FileState, offset: int) -> None:
+        """Learn the file's TIFF layout from cached bytes, once the program reads past the head."""
+        if state.layout is not None or state.layout_tries >= _LAYOUT_TRIES or offset < self.policy.piece_size:
+            return
+        try:
+            units = (blocks_of(f, self.policy.block_size), pieces_of(f, self.policy.piece_size))
+            layout = tiff.parse(lambda off, n: self._held.peek(units, off, n), f.size)
+        except tiff.Incomplete:
+            state.layout_tries += 1
+            return
+        except (tiff.NotTiff, ValueError, OverflowError) as exc:
+            log.debug("%s: no TIFF layout (%s)", f.url, exc)
+            state.layout_tries = _LAYOUT_TRIES
+            return
+        log.debug("%s: TIFF layout of %d tiles or strips in %d images", f.url, len(layout.segments),
+                  len(layout.across))
+        state.layout = layout
+
+    # -- serving units ----------------------------------------------------------
+
+    def _read_pieces(self, f: RemoteFile, offset: int, end: int, decided: Plan, out: memoryview) -> None:
+        """[offset, end) into out from whole blocks where cached, else from pieces (fetched as planned)."""
+        blocks = blocks_of(f, self.policy.block_size)
+        pieces = pieces_of(f, self.policy.piece_size)
+        ps = pieces.unit
+        fetch_first = max(0, decided.fetch_start) // ps
+        fetch_last = (min(decided.fetch_end, f.size) - 1) // ps
+        pos = offset
+        while pos < end:
+            i = pos // blocks.unit
+            stop = min(end, (i + 1) * blocks.unit)
+            if self._held.has(blocks, i):
+                block = self._units(blocks, i, i, i, i)[i]
+                self._copy(blocks, i, block, pos - i * blocks.unit, stop - i * blocks.unit,
+                           out[pos - offset: stop - offset])
+            else:
+                p0, p1 = pos // ps, (stop - 1) // ps
+                got = self._units(pieces, p0, p1, min(p0, fetch_first), max(p1, fetch_last))
+                for j in range(p0, p1 + 1):
+                    a, b = max(pos, j * ps), min(stop, (j + 1) * ps)
+                    self._copy(pieces, j, got[j], a - j * ps, b - j * ps, out[a - offset: b - offset])
+            pos = stop
+
+    def _units(self, u: Units, first: int, last: int, fetch_first: int, fetch_last: int) -> dict[int, Block]:
+        """Units first..last of a file, from RAM, disk, a stream or new fetches.
+
+        A fetch this read leads also brings the missing units fetch_first..fetch_last
+        in the same request; the read does not wait for those.
+        """
+        got: dict[int, Block] = {}
+        for i in range(first, last + 1):
+            data = self._held.data(u, i)
+            if data is not None:
+                got[i] = data
+        deadline = time.monotonic() + _WAIT_LIMIT
+        around = itertools.chain(range(fetch_first, first), range(last + 1, fetch_last + 1))
+        extra = [i for i in around if not self._held.has(u, i)] if len(got) <= last - first else []
+        while True:
+            missing = [i for i in range(first, last + 1) if i not in got]
+            if not missing:
+                return got
+            with self._cond:
+                lead, theirs, coming = self._fetches.claim(u, missing, extra, lambda i: self._elsewhere(u, i))
+            extra = []
+            if lead is not None:
+                got.update(self._fetches.run(u, lead, lambda a, b: self._get_range(u.file, a, b),
+                                             lambda i, data: self._store(u, i, data)))
+            for i, fetch in theirs.items():
+                if not fetch.done.wait(max(0.0, deadline - time.monotonic())):
+                    raise FetchError(f"timed out waiting for block {i} of {u.url}")
+                if fetch.error is not None:
+                    raise FetchError(f"fetch of {u.url} failed: {fetch.error}")
+                if i in fetch.blocks:
+                    got[i] = fetch.blocks[i]
+            if coming:
+                self._wait_stream(u, coming, got, deadline)
+
+    def _elsewhere(self, u: Units, i: int) -> bool:
+        """Whether unit i is held in RAM or a stream brings it soon (caller holds _cond)."""
+        if self._held.in_ram(u, i):
+            return True
+        state = self._files.get(u.file.key)
+        st = state.stream if state else None
+        if u.key != u.file.key or st is None or not st.running:
+            return False  # streams bring whole blocks only
+        if st.start <= i * u.unit < st.end and i * u.unit - st.pos <= self._wait_gap:
+            self._streams.allow(st, min(st.end, (i + 1) * u.unit))  # cheaper than a request
+            return True
+        return False
+
+    def _wait_stream(self, u: Units, wanted: list[int], got: dict[int, Block], deadline: float) -> None:
+        """Wait until the stream delivered `wanted` or died; what it failed to bring is fetched later."""
+        for i in wanted:
+            with self._cond:
+                while True:
+                    data = self._hot.get((u.key, i)) or self._wb.get((u.key, i))
+                    if data is not None:
+                        got[i] = data
+                        break
+                    state = self._files.get(u.file.key)
+                    st = state.stream if state else None
+                    if st is None or not st.alive or st.pos > i * u.unit:
+                        break  # not coming (or evicted from RAM): look in the cache, else fetch
+                    if time.monotonic() > deadline:
+                        raise FetchError(f"timed out waiting for block {i} of {u.url}")
+                    self._cond.wait(1.0)
+            if i not in got:
+                data = self._held.data(u, i)
+                if data is not None:
+                    got[i] = data
+
+    def _copy(self, u: Units, i: int, data: Block, start: int, end: int, dst: memoryview) -> None:
+        """Bytes [start, end) of unit i into dst, from RAM, the spool or the unit's cache file."""
+        for _ in range(3):
+            if self._held.copy(data, start, end, dst):
+                return
+            # Written to the cache and its slot reused while we read: look again.
+            data = self._units(u, i, i, i, i)[i]
+        raise FetchError(f"block {i} of {u.url} kept moving while it was read")
+
+    # -- arrivals -------------------------------------------------------------
+
+    def _get_range(self, f: RemoteFile, start: int, end: int) -> bytes:
+        data, info = self._dl.get_range(f.url, start, end, urgent=True)
+        self._check_identity(f, info)
+        self._counts["bytes_from_network"] += len(data)
+        return data
+
+    def _deliver(self, st: Stream, pos: int, block: bytes) -> None:
+        self._counts["bytes_from_network"] += len(block)
+        self._store(blocks_of(st.file, self.policy.block_size), pos // self.policy.block_size, block, spool=True)
+
+    def _store(self, u: Units, i: int, data: bytes, spool: bool = False) -> None:
+        """A complete, checked unit: served from now on, written to the disk cache behind."""
+        if len(data) != u.length(i):
+            raise FetchError(f"block {i} of {u.url} is {len(data)} bytes, expected {u.length(i)}")
+        if not spool or self._wb.spool is None:
+            self._hot.put((u.key, i), data)
+        self._wb.put((u.key, i), data, spool)
+
+    def _check_identity(self, f: RemoteFile, info: object) -> None:
+        """Reject a response for a file of another size; drop old units if the ETag moved."""
+        size = getattr(info, "size", None)
+        if size is not None and size != f.size:
+            raise FetchError(f"{f.url} is now {size} bytes, expected {f.size}")
+        ident = (getattr(info, "etag", None), getattr(info, "last_modified", None))
+        if ident == (None, None):
+            return
+        meta_key = "ident:" + f.url
+        old = self._cache.get_meta(meta_key)
+        if old is not None and tuple(old) != ident:
+            log.info("%s changed remotely: dropping its cached blocks", f.url)
+            self.invalidate(f)
+        if old is None or tuple(old) != ident:
+            self._cache.set_meta(meta_key, ident)
+
+    def invalidate(self, f: RemoteFile) -> None:
+        """Forget every cached byte of f (pending writes, RAM, disk)."""
+        keys = set(unit_keys(f, self.policy.piece_size))
+        self._wb.drop_files(keys, lambda: [self._cache.drop_file(k) for k in keys])
+        self._hot.drop_files(keys)
