@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 from terrafs.read.tiff import TiffLayout
 
+PAGE = 4096  # the kernel reads files in pages: tiles closer than this are one run
+
 
 @dataclass(frozen=True)
 class ReadPolicy:
@@ -39,8 +41,9 @@ class ReadPolicy:
     block_size: int = 1 << 20
     #: Unit of probes and random reads: whole blocks around ~260 KB tile ranges cost 4-8 x the bytes.
     piece_size: int = 16 << 10
-    #: A probe's first request: a COG keeps every IFD in its first 256 KiB.
-    head_size: int = 256 << 10
+    #: A probe's first request: a COG keeps every IFD in its head (a 10980 x 10980 band in 256 px tiles
+    #: with overviews: ~20 KiB), a striped GeoTIFF its offset arrays (4096 rows: 32 KiB).
+    head_size: int = 128 << 10
     #: How far a stream may run ahead of the program reading it (bounded RAM and spool).
     readahead: int = 64 << 20
     #: Streams at once: each holds a connection and a thread.
@@ -51,8 +54,12 @@ class ReadPolicy:
     hot_bytes: int = 64 << 20
     #: Bytes a stream hands over at a time (the block size: no copy when they match).
     stream_chunk: int = 1 << 20
-    #: A sequential run away from the head opens a stream only once it is this long.
-    stream_after: int = 2 << 20
+    #: A sequential run away from the head opens a stream once it is this long (one request for the
+    #: rest of the run): a run of strips or tiles past its first planned fetch is likely to go on.
+    stream_after: int = 512 << 10
+    #: A stream opened mid-file (a run of strips or tiles, not a copy from the start) ends this far past
+    #: the run, or twice the run's length past it: a program that stops must not leave megabytes in flight.
+    stream_reach: int = 4 << 20
     #: Seconds a ranged fetch waits for concurrent FUSE reads to join its request.
     plug: float = 0.003
     #: Blocks waiting for the disk cache at most (RAM or spool): a whole 211 MB band fits.
@@ -69,6 +76,9 @@ class ReadPolicy:
     bandwidth: float = 8e6
     #: A planned ranged fetch never goes beyond this many bytes.
     max_fetch: int = 8 << 20
+    #: Bytes the kernel asks past a program's read (its read-ahead, lowered to 96 KiB in fs.py, rounded
+    #: up to its 128 KiB FUSE reads; measured up to 176 KiB): fetched with the tiles, or they cost a request.
+    kernel_ahead: int = 192 << 10
 
     @property
     def merge_gap(self) -> int:
@@ -126,6 +136,7 @@ class Facts:
     head_cached: bool  # block 0
     first_cached: bool  # the read's first block
     head_pieces_cached: bool  # pieces hold all of the read (only asked for reads at 0)
+    read_cached: bool = False  # blocks or pieces hold all of the read: nothing to fetch
 
 
 @dataclass(frozen=True)
@@ -133,7 +144,7 @@ class Plan:
     pieces: bool  # fetch in pieces (else whole blocks)
     fetch_start: int  # a fetch this read leads covers [fetch_start, fetch_end)
     fetch_end: int
-    start_stream: tuple[int, int] | None = None  # (start, allowed_end) of a new stream
+    start_stream: tuple[int, int, int] | None = None  # (start, allowed_end, end) of a new stream
     allow_stream_to: int | None = None  # let the live stream run this far
     disk_ahead_from: int | None = None  # block index to load ahead from the disk cache
     notes: tuple[str, ...] = field(default=())
@@ -157,10 +168,13 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
     pieces_on = p.piece_size < bs
     if first == 0 and not facts.head_cached:
         if end - offset >= p.bulk_read and not facts.head_pieces_cached:
-            return Plan(False, offset, end, start_stream=(0, min(size, p.head_size)), disk_ahead_from=disk)
+            return Plan(False, offset, end, start_stream=(0, min(size, p.head_size), size), disk_ahead_from=disk)
         return Plan(pieces_on, offset, max(end, p.head_size), disk_ahead_from=disk)
+    if facts.read_cached:
+        return Plan(pieces_on and run < bs, offset, end, disk_ahead_from=disk)
     if sequential and run >= p.stream_after and not facts.first_cached:
-        return Plan(False, offset, end, start_stream=(first * bs, min(size, access.seq_end + ahead)),
+        stop = min(size, access.seq_end + max(p.stream_reach, 2 * run))
+        return Plan(False, offset, end, start_stream=(first * bs, min(size, access.seq_end + ahead), stop),
                     disk_ahead_from=disk)
     if sequential and not (pieces_on and run < bs):
         return Plan(False, offset, end, disk_ahead_from=disk)
@@ -174,23 +188,29 @@ def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int) -> tu
 
     Without a layout: the read and `random_ahead` past it. With one: whole
     tiles, from the start of the one the read enters, through each adjacent
-    tile that starts before `random_ahead` past the read, so that one request
-    brings the run of tiles a program reads in one read().
+    tile that starts before `random_ahead` past the read (so that one request
+    brings the run of tiles a program reads in one read()), and the kernel's
+    read-ahead past the last of them.
     """
-    want = max(end, offset + p.random_ahead)
     if layout is None:
         return offset, end + p.random_ahead
-    i = layout.at(offset)
-    if i is None:
-        return offset, end + p.random_ahead  # the IFDs or a gap between tiles: the generic policy
     segs = layout.segments
-    start, stop = min(offset, segs[i].offset), segs[i].end
-    k = i
-    while (k + 1 < len(segs) and segs[k + 1].offset < want and segs[k + 1].offset - stop <= 64
+    i = layout.at(offset)
+    if i is not None and segs[i].end - offset < p.piece_size and i + 1 < len(segs) and segs[i + 1].offset < end:
+        # The kernel reads whole pages, and GDAL a COG tile's 4-byte leader first:
+        # a small read that starts in the last bytes of a tile enters the next one.
+        start, k, stop = offset, i + 1, segs[i + 1].end
+    elif i is not None:
+        start, k, stop = min(offset, segs[i].offset), i, segs[i].end
+    else:
+        return offset, end + p.random_ahead  # the IFDs or a gap between tiles: the generic policy
+    # The next tile too (a window that straddles a tile edge), and more while within random_ahead.
+    want = max(end, segs[k].offset + p.random_ahead, segs[k].end + 1)
+    while (k + 1 < len(segs) and segs[k + 1].offset < want and segs[k + 1].offset - stop <= PAGE
            and segs[k + 1].end - start <= p.max_fetch):
         k += 1
         stop = segs[k].end
-    return start, max(stop, end)
+    return start, max(stop, end) + p.kernel_ahead
 
 
 def ranges(missing: list[int], gap: int) -> list[tuple[int, int]]:

@@ -46,6 +46,10 @@ _LAYOUT_TRIES = 8  # reads that look for a TIFF layout before giving up on a fil
 Block = Union[bytes, Spooled, DiskBlock]
 
 
+def _debug() -> bool:
+    return log.isEnabledFor(logging.DEBUG)
+
+
 class Downloader(Protocol):
     """What the reader needs of terrafs.http.Downloader."""
 
@@ -218,6 +222,10 @@ class Reader:
             new = self._streams.start(f, *p.start_stream)
             if new is not None:
                 state.stream = new
+        if _debug():
+            log.debug("read %s [%d, %d): %s%s", f.url, offset, end,
+                      f"fetch [{p.fetch_start}, {p.fetch_end}) in {'pieces' if p.pieces else 'blocks'}",
+                      f", stream from {p.start_stream[0]}" if p.start_stream else "")
         if p.disk_ahead_from is not None and self.policy.disk_ahead:
             blocks = blocks_of(f, self.policy.block_size)
             self._held.schedule_ahead(f, blocks, p.disk_ahead_from, max(1, self.policy.disk_ahead // blocks.unit),
@@ -229,11 +237,14 @@ class Reader:
         first = offset // blocks.unit
         head = self._held.has(blocks, 0)
         first_cached = head if first == 0 else self._held.has(blocks, first)
+        pieces = pieces_of(f, self.policy.piece_size)
         pieces_cached = False
-        if first == 0 and not head and self.policy.piece_size < blocks.unit:
-            pieces = pieces_of(f, self.policy.piece_size)
+        if first == 0 and not head and pieces.unit < blocks.unit:
             pieces_cached = all(self._held.has(pieces, j) for j in pieces.span(offset, end))
-        return Facts(head, first_cached, pieces_cached)
+        read_cached = all(self._held.has(blocks, i) or (pieces.unit < blocks.unit and all(
+            self._held.has(pieces, j) for j in pieces.span(max(offset, i * blocks.unit), min(end, (i + 1) * blocks.unit))))
+            for i in blocks.span(offset, end))
+        return Facts(head, first_cached, pieces_cached, read_cached)
 
     def _find_layout(self, f: RemoteFile, state: _FileState, offset: int) -> None:
         """Learn the file's TIFF layout from cached bytes, once the program reads past the head."""

@@ -65,8 +65,8 @@ class Streams:
         with self._cond:
             return sum(1 for s in self._live if s.alive)
 
-    def start(self, f: RemoteFile, start: int, allowed_end: int) -> Stream | None:
-        """A new urgent stream from `start` to the end of f, on its own thread (caller holds cond).
+    def start(self, f: RemoteFile, start: int, allowed_end: int, end: int | None = None) -> Stream | None:
+        """A new urgent stream over [start, end or the end of f), on its own thread (caller holds cond).
 
         None when `max_streams` run and none is idle: readers then fetch ranges.
         """
@@ -77,7 +77,8 @@ class Streams:
                 return None
             idle[0].stop = True  # a paused stream nobody follows gives way
             self._cond.notify_all()
-        st = Stream(f, start, f.size, allowed_end=max(allowed_end, start + self._p.block_size), urgent=True)
+        stop = f.size if end is None else min(f.size, end)
+        st = Stream(f, start, stop, allowed_end=max(allowed_end, start + self._p.block_size), urgent=True)
         self._live.append(st)
         st.thread = threading.Thread(target=self._thread, args=(st,), name="terrafs-stream", daemon=True)
         st.thread.start()

@@ -127,6 +127,8 @@ def parse(peek: Peek, size: int) -> TiffLayout:
         for n, (off, cnt) in enumerate(zip(offsets, counts)):
             if cnt > 0 and off + cnt <= size:
                 segments.append(Segment(off, cnt, image, n))
+    if not across:
+        raise NotTiff("no image directory")
     segments.sort(key=lambda s: s.offset)
     return TiffLayout(tuple(segments), tuple(across))
 

@@ -1,0 +1,99 @@
+"""The read plan as a pure function: no threads, no I/O, no server."""
+from __future__ import annotations
+
+from terrafs.read.policy import Access, Facts, ReadPolicy, StreamView, plan, ranges, reach
+from terrafs.read.tiff import Segment, TiffLayout
+
+KB, MB = 1 << 10, 1 << 20
+P = ReadPolicy().fitted(MB)
+NOTHING = Facts(head_cached=True, first_cached=False, head_pieces_cached=False)
+
+
+def _tiles(start: int, sizes: list[int], gap: int = 8) -> TiffLayout:
+    segs, pos = [], start
+    for n, size in enumerate(sizes):
+        segs.append(Segment(pos, size, 0, n))
+        pos += size + gap  # a COG's 4-byte leader and trailer between tiles
+    return TiffLayout(tuple(segs), (len(sizes),))
+
+
+def test_a_read_entering_a_tile_fetches_it_and_the_next_whole():
+    layout = _tiles(100 * KB, [370 * KB] * 8)
+    t = layout.segments
+    start, stop = reach(P, layout, t[2].offset, t[2].offset + 128 * KB)
+    assert start == t[2].offset
+    assert stop >= t[3].end, "the second tile of a straddling window would cost another request"
+    assert stop < t[4].offset + P.kernel_ahead + 1, "more than the run and the kernel's read-ahead"
+
+
+def test_a_small_read_in_the_last_bytes_of_a_tile_enters_the_next_one():
+    """GDAL reads a COG tile's leader first; the kernel rounds that read down to pages of the tile before."""
+    layout = _tiles(100 * KB, [370 * KB] * 8)
+    t = layout.segments
+    offset = t[3].offset - 6 * KB  # in the tail of tile 2
+    start, stop = reach(P, layout, offset, offset + 8 * KB)
+    assert start == offset, "fetched the whole previous tile"
+    assert stop >= t[4].end
+
+
+def test_small_tiles_are_fetched_as_a_run_up_to_random_ahead():
+    layout = _tiles(64 * KB, [100 * KB] * 16)
+    t = layout.segments
+    start, stop = reach(P, layout, t[5].offset, t[5].offset + 8 * KB)
+    covered = [s for s in t if start <= s.offset and s.end <= stop]
+    assert 3 <= len(covered) <= 5, f"{len(covered)} tiles of 100 KiB"
+
+
+def test_tiles_apart_are_not_joined():
+    """The next tile in the file but far away (another row of a non-COG file) is not fetched."""
+    segs = (Segment(0, 100 * KB, 0, 0), Segment(5 * MB, 100 * KB, 0, 1))
+    start, stop = reach(P, TiffLayout(segs, (2,)), 0, 8 * KB)
+    assert stop < 5 * MB
+
+
+def test_without_a_layout_a_random_read_reaches_random_ahead():
+    assert reach(P, None, 10 * MB, 10 * MB + 128 * KB) == (10 * MB, 10 * MB + 128 * KB + P.random_ahead)
+
+
+def test_a_big_first_read_at_zero_streams_the_file_and_a_small_one_fetches_the_head():
+    copy = plan(P, Access(), 50 * MB, 0, 128 * KB, stream=None, layout=None,
+                facts=Facts(head_cached=False, first_cached=False, head_pieces_cached=False))
+    assert copy.start_stream is not None and copy.start_stream[0] == 0 and copy.start_stream[2] == 50 * MB
+    probe = plan(P, Access(), 50 * MB, 0, 16 * KB, stream=None, layout=None,
+                 facts=Facts(head_cached=False, first_cached=False, head_pieces_cached=False))
+    assert probe.start_stream is None and probe.pieces and probe.fetch_end == P.head_size
+
+
+def test_reads_that_are_cached_start_nothing():
+    access = Access()
+    for off in range(10 * MB, 12 * MB, 128 * KB):  # a long sequential run, all cached
+        p = plan(P, access, 50 * MB, off, off + 128 * KB, stream=None, layout=None,
+                 facts=Facts(True, True, True, read_cached=True))
+        assert p.start_stream is None
+
+
+def test_a_sequential_run_mid_file_opens_a_bounded_stream():
+    access, started = Access(), None
+    for off in range(20 * MB, 22 * MB, 128 * KB):
+        p = plan(P, access, 500 * MB, off, off + 128 * KB, stream=None, layout=None, facts=NOTHING)
+        if p.start_stream:
+            started = p.start_stream
+            break
+    assert started is not None, "no stream for a 2 MiB run"
+    assert started[2] < 40 * MB, "a stream opened mid-file must not run to the end of a 500 MB file"
+
+
+def test_a_live_stream_is_moved_on_as_the_program_reads():
+    access = Access()
+    st = StreamView(0, 50 * MB, 2 * MB)
+    for off in range(0, 3 * MB, 128 * KB):
+        p = plan(P, access, 50 * MB, off, off + 128 * KB, stream=st, layout=None, facts=NOTHING)
+        if p.allow_stream_to:
+            st = StreamView(0, 50 * MB, p.allow_stream_to)
+    assert st.allowed_end > 3 * MB
+
+
+def test_missing_units_a_small_cached_gap_apart_are_one_range():
+    assert ranges([1, 2, 3, 7, 8], gap=4) == [(1, 9)]
+    assert ranges([1, 2, 3, 70, 71], gap=4) == [(1, 4), (70, 72)]
+    assert ranges([], gap=4) == []
