@@ -102,6 +102,29 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
+class RangeStream:
+    """The chunks of one ranged GET, and what the server said about the file."""
+
+    def __init__(self, chunks: Iterator[bytes], holder: list[RemoteInfo]):
+        self._chunks = chunks
+        self._holder = holder
+
+    def __iter__(self) -> "RangeStream":
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    @property
+    def info(self) -> RemoteInfo | None:
+        return self._holder[0] if self._holder else None
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
 class _Retryable(Exception):
     """A response or a body we must not use; try again (counts against the budget)."""
 
@@ -183,9 +206,15 @@ class Downloader:
         return data, holder[0]
 
     def stream(self, url: str, start: int, end: int, *, urgent: bool = True,
-               chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """Consecutive chunks covering exactly [start, end) from one request, resumed if it breaks."""
-        return self._iter_range(url, start, end, urgent, chunk_size, [])
+               chunk_size: int = 1 << 20) -> "RangeStream":
+        """Consecutive chunks covering exactly [start, end) from one request, resumed if it breaks.
+
+        The stream's `info` (size, ETag, Last-Modified of the response) is set
+        once the first chunk has arrived, so the caller can check the file's
+        identity before it trusts a byte.
+        """
+        holder: list[RemoteInfo] = []
+        return RangeStream(self._iter_range(url, start, end, urgent, chunk_size, holder), holder)
 
     # -- range logic --------------------------------------------------------------
 
