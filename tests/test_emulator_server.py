@@ -414,7 +414,7 @@ def test_parse_rate_limits():
 
 
 def test_settings_update_is_all_or_nothing():
-    from terrafs.emulator.app import EmulatorSettings
+    from terrafs.emulator.settings import EmulatorSettings
     s = EmulatorSettings()
     with pytest.raises(ValueError):
         s.update({"latency": 1.0, "drop_rate": -1})
