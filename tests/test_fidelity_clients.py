@@ -150,3 +150,50 @@ def test_pystac_client_get_method_filters_and_older_form(emulator):
     assert "terrascope-s2-toc-v2" in cols
     items = list(client.get_collection("terrascope-s1-grd-sigma0-v1").get_items())
     assert len(items) == 4
+
+
+def test_tcc_sigma0_product_type_search(tcc):
+    """A script that filters productType=SIGMA0 finds the S1 sigma0 products, with
+    the angle file among the data links and the xml as Inspire metadata with a length."""
+    products = list(tcc.get_products("urn:eop:VITO:CGS_S1_GRD_SIGMA0_L1", productType="SIGMA0"))
+    assert len(products) == 4
+    assert list(tcc.get_products("urn:eop:VITO:CGS_S1_GRD_SIGMA0_L1", productType="GRD")) == []
+    for p in products:
+        assert p.properties["productInformation"]["productType"] == "SIGMA0"
+        assert sorted(f.title for f in p.data) == ["VH", "VV", "angle"]
+        xml = p.alternates[0]
+        assert xml.title == "Inspire metadata" and xml.type == "application/vnd.iso.19139+xml" and xml.length > 0
+        assert p.related == [], "an empty link group is an empty list"
+
+
+def test_tcc_shapes_of_section_10(tcc):
+    """WorldCover's title, type, date and quality file; NDVI's product names and 4 files."""
+    wc = list(tcc.get_products("urn:eop:VITO:ESA_WorldCover_10m_2020_V1"))
+    assert wc and all(not p.title.endswith("_Map") for p in wc)
+    for p in wc:
+        assert p.properties["productInformation"]["productType"] == "ESA_WORLDCOVER_10M"
+        assert p.beginningDateTime.isoformat().startswith("2020-12-31T23:59:59")
+        assert "platform" not in p.properties["acquisitionInformation"][0]
+        assert [f.href.rsplit("_", 1)[1] for f in p.related] == ["InputQuality.tif"]
+    ndvi = next(iter(tcc.get_products("urn:eop:VITO:TERRASCOPE_S2_NDVI_V2", limit=1)))
+    assert ndvi.title.endswith("_NDVI_10M_V200")
+    files = ndvi.data + ndvi.related + [f for f in ndvi.previews if f.title != "WMS"] + ndvi.alternates
+    names = sorted(f.href.rsplit("/", 1)[1] for f in files)
+    stem = ndvi.title[: -len("_NDVI_10M_V200")]
+    assert names == sorted([f"{stem}_NDVI_10M_V200.tif", f"{stem}_SCENECLASSIFICATION_20M_V200.tif",
+                            f"{stem}_NDVI_QUICKLOOK_V200.tif", f"{stem}_NDVI_10M_V200.xml"])
+    assert all(f"/{stem}_NDVI_V200/" in f.href for f in files)
+
+
+def test_pystac_client_reads_current_item_details(emulator):
+    from pystac_client import Client
+
+    client = Client.open(emulator.base_url + "/stac/")
+    item = next(client.search(collections=["terrascope-s2-toc-v2"], ids=["S2B_20210630T104619_31UFS_TOC_V220"]).items())
+    assert {"B01", "CLOUDMASK", "metadata", "preview", "QUICKLOOK"} <= set(item.assets)
+    assert item.assets["metadata"].media_type == "application/xml"
+    assert "auth:refs" in item.assets["B04"].extra_fields and "auth:refs" not in item.assets["metadata"].extra_fields
+    v200, v210 = (next(client.search(collections=["terrascope-s2-toc-v2"], ids=[f"S2A_20200215T105021_31UFS_TOC_{v}"])
+                       .items()) for v in ("V200", "V210"))
+    assert v200.datetime == v210.datetime, "two versions of one acquisition"
+    assert "CLOUDMASK" not in v200.assets and "CLOUDMASK" not in v210.assets, "CLOUDMASK only from V220"

@@ -173,8 +173,8 @@ def _stac_root(base_url: str) -> str:
 def _asset_type(f: EmuFile, old: bool) -> str:
     if f.type == "image/tiff":
         return OLD_TIFF_TYPE if old else COG_TYPE
-    if old and "xml" in f.type:
-        return "text/xml"
+    if "xml" in f.type:
+        return "text/xml" if old else "application/xml"
     return f.type
 
 
