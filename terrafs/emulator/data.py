@@ -169,8 +169,9 @@ def _toc_product(urn: str, sides: dict, platform: str, stamp: str, orbit: int, t
         spec = utm_raster(epsg, ulx, uly, sides[res], 1, dtype, f"{rel_dir}/{name}", nodata)
         ftitle = f"TOC-{band}_{res}M" if group == "data" else f"{band}_{res}M"
         scale = 0.0001 if dtype == "int16" else 0.001 if group == "related" and dtype == "uint16" else 1.0
+        # "sentinel2": a COG in 256 x 256 deflate tiles (10980 x 10980 for 10 m bands in the large profile).
         files.append(raster_file(rel_dir, dl_dir, name, spec, group=group, key=key, roles=roles, title=ftitle,
-                                 category=category, gsd=float(res), scale=scale))
+                                 category=category, gsd=float(res), scale=scale, layout="sentinel2"))
     ql = f"{stem}_TOC_QUICKLOOK_{version}.tif"
     spec = utm_raster(epsg, ulx, uly, sides["ql"], 3, "uint8", f"{rel_dir}/{ql}")
     files.append(raster_file(rel_dir, dl_dir, ql, spec, group="previews", key="QUICKLOOK", roles=("thumbnail",),

@@ -157,8 +157,8 @@ def metadata_file(rel_dir: str, dl_dir: str, name: str, title: str, urn: str, wh
 
 def raster_file(rel_dir: str, dl_dir: str, name: str, spec: RasterSpec, *, group: str, key: str,
                 roles: tuple[str, ...], title: str, category: str | None = None, gsd: float | None = None,
-                **extra) -> PlannedFile:
-    """A GeoTIFF of a product."""
+                layout: str | None = None, **extra) -> PlannedFile:
+    """A GeoTIFF of a product; `layout` names its raster layout for /_emulator/files."""
     return PlannedFile(f"{rel_dir}/{name}", f"{dl_dir}/{name}", group, key, roles, title, TIFF, category,
                        raster=spec, extra=raster_extra(spec, extra.pop("stac_title", key), gsd, **extra),
-                       layout=spec.layout)
+                       layout=layout or spec.layout)
