@@ -6,8 +6,9 @@ Two layouts share one mechanism:
   platform path (MTDA/TERRASCOPE_Sentinel2/TOC_V2/2020/01/01/<product>/<file>).
 
 A collection is placed at a *prefix* (a tuple of folder names) and is either
-dated (YYYY/MM/DD folders below the prefix) or flat (product folders straight
-below it, as WorldCover's tiles). In the default layout the prefix is the
+dated (date folders below the prefix: YYYY/MM/DD; in the platform layout also
+YYYY/MM or YYYY, see dating.py) or flat (product folders straight below it, as
+WorldCover's tiles). In the default layout the prefix is the
 collection id; in the platform layout it is learnt from the catalogue's own
 local paths, one sample product per collection, so new collections need no
 release.
@@ -24,7 +25,6 @@ import calendar
 import logging
 import math
 import posixpath
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,11 +32,10 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable
 
 from terrafs.catalogue import Catalogue, Collection, Filter, Product, ProductFile
+from terrafs.dating import date_folders, platform_date
 from terrafs.errors import CatalogueError, TerrafsError
 
 log = logging.getLogger(__name__)
-
-_DATE_TAIL = re.compile(r"/(\d{4})/(\d{2})/(\d{2})$")
 
 
 class NotFound(TerrafsError):
@@ -69,6 +68,7 @@ class Placement:
     collection: Collection
     prefix: tuple[str, ...]
     dated: bool
+    depth: int = 3  # date folders below the prefix: 3 = YYYY/MM/DD, 2 = YYYY/MM, 1 = YYYY
 
 
 class ListingStore:
@@ -248,13 +248,13 @@ class Tree:
     def _learn_platform_placement(self, c: Collection) -> Placement | None:
         def learn():
             found = platform_placement(c, self.sampler.products(c, None, None, None, limit=1))
-            return (list(found.prefix), found.dated) if found else ([], False)
+            return (list(found.prefix), found.depth if found.dated else 0) if found else ([], 0)
 
-        prefix, dated = self.store.query(f"placement:{c.remote_id}", learn, recent=False)
+        prefix, depth = self.store.query(f"placement-depth:{c.remote_id}", learn, recent=False)
         if not prefix:
             log.warning("collection %s: the catalogue gives no platform path; left out of the platform layout", c.id)
             return None
-        return Placement(c, tuple(prefix), dated)
+        return Placement(c, tuple(prefix), depth > 0, depth or 3)
 
     def _load_root(self) -> dict[str, Node]:
         # Build the folder trie of every placement's prefix.
@@ -303,7 +303,7 @@ class Tree:
         return {
             f"{y:04d}": DirNode(
                 mtime=_ts(datetime(y, 1, 1, tzinfo=timezone.utc)),
-                loader=lambda y=y: self._load_months(pl, y),
+                loader=lambda y=y: self._load_months(pl, y) if pl.depth > 1 else self._load_span(pl, y),
             )
             for y in range(start.year, end.year + 1)
         }
@@ -316,18 +316,32 @@ class Tree:
             last = first + timedelta(days=calendar.monthrange(year, m)[1]) - timedelta(microseconds=1)
             if last < start or first > end:
                 continue
-            out[f"{m:02d}"] = DirNode(mtime=_ts(first), loader=lambda m=m: self._load_days(pl, year, m),
+            load = self._load_days if pl.depth > 2 else self._load_span
+            out[f"{m:02d}"] = DirNode(mtime=_ts(first), loader=lambda m=m, load=load: load(pl, year, m),
                                       ttl=self._ttl(recent=self._is_recent(last)))
         return out
 
+    def _date_of(self, pl: Placement, p: Product) -> tuple[int, int, int]:
+        """The date folders that hold `p`: its platform path's in the platform layout."""
+        found = self.layout == "platform" and platform_date(pl.depth, p.folder,
+                                                            (f.local_path or f.href for f in p.files))
+        d = p.datetime.astimezone(timezone.utc)
+        return found or (d.year, d.month, d.day)
+
+    def _load_span(self, pl: Placement, year: int, month: int | None = None) -> dict[str, Node]:
+        """Product folders of a month (YYYY/MM platform paths) or a year (YYYY/YYYYMMDD)."""
+        want = (year, month) if month else (year,)
+        products = self._span_products(pl, year, month)
+        return product_folders(p for p in products if self._date_of(pl, p)[: len(want)] == want)
+
     def _load_days(self, pl: Placement, year: int, month: int) -> dict[str, Node]:
-        products = self._month_products(pl, year, month)
+        products = self._span_products(pl, year, month)
         by_day: dict[str, list[Product]] = {}
         for p in products:
-            d = p.datetime.astimezone(timezone.utc)
-            if (d.year, d.month) != (year, month):
+            y, m, d = self._date_of(pl, p)
+            if (y, m) != (year, month):
                 continue  # the service may return products outside the range (facts §1.2)
-            by_day.setdefault(f"{d.day:02d}", []).append(p)
+            by_day.setdefault(f"{d:02d}", []).append(p)
         return {
             day: DirNode(
                 mtime=_ts(datetime(year, month, int(day), tzinfo=timezone.utc)),
@@ -346,14 +360,17 @@ class Tree:
         )
         return product_folders(products)
 
-    def _month_products(self, pl: Placement, year: int, month: int) -> list[Product]:
-        first = datetime(year, month, 1, tzinfo=timezone.utc)
-        last = first + timedelta(days=calendar.monthrange(year, month)[1]) - timedelta(microseconds=1)
+    def _span_products(self, pl: Placement, year: int, month: int | None) -> list[Product]:
+        """Products of a month, or of a whole year when month is None (one paged query)."""
+        first = datetime(year, month or 1, 1, tzinfo=timezone.utc)
+        days = calendar.monthrange(year, month)[1] if month else 365 + calendar.isleap(year)
+        last = first + timedelta(days=days) - timedelta(microseconds=1)
         start, end = self._extent(pl)
         q_start, q_end = max(first, start), min(last, end)
         flt = self._filter_for(pl.collection)
+        span = f"{year:04d}-{month:02d}" if month else f"{year:04d}"
         return self.store.query(
-            f"month:{pl.collection.remote_id}:{year:04d}-{month:02d}:{flt!r}",
+            f"month:{pl.collection.remote_id}:{span}:{flt!r}",
             lambda: self.catalogue.products(pl.collection, q_start, q_end, flt),
             recent=self._is_recent(last),
         )
@@ -407,9 +424,6 @@ def platform_placement(c: Collection, sample: list[Product]) -> Placement | None
             tail = "/" + p.folder + "/" + f.relpath
             if not local.endswith(tail):
                 continue
-            container = local[: -len(tail)]
-            m = _DATE_TAIL.search(container)
-            if m:
-                return Placement(c, tuple(split_path(container[len("/data") : m.start()])), True)
-            return Placement(c, tuple(split_path(container[len("/data") :])), False)
+            container, depth = date_folders(local[: -len(tail)], p.folder)
+            return Placement(c, tuple(split_path(container[len("/data") :])), depth > 0, depth or 3)
     return None

@@ -83,11 +83,15 @@ class Emulator:
         """requests() counts from here; settings, limiter and tokens stay as they are."""
         self._mark = len(read_log(self.log_path))
 
-    def files(self, limit: int = 100, min_size: int = 0, max_size: int | None = None) -> list[dict]:
-        """Served files, smallest first: [{"path", "size", "type", "name"}]."""
+    def files(self, limit: int = 100, min_size: int = 0, max_size: int | None = None, layout: str | None = None,
+              collection: str | None = None) -> list[dict]:
+        """Served files, smallest first: [{"path", "size", "type", "name", "url", "platform_path",
+        "default_path", "default_path_opensearch", "layout", "collection", "collection_urn", "product"}];
+        layout: sentinel2, cog, tiled or striped; collection: STAC id or URN."""
         params = {"limit": limit, "min_size": min_size}
         if max_size is not None:
             params["max_size"] = max_size
+        params.update({k: v for k, v in (("layout", layout), ("collection", collection)) if v is not None})
         r = requests.get(self.url("/_emulator/files"), params=params, timeout=30)
         r.raise_for_status()
         return r.json()

@@ -21,6 +21,9 @@ TOC = "urn:eop:VITO:TERRASCOPE_S2_TOC_V2"
 LAI = "urn:eop:VITO:TERRASCOPE_S2_LAI_V2"
 NDVI = "urn:eop:VITO:TERRASCOPE_S2_NDVI_V2"
 BULK = 250
+NDVI_REAL = 3  # the NDVI products with real files, besides the bulk ones
+NDVI_ALL = BULK + NDVI_REAL
+TOC_PRODUCTS = 12  # 11 acquisitions x tiles, one of them also in an older version (V200)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +61,10 @@ def test_archive_is_deterministic_and_has_every_collection(archive, emulator_dat
     assert sizes == {f.download_path: f.size for f in again.all_files()}
     ids = {c.stac_id for c in archive.collections}
     assert ids == {"terrascope-s2-toc-v2", "terrascope-s2-lai-v2", "terrascope-s1-grd-sigma0-v1",
-                   "esa-worldcover-10m-2020-v1", "terrascope-s2-ndvi-v2"}
-    assert len(archive.products("terrascope-s2-ndvi-v2")) == BULK
+                   "esa-worldcover-10m-2020-v1", "terrascope-s2-ndvi-v2", "terrascope-s1-slc-coherence-v1",
+                   "terrascope-s5p-l3-co-td-v1", "agera5-v1", "cgls-fapar300-v1-global", "cop-dem-glo-30m-cog",
+                   "terrascope-layouts-test"}
+    assert len(archive.products("terrascope-s2-ndvi-v2")) == BULK + NDVI_REAL
     years = {p.datetime.year for p in archive.products("terrascope-s2-toc-v2")}
     assert years == {2020, 2021}
 
@@ -93,7 +98,7 @@ def test_raster_files_are_cloud_optimized_utm_geotiffs(archive):
     path = b02.read.args[0]  # the disk file behind the EmuFile
     with rasterio.open(path) as ds:
         assert ds.crs.to_epsg() == 32631
-        assert (ds.width, ds.height, ds.dtypes[0]) == (512, 512, "uint16")
+        assert (ds.width, ds.height, ds.dtypes[0]) == (512, 512, "int16"), "reflectances are int16"
         assert ds.overviews(1), "COG needs overviews"
         assert ds.block_shapes[0] == (256, 256)
         assert ds.transform.c in (600000.0, 499980.0)
@@ -103,13 +108,13 @@ def test_raster_files_are_cloud_optimized_utm_geotiffs(archive):
 
 
 def test_bulk_files_are_generated_deterministically(archive):
-    f = archive.products("terrascope-s2-ndvi-v2")[7].files[0]
+    f = next(p for p in archive.products("terrascope-s2-ndvi-v2") if p.datetime.year == 2021).files[0]
     assert 1024 <= f.size <= 4096
     whole = f.read(0, f.size)
     assert len(whole) == f.size
     assert f.read(100, 50) == whole[100:150]
     assert f.read(f.size - 10, 100) == whole[-10:]
-    assert len({p.id for p in archive.products("terrascope-s2-ndvi-v2")}) == BULK
+    assert len({p.id for p in archive.products("terrascope-s2-ndvi-v2")}) == BULK + NDVI_REAL
 
 
 # ------------------------------------------------------------------------------------ OpenSearch
@@ -124,7 +129,7 @@ def _products(client, query: str) -> dict:
 def test_opensearch_paging_sees_every_product_once(client, archive):
     doc = _products(client, f"collection={NDVI}&count=40&sortKeys=title")
     total = doc["totalResults"]
-    assert total == BULK
+    assert total == NDVI_ALL
     seen, pages = [], 0
     while True:
         pages += 1
@@ -134,8 +139,8 @@ def test_opensearch_paging_sees_every_product_once(client, archive):
         if "next" not in links:
             break
         doc = _products(client, _local(links["next"][0]["href"]).split("?", 1)[1])
-    assert pages == 7 and len(doc["features"]) == BULK - 6 * 40
-    assert len(seen) == len(set(seen)) == BULK
+    assert pages == 7 and len(doc["features"]) == NDVI_ALL - 6 * 40
+    assert len(seen) == len(set(seen)) == NDVI_ALL
     assert seen == sorted(seen)
     last = parse_qs(urlparse(doc["properties"]["links"]["last"][0]["href"]).query)
     assert last["startIndex"] == ["241"]
@@ -144,16 +149,16 @@ def test_opensearch_paging_sees_every_product_once(client, archive):
 
 def test_opensearch_count_zero_and_past_the_end(client):
     doc = _products(client, f"collection={TOC}&count=0")
-    assert doc["totalResults"] == 11 and doc["features"] == [] and doc["itemsPerPage"] == 0
-    doc = _products(client, f"collection={TOC}&startIndex=12")
-    assert doc["totalResults"] == 11 and doc["itemsPerPage"] == 0 and "next" not in doc["properties"]["links"]
+    assert doc["totalResults"] == TOC_PRODUCTS and doc["features"] == [] and doc["itemsPerPage"] == 0
+    doc = _products(client, f"collection={TOC}&startIndex={TOC_PRODUCTS + 1}")
+    assert doc["totalResults"] == TOC_PRODUCTS and doc["itemsPerPage"] == 0 and "next" not in doc["properties"]["links"]
 
 
 def test_opensearch_default_page_is_100_and_large_counts_are_clamped(client):
     doc = _products(client, f"collection={NDVI}")
     assert doc["itemsPerPage"] == 100
     doc = _products(client, f"collection={NDVI}&count=5000")
-    assert doc["itemsPerPage"] == BULK
+    assert doc["itemsPerPage"] == NDVI_ALL
 
 
 def test_opensearch_result_cap(client):
@@ -208,8 +213,16 @@ def test_opensearch_feature_shape(client):
     assert p["acquisitionInformation"][0]["acquisitionParameters"]["tileId"] == "31UFS"
     assert set(p["links"]) == {"data", "related", "previews", "alternates"}
     assert p["links"]["alternates"][0]["title"] == "Inspire metadata"
-    assert any(l.get("category") == "CLOUD" for l in p["links"]["related"])
-    assert all(isinstance(l["length"], int) for g in p["links"].values() for l in g)
+    assert not any(l.get("category") == "CLOUD" for l in p["links"]["related"]), "CLOUDMASK only from V220"
+    files = [l for g in p["links"].values() for l in g if "/wms/" not in l["href"]]
+    assert all(isinstance(l["length"], int) for l in files)
+    b04 = next(l for l in p["links"]["data"] if l["title"] == "TOC-B04_10M")
+    assert b04["bandNames"] == ["B04"] and b04["conformsTo"] == "http://www.opengis.net/def/crs/EPSG/0/32631"
+    assert any(l["title"] == "TOC-B01_60M" for l in p["links"]["data"])
+    wms = [l for l in p["links"]["previews"] if l.get("title") == "WMS"]
+    assert len(wms) == 1 and "length" not in wms[0] and "REQUEST=getMap" in wms[0]["href"]
+    v220 = _products(client, f"collection={TOC}&title=S2A_20210701T103631_31UES_TOC_V220")["features"][0]
+    assert any(l.get("category") == "CLOUD" for l in v220["properties"]["links"]["related"])
     lai = _products(client, f"collection={LAI}&count=1")["features"][0]["properties"]["links"]
     assert "length" not in lai["alternates"][0], "one link without length exercises HEAD fallbacks"
 
@@ -275,7 +288,7 @@ def test_stac_landing_conformance_collections(client):
 
 def test_stac_items_token_paging_sees_every_item_once(client):
     doc = _stac(client, "/collections/terrascope-s2-ndvi-v2/items?limit=60")
-    assert doc["numberMatched"] == BULK
+    assert doc["numberMatched"] == NDVI_ALL
     seen = []
     while True:
         assert doc["numberReturned"] == len(doc["features"])
@@ -285,7 +298,7 @@ def test_stac_items_token_paging_sees_every_item_once(client):
             break
         assert "token=" in nxt[0]["href"]
         doc = _stac(client, _local(nxt[0]["href"])[len("/stac"):])
-    assert len(seen) == len(set(seen)) == BULK
+    assert len(seen) == len(set(seen)) == NDVI_ALL
 
 
 def test_stac_post_search_paging(client):
@@ -301,15 +314,15 @@ def test_stac_post_search_paging(client):
             break
         assert nxt[0]["method"] == "POST" and "token" in nxt[0]["body"]
         body = nxt[0]["body"]
-    assert len(seen) == len(set(seen)) == BULK + 11
+    assert len(seen) == len(set(seen)) == NDVI_ALL + TOC_PRODUCTS
 
 
 @pytest.mark.parametrize("dt, expected", [
     ("2020-01-01T10:54:31.024Z", 3),
     ("2020-01-01T00:00:00Z/2020-01-02T23:59:59Z", 5),
     ("../2020-01-02T23:59:59Z", 5),
-    ("2020-02-01T00:00:00Z/..", 6),
-    ("2020-02-01T00:00:00Z/", 6),
+    ("2020-02-01T00:00:00Z/..", 7),
+    ("2020-02-01T00:00:00Z/", 7),
     ("2021-06-30/2021-06-30", 2),
 ])
 def test_stac_datetime_filters(client, dt, expected):
@@ -344,7 +357,7 @@ def test_stac_query_filter_bbox_ids(client, archive):
     ids = _stac(client, f"/search?ids={toc[0].id},{toc[1].id}")
     assert {x["id"] for x in ids["features"]} == {toc[0].id, toc[1].id}
     bb = _stac(client, "/search?collections=esa-worldcover-10m-2020-v1&bbox=3.5,51.5,4.0,52.0")
-    assert [x["id"] for x in bb["features"]] == ["ESA_WorldCover_10m_2020_v100_N51E003_Map"]
+    assert [x["id"] for x in bb["features"]] == ["ESA_WorldCover_10m_2020_v100_N51E003"]
 
 
 def test_stac_current_item_form(client, archive):
@@ -360,12 +373,21 @@ def test_stac_current_item_form(client, archive):
     assert b02["href"] == f"{BASE}/download/{f.download_path}"
     assert b02["file:size"] == f.size and b02["roles"] == ["data"] and b02["auth:refs"] == ["oidc"]
     assert b02["alternate"]["local"]["href"] == "file://" + f.platform_path
-    assert item["assets"]["CLOUDMASK"]["roles"] == ["data-mask", "cloud"]
+    assert "gsd" not in b02, "10 m assets have no gsd of their own"
+    assert item["assets"]["B05"]["gsd"] == 20.0
+    assert b02["updated"] and b02["raster:scale"] == 0.0001 and b02["raster:sampling"] == "area"
+    assert b02["bands"] == [{"name": "B02"}] and b02["data_type"] == "int16"
+    assert "CLOUDMASK" not in item["assets"], "CLOUDMASK only from V220"
     assert item["assets"]["QUICKLOOK"]["roles"] == ["thumbnail"]
-    assert item["assets"]["Inspire metadata"]["roles"] == ["metadata"]
-    s1 = archive.products("terrascope-s1-grd-sigma0-v1")[0]
-    s1item = _stac(client, f"/collections/terrascope-s1-grd-sigma0-v1/items/{s1.id}")
-    assert "file:size" not in s1item["assets"]["metadata"], "one current-form asset without file:size"
+    meta = item["assets"]["metadata"]
+    assert meta["roles"] == ["metadata"] and meta["file:size"] > 0
+    for key in ("QUICKLOOK", "metadata", "preview"):
+        assert "auth:refs" not in item["assets"][key], f"{key}: auth:refs only on data assets"
+    assert "REQUEST=getMap" in item["assets"]["preview"]["href"]
+    v220 = next(q for q in archive.products("terrascope-s2-toc-v2") if q.title.endswith("_V220"))
+    item = _stac(client, f"/collections/terrascope-s2-toc-v2/items/{v220.id}")
+    assert item["assets"]["CLOUDMASK"]["roles"] == ["data-mask", "cloud"]
+    assert item["assets"]["CLOUDMASK"]["auth:refs"] == ["oidc"]
 
 
 def test_stac_older_item_form(client, archive):

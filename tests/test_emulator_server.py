@@ -317,6 +317,145 @@ def test_bandwidth_cap(emulator, tif):
     assert took >= 0.4, f"{tif['size']} bytes at {rate} B/s took only {took:.2f} s"
 
 
+def _get_cut(url: str, headers: dict | None = None) -> tuple[requests.Response, bytes, float]:
+    """GET a body that the server cuts: (response, what arrived, seconds between
+    the first bytes and the cut)."""
+    got = bytearray()
+    first = None
+    with pytest.raises(requests.exceptions.RequestException):
+        with requests.get(url, auth=DEMO, headers=headers or {}, stream=True, timeout=10) as r:
+            for chunk in r.iter_content(64):  # small: a partial chunk is lost at the cut
+                first = first or time.monotonic()
+                got += chunk
+    return r, bytes(got), time.monotonic() - (first or time.monotonic())
+
+
+def test_fault_kinds_one_at_a_time(emulator, tif):
+    url, size = emulator.download_url(tif["path"]), tif["size"]
+    whole = requests.get(url, auth=DEMO, timeout=10).content
+    ranged = {"Range": "bytes=100-1099"}
+
+    def one(kind: str, headers: dict | None = None) -> requests.Response:
+        emulator.set(fault_rate=1.0, fault_kinds=[kind])
+        return requests.get(url, auth=DEMO, headers=headers or {}, timeout=10)
+
+    assert one("500").status_code == 500 and one("503").status_code == 503
+    r = one("429")
+    assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+    r = one("wrong_range", ranged)
+    assert r.status_code == 206 and r.headers["Content-Range"] == f"bytes 101-1100/{size}"
+    assert r.content == whole[101:1101], "the header names what is sent"
+    r = one("ignore_range", ranged)
+    assert r.status_code == 200 and r.content == whole
+    emulator.set(fault_kinds=["cut"])
+    r, got, _ = _get_cut(url)
+    assert r.status_code == 200 and 0 < len(got) < size and whole.startswith(got)
+    emulator.set(fault_kinds=["stall"], stall_seconds=0.6)
+    r, got, stalled = _get_cut(url, ranged)
+    assert r.status_code == 206 and 0 < len(got) < 1000 and whole[100:].startswith(got)
+    assert stalled >= 0.5, f"the body was cut after {stalled:.2f} s, not after a stall"
+    # A Range-only kind is not drawn for a plain GET, and HEAD is never faulted.
+    emulator.set(fault_kinds=["wrong_range", "ignore_range"])
+    plain = requests.get(url, auth=DEMO, timeout=10)
+    assert plain.status_code == 200 and plain.content == whole
+    emulator.set(fault_kinds=["500"])
+    assert requests.head(url, auth=DEMO, timeout=10).status_code == 200
+    faults = [e.get("fault") for e in emulator.requests("download")]
+    assert faults == [None, "500", "503", "429", "wrong_range", "ignore_range", "cut", "stall", None, None]
+
+
+def test_mixed_fault_rate_draws_every_kind(emulator, tif):
+    emulator.set(fault_rate=0.4, stall_seconds=0.0, rate_limits=[])
+    url = emulator.download_url(tif["path"])
+    emulator.mark()
+    for i in range(150):
+        try:
+            with requests.get(url, auth=DEMO, headers={"Range": f"bytes={i}-{i + 2000}"}, stream=True,
+                              timeout=10) as r:
+                for _ in r.iter_content(4096):
+                    pass
+        except requests.exceptions.RequestException:
+            pass
+    entries = emulator.requests("download")
+    assert len(entries) == 150
+    kinds = [e.get("fault") for e in entries if e.get("fault")]
+    assert 0.25 <= len(kinds) / 150 <= 0.55, f"{len(kinds)} of 150 GETs faulted at fault_rate 0.4"
+    assert set(kinds) == {"500", "503", "429", "cut", "stall", "wrong_range", "ignore_range"}
+
+
+def test_republish_serves_new_bytes_tag_and_date_and_keeps_the_size(emulator, tif):
+    url, size = emulator.download_url(tif["path"]), tif["size"]
+    before = requests.get(url, auth=DEMO, timeout=10)
+    head = requests.head(url, auth=DEMO, timeout=10)
+    assert before.headers["ETag"] == head.headers["ETag"] and before.headers["Last-Modified"]
+    emulator.set(republish=tif["path"])
+    after = requests.get(url, auth=DEMO, timeout=10)
+    assert after.status_code == 200 and len(after.content) == size
+    assert all(a != b for a, b in zip(before.content, after.content)), "a byte of the new version equals the old"
+    assert after.headers["ETag"] != before.headers["ETag"]
+    assert after.headers["Last-Modified"] != before.headers["Last-Modified"]
+    for r in (requests.head(url, auth=DEMO, timeout=10),
+              requests.get(url, auth=DEMO, headers={"Range": "bytes=10-19"}, timeout=10)):
+        assert (r.headers["ETag"], r.headers["Last-Modified"]) == (after.headers["ETag"], after.headers["Last-Modified"])
+    part = requests.get(url, auth=DEMO, headers={"Range": "bytes=10-19"}, timeout=10)
+    assert part.status_code == 206 and part.content == after.content[10:20]
+    # An If-Range with the old tag gets the whole new file, not a piece of it.
+    stale = requests.get(url, auth=DEMO, headers={"Range": "bytes=0-9", "If-Range": before.headers["ETag"]}, timeout=10)
+    assert stale.status_code == 200 and stale.content == after.content
+    # Again: a third version, different from both.
+    time.sleep(0.01)
+    emulator.set(republish=[tif["path"]])
+    third = requests.get(url, auth=DEMO, timeout=10)
+    assert all(a != b for a, b in zip(after.content, third.content)) and third.content != before.content
+    assert third.headers["ETag"] not in (before.headers["ETag"], after.headers["ETag"])
+    assert third.headers["Last-Modified"] != after.headers["Last-Modified"]
+    # The catalogue keeps the size; a reset serves the original again.
+    files = {f["path"]: f["size"] for f in emulator.files(limit=10000)}
+    assert files[tif["path"]] == size
+    emulator.reset()
+    assert requests.get(url, auth=DEMO, timeout=10).content == before.content
+    r = requests.post(emulator.url("/_emulator/settings"), json={"republish": "no/such/file.tif"}, timeout=10)
+    assert r.status_code == 400 and "no/such/file.tif" in r.json()["error"]
+
+
+def test_catalogue_fail_next_is_used_up_one_per_catalogue_request(emulator):
+    emulator.set(catalogue_fail_next=["503", "html"])
+    first = requests.get(emulator.stac_url + "/collections", timeout=10)
+    assert first.status_code == 503 and first.headers["Content-Type"].startswith("text/html")
+    second = requests.get(emulator.opensearch_url + "collections", timeout=10)
+    assert second.status_code == 200 and second.headers["Content-Type"].startswith("text/html")
+    assert "<html>" in second.text
+    third = requests.get(emulator.stac_url + "/collections", timeout=10)
+    assert third.status_code == 200 and third.json()["collections"]
+    assert emulator.settings()["catalogue_fail_next"] == []
+    assert [e.get("fault") for e in emulator.requests()] == ["503", "html", None]
+
+
+@pytest.mark.parametrize("patch", [{"fault_rate": 1.5}, {"fault_kinds": ["teapot"]}, {"fault_kinds": []},
+                                   {"catalogue_fail_next": ["404"]}, {"catalogue_fail_next": "503"},
+                                   {"stall_seconds": -1}, {"republish": 7}])
+def test_fault_knobs_refuse_bad_values(emulator, patch):
+    r = requests.post(emulator.url("/_emulator/settings"), json=patch, timeout=10)
+    assert r.status_code == 400, f"{patch} was accepted"
+    assert emulator.settings()["fault_rate"] == 0.0
+
+
+def test_files_by_layout_with_urls_and_paths(emulator):
+    for layout in ("cog", "tiled", "striped"):
+        rows = emulator.files(limit=1000, layout=layout)
+        assert len(rows) >= 4, f"{len(rows)} files of layout {layout}"
+        assert len({r["platform_path"] for r in rows}) == len(rows)
+        for r in rows:
+            assert r["url"] == emulator.download_url(r["path"]) and r["layout"] == layout
+            assert r["platform_path"].startswith("/data/MTDA/TERRASCOPE_LayoutsTest/V1/")
+            assert r["default_path"].startswith("terrascope-layouts-test/20")
+            assert r["default_path"].endswith("/".join(r["platform_path"].split("/")[-2:]))
+            assert r["default_path_opensearch"].startswith("TERRASCOPE_LAYOUTS_TEST/")
+    toc = emulator.files(limit=1000, collection="urn:eop:VITO:TERRASCOPE_S2_TOC_V2")
+    assert toc and {r["layout"] for r in toc} == {"sentinel2", None}  # None: the xml files
+    assert {r["collection"] for r in emulator.files(limit=1000, layout="sentinel2")} == {"terrascope-s2-toc-v2"}
+
+
 # -- request log and control -------------------------------------------------------------
 
 
@@ -414,7 +553,7 @@ def test_parse_rate_limits():
 
 
 def test_settings_update_is_all_or_nothing():
-    from terrafs.emulator.app import EmulatorSettings
+    from terrafs.emulator.settings import EmulatorSettings
     s = EmulatorSettings()
     with pytest.raises(ValueError):
         s.update({"latency": 1.0, "drop_rate": -1})

@@ -45,7 +45,7 @@ def test_tcc_lists_collections(tcc):
 
 def test_tcc_counts_and_pages_through_products(tcc, emulator):
     total = tcc.get_product_count(TOC)
-    assert total == 11
+    assert total == 12
     # count=4 forces three pages through the `next` links
     products = list(tcc.get_products(TOC, count=4))
     assert len(products) == total == len({p.id for p in products})
@@ -54,7 +54,7 @@ def test_tcc_counts_and_pages_through_products(tcc, emulator):
     p = products[0]
     assert p.id == f"{TOC}:{p.title}"
     assert p.beginningDateTime.year in (2020, 2021)
-    assert len(p.data) == 10 and p.alternates[0].title == "Inspire metadata"
+    assert len(p.data) == 11 and p.alternates[0].title == "Inspire metadata"
     assert all(f.length and f.length > 0 for f in p.data)
 
 
@@ -81,6 +81,10 @@ def test_tcc_mep_links(tcc):
     assert len(products) == 3
     for p in products:
         for f in p.data + p.related + p.previews + p.alternates:
+            if f.title == "WMS":
+                # A rendering service, not a file: it stays http(s) (and has no length).
+                assert f.get_protocol() == "http" and f.length is None
+                continue
             assert f.href.startswith("file:///data/MTDA/TERRASCOPE_Sentinel2/TOC_V2/"), f.href
             assert f.get_protocol() == "file"
 
@@ -119,8 +123,8 @@ def test_pystac_client_searches_and_pages_everything(emulator):
     assert client.id == "terra-stac-api"
     search = client.search(collections=["terrascope-s2-toc-v2"], limit=4, max_items=None)
     items = list(search.items())
-    assert len(items) == 11 == len({i.id for i in items})
-    assert search.matched() == 11
+    assert len(items) == 12 == len({i.id for i in items})
+    assert search.matched() == 12
     stac_pages = [r for r in emulator.requests("stac") if r["path"].endswith("/search")]
     assert len(stac_pages) >= 3, "pystac-client must have followed next links"
     b02 = items[0].assets["B02"]
@@ -146,3 +150,50 @@ def test_pystac_client_get_method_filters_and_older_form(emulator):
     assert "terrascope-s2-toc-v2" in cols
     items = list(client.get_collection("terrascope-s1-grd-sigma0-v1").get_items())
     assert len(items) == 4
+
+
+def test_tcc_sigma0_product_type_search(tcc):
+    """A script that filters productType=SIGMA0 finds the S1 sigma0 products, with
+    the angle file among the data links and the xml as Inspire metadata with a length."""
+    products = list(tcc.get_products("urn:eop:VITO:CGS_S1_GRD_SIGMA0_L1", productType="SIGMA0"))
+    assert len(products) == 4
+    assert list(tcc.get_products("urn:eop:VITO:CGS_S1_GRD_SIGMA0_L1", productType="GRD")) == []
+    for p in products:
+        assert p.properties["productInformation"]["productType"] == "SIGMA0"
+        assert sorted(f.title for f in p.data) == ["VH", "VV", "angle"]
+        xml = p.alternates[0]
+        assert xml.title == "Inspire metadata" and xml.type == "application/vnd.iso.19139+xml" and xml.length > 0
+        assert p.related == [], "an empty link group is an empty list"
+
+
+def test_tcc_shapes_of_section_10(tcc):
+    """WorldCover's title, type, date and quality file; NDVI's product names and 4 files."""
+    wc = list(tcc.get_products("urn:eop:VITO:ESA_WorldCover_10m_2020_V1"))
+    assert wc and all(not p.title.endswith("_Map") for p in wc)
+    for p in wc:
+        assert p.properties["productInformation"]["productType"] == "ESA_WORLDCOVER_10M"
+        assert p.beginningDateTime.isoformat().startswith("2020-12-31T23:59:59")
+        assert "platform" not in p.properties["acquisitionInformation"][0]
+        assert [f.href.rsplit("_", 1)[1] for f in p.related] == ["InputQuality.tif"]
+    ndvi = next(iter(tcc.get_products("urn:eop:VITO:TERRASCOPE_S2_NDVI_V2", limit=1)))
+    assert ndvi.title.endswith("_NDVI_10M_V200")
+    files = ndvi.data + ndvi.related + [f for f in ndvi.previews if f.title != "WMS"] + ndvi.alternates
+    names = sorted(f.href.rsplit("/", 1)[1] for f in files)
+    stem = ndvi.title[: -len("_NDVI_10M_V200")]
+    assert names == sorted([f"{stem}_NDVI_10M_V200.tif", f"{stem}_SCENECLASSIFICATION_20M_V200.tif",
+                            f"{stem}_NDVI_QUICKLOOK_V200.tif", f"{stem}_NDVI_10M_V200.xml"])
+    assert all(f"/{stem}_NDVI_V200/" in f.href for f in files)
+
+
+def test_pystac_client_reads_current_item_details(emulator):
+    from pystac_client import Client
+
+    client = Client.open(emulator.base_url + "/stac/")
+    item = next(client.search(collections=["terrascope-s2-toc-v2"], ids=["S2B_20210630T104619_31UFS_TOC_V220"]).items())
+    assert {"B01", "CLOUDMASK", "metadata", "preview", "QUICKLOOK"} <= set(item.assets)
+    assert item.assets["metadata"].media_type == "application/xml"
+    assert "auth:refs" in item.assets["B04"].extra_fields and "auth:refs" not in item.assets["metadata"].extra_fields
+    v200, v210 = (next(client.search(collections=["terrascope-s2-toc-v2"], ids=[f"S2A_20200215T105021_31UFS_TOC_{v}"])
+                       .items()) for v in ("V200", "V210"))
+    assert v200.datetime == v210.datetime, "two versions of one acquisition"
+    assert "CLOUDMASK" not in v200.assets and "CLOUDMASK" not in v210.assets, "CLOUDMASK only from V220"

@@ -9,25 +9,32 @@ body, a password or a token; query strings are logged as sent.
 
 Control API:
   GET  /_emulator/settings              current settings (JSON; user names only)
-  POST /_emulator/settings              JSON patch of settings; also {"reset": true}
-                                        (back to start-up settings, limiter and tokens
-                                        cleared) and {"revoke_tokens": true}
+  POST /_emulator/settings              JSON patch of settings (see settings.py); also
+                                        {"reset": true} (back to start-up settings, limiter,
+                                        tokens and republished files cleared),
+                                        {"revoke_tokens": true} and
+                                        {"republish": "<download path>" or [paths]}: new bytes
+                                        of the same size, new ETag and Last-Modified
   GET|POST /_emulator/device/approve?user_code=X[&user=demo]   approve a device login
-  GET  /_emulator/files?limit=N&min_size=B&max_size=B   served files, smallest first
+  GET  /_emulator/files?limit=N&min_size=B&max_size=B&layout=L&collection=C
+                                        served files, smallest first, with their URL,
+                                        platform path and default-layout paths
 
 Latency applies to every request except the control API; rate limits and
-error faults to /download/ only.
+download faults to /download/ only; catalogue_fail_next and catalogue_garbage
+to /stac and /catalogue. A request log line holds: time, method, path, query,
+range (the Range header as sent), status, bytes (body bytes sent), client,
+kind (stac, opensearch, download, auth, control, other) and, when one was
+applied, fault (the kind, e.g. "503", "cut", "stall,wrong_range").
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import random
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -36,106 +43,15 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from terrafs.emulator.archive import Archive
-from terrafs.emulator.download import DropConnection, handle_download
+from terrafs.emulator.download import FAULT_KEY, DropConnection, handle_download
 from terrafs.emulator.keycloak import REALM_PATH, TokenStore, handle_keycloak
 from terrafs.emulator.limits import SlidingWindowLimiter, retry_after_header
+from terrafs.emulator.republish import Republisher
+from terrafs.emulator.settings import RANGE_ONLY_KINDS, EmulatorSettings
 
 log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
-
-# Settings a POST may change, with the type each value is coerced to.
-_NUMBER_FIELDS = ("access_token_lifetime", "refresh_token_lifetime", "error_rate", "drop_rate",
-                  "latency", "bandwidth", "device_interval")
-_BOOL_FIELDS = ("ignore_range", "send_retry_after", "wrong_content_range", "catalogue_garbage")
-
-
-@dataclass
-class EmulatorSettings:
-    """What the emulator does right now; tests change it at runtime over
-    POST /_emulator/settings. Change it through update() (under the lock)."""
-
-    users: dict[str, str] = field(default_factory=lambda: {"demo": "demo"})
-    access_token_lifetime: float = 300.0
-    refresh_token_lifetime: float = 3600.0
-    # [(max requests, window seconds)] per client IP on /download/; [] = off.
-    rate_limits: list[tuple[int, float]] = field(default_factory=lambda: [(80, 10.0), (200, 60.0)])
-    error_rate: float = 0.0  # share of download requests answered 500/503
-    drop_rate: float = 0.0  # share of download GETs cut mid-body
-    latency: float = 0.0  # seconds added to each request
-    bandwidth: float = 0.0  # bytes/s cap per download response; 0 = none
-    ignore_range: bool = False  # answer 200 + whole body to Range requests
-    send_retry_after: bool = True  # Retry-After on 429
-    wrong_content_range: bool = False  # 206 for the range one byte later than asked (a broken proxy)
-    catalogue_garbage: bool = False  # catalogue answers 200 with an HTML error page (a proxy in the way)
-    device_interval: float = 5.0  # polling interval the device endpoint announces
-    tokens_not_before: float = 0.0  # epoch; tokens issued earlier are dead (revoke_tokens)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-safe view, without passwords."""
-        with self._lock:
-            out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("_")}
-        out["users"] = sorted(out["users"])
-        out["rate_limits"] = [list(w) for w in out["rate_limits"]]
-        return out
-
-    def update(self, patch: dict[str, Any]) -> None:
-        """Apply a patch; ValueError (nothing changed) on an unknown key or bad value."""
-        new: dict[str, Any] = {}
-        for key, value in patch.items():
-            if key in _NUMBER_FIELDS:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                    raise ValueError(f"{key} must be a number >= 0")
-                if key in ("error_rate", "drop_rate") and value > 1:
-                    raise ValueError(f"{key} must be between 0 and 1")
-                new[key] = float(value)
-            elif key in _BOOL_FIELDS:
-                if not isinstance(value, bool):
-                    raise ValueError(f"{key} must be true or false")
-                new[key] = value
-            elif key == "rate_limits":
-                new[key] = _parse_windows(value)
-            elif key == "users":
-                if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                          for k, v in value.items()):
-                    raise ValueError("users must map names to passwords")
-                new[key] = dict(value)
-            else:
-                raise ValueError(f"unknown setting {key!r}")
-        with self._lock:
-            for key, value in new.items():
-                setattr(self, key, value)
-
-    def restore(self, other: EmulatorSettings) -> None:
-        """Copy every setting of `other` (used to reset between tests)."""
-        with self._lock:
-            for f in dataclasses.fields(self):
-                if not f.name.startswith("_"):
-                    value = getattr(other, f.name)
-                    setattr(self, f.name, type(value)(value) if isinstance(value, (dict, list)) else value)
-
-    def revoke_tokens(self) -> None:
-        """Every token issued so far stops working at once (as an admin
-        'not before' push in Keycloak)."""
-        with self._lock:
-            # +epsilon: a token issued in this same instant is revoked too.
-            self.tokens_not_before = time.time() + 1e-6
-
-
-def _parse_windows(value: Any) -> list[tuple[int, float]]:
-    if not isinstance(value, list):
-        raise ValueError("rate_limits must be a list of [count, seconds]")
-    windows = []
-    for item in value:
-        if not isinstance(item, (list, tuple)) or len(item) != 2:
-            raise ValueError("rate_limits must be a list of [count, seconds]")
-        n, w = int(item[0]), float(item[1])
-        if n < 0 or w <= 0:
-            raise ValueError("rate limit needs count >= 0 and seconds > 0")
-        windows.append((n, w))
-    return windows
-
 
 class RequestLog:
     """Appends one JSON line per request; thread-safe, flushed at once."""
@@ -191,8 +107,8 @@ class EmulatorApp:
     def __init__(self, archive: Archive, settings: EmulatorSettings, log_path: str | Path):
         self.archive = archive
         self.settings = settings
-        self.initial = dataclasses.replace(settings, users=dict(settings.users),
-                                           rate_limits=list(settings.rate_limits))
+        self.initial = settings.copy()
+        self.versions = Republisher()
         self.tokens = TokenStore(settings)
         self.limiter = SlidingWindowLimiter()
         self.log = RequestLog(log_path)
@@ -227,6 +143,8 @@ class EmulatorApp:
             return start_response(status, headers, exc_info)
 
         body = response(environ, _start)
+        if environ.get(FAULT_KEY):
+            entry["fault"] = environ[FAULT_KEY]
         entry["status"] = int(status_holder[0].split()[0]) if status_holder else response.status_code
         return self._logged(body, entry, environ)
 
@@ -282,9 +200,10 @@ class EmulatorApp:
             path = request.path
             if kind == "download":
                 return self._download(request, base_url, path[len("/download"):].lstrip("/"))
-            if kind in ("stac", "opensearch") and self.settings.catalogue_garbage:
-                return Response("<html><body>Service Temporarily Unavailable</body></html>", 200,
-                                mimetype="text/html")
+            if kind in ("stac", "opensearch"):
+                failure = self._catalogue_failure(request)
+                if failure is not None:
+                    return failure
             # Catalogue handlers get the path after their prefix, with its leading slash.
             if kind == "stac":
                 from terrafs.emulator.stac import handle_stac
@@ -310,19 +229,57 @@ class EmulatorApp:
             log.exception("emulator failed on %s %s", request.method, request.path)
             return _json({"error": "internal emulator error"}, 500)
 
+    def _catalogue_failure(self, request: Request) -> Response | None:
+        """The failure this catalogue request must show (catalogue_fail_next first), or None."""
+        failure = self.settings.take_catalogue_failure()
+        if failure is None and self.settings.catalogue_garbage:
+            failure = "html"
+        if failure is None:
+            return None
+        request.environ[FAULT_KEY] = failure
+        if failure == "html":
+            # A proxy's or maintenance page, sent with status 200.
+            return Response(_HTML_PAGE, 200, mimetype="text/html")
+        resp = Response(_HTML_PAGE, int(failure), mimetype="text/html")
+        if failure in ("429", "503"):
+            resp.headers["Retry-After"] = "1"
+        return resp
+
     def _download(self, request: Request, base_url: str, subpath: str) -> Response:
         s = self.settings
         wait = self.limiter.check(request.remote_addr or "?", s.rate_limits)
         if wait is not None:
-            resp = _json({"error": "Too Many Requests"}, 429)
-            if s.send_retry_after:
-                resp.headers["Retry-After"] = retry_after_header(wait)
-            return resp
+            return self._too_many(retry_after_header(wait))
         if s.error_rate > 0 and self.rng.random() < s.error_rate:
             status = self.rng.choice((500, 503))
+            request.environ[FAULT_KEY] = str(status)
             return Response("emulated server error", status=status, mimetype="text/plain")
+        fault = self._draw_fault(request)
+        if fault in ("500", "503"):
+            request.environ[FAULT_KEY] = fault
+            return Response("emulated server error", status=int(fault), mimetype="text/plain")
+        if fault == "429":
+            request.environ[FAULT_KEY] = fault
+            return self._too_many("1")
         return handle_download(request, self.archive, s, self.tokens, base_url, subpath,
-                               self.last_modified, self.rng)
+                               self.last_modified, self.rng, self.versions, fault)
+
+    def _too_many(self, retry_after: str) -> Response:
+        resp = _json({"error": "Too Many Requests"}, 429)
+        if self.settings.send_retry_after:
+            resp.headers["Retry-After"] = retry_after
+        return resp
+
+    def _draw_fault(self, request: Request) -> str | None:
+        """The kind of fault this download GET gets under fault_rate, or None.
+        Range-only kinds are drawn only for Range requests."""
+        s = self.settings
+        if request.method != "GET" or s.fault_rate <= 0 or self.rng.random() >= s.fault_rate:
+            return None
+        kinds = list(s.fault_kinds)
+        if not request.headers.get("Range"):
+            kinds = [k for k in kinds if k not in RANGE_ONLY_KINDS]
+        return self.rng.choice(kinds) if kinds else None
 
     def _control(self, request: Request, sub: str) -> Response:
         if sub == "settings":
@@ -336,11 +293,14 @@ class EmulatorApp:
                     raise ValueError("the body must be a JSON object")
                 reset = bool(patch.pop("reset", False))
                 revoke = bool(patch.pop("revoke_tokens", False))
+                files = self._files_to_republish(patch.pop("republish", None))
                 if reset:
                     self.reset()
                 self.settings.update(patch)
             except ValueError as exc:
                 return _json({"error": str(exc)}, 400)
+            for f in files:
+                self.versions.republish(f)
             if revoke:
                 self.settings.revoke_tokens()
             return _json(self.settings.snapshot())
@@ -359,24 +319,50 @@ class EmulatorApp:
             return _json(self.tokens.issued())
         return _json({"error": "not found"}, 404)
 
+    def _files_to_republish(self, value: Any) -> list:
+        """The files a {"republish": ...} names; ValueError if one is not served."""
+        if value is None:
+            return []
+        paths = [value] if isinstance(value, str) else value
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise ValueError("republish must be a download path or a list of them")
+        files = []
+        for path in paths:
+            f = self.archive.file(path.split("/download/", 1)[-1].lstrip("/"))
+            if f is None:
+                raise ValueError(f"republish: no file is served at {path!r}")
+            files.append(f)
+        return files
+
     def _files(self, request: Request) -> Response:
-        """Files the download service serves, smallest first, filtered by size."""
+        """Files the download service serves, smallest first, filtered by size,
+        raster layout and collection (STAC id or URN)."""
         try:
             limit = int(request.args.get("limit", "100"))
             min_size = int(request.args.get("min_size", "0"))
             max_size = int(request.args.get("max_size", str(2**63)))
         except ValueError:
             return _json({"error": "limit, min_size and max_size must be integers"}, 400)
-        files = sorted((f for f in self.archive.all_files() if min_size <= f.size <= max_size),
-                       key=lambda f: (f.size, f.download_path))
-        return _json([{"path": f.download_path, "size": f.size, "type": f.type, "name": f.name}
-                      for f in files[:limit]])
+        layout = request.args.get("layout")
+        collection = request.args.get("collection")
+        listed = self.archive.file_listing(request.host_url.rstrip("/"))
+        rows = [row for row in listed if min_size <= row["size"] <= max_size
+                and (layout is None or row["layout"] == layout)
+                and (collection is None or collection in (row["collection"], row["collection_urn"]))]
+        rows.sort(key=lambda row: (row["size"], row["path"]))
+        return _json(rows[:limit])
 
     def reset(self) -> None:
-        """Start-up settings, an empty limiter and no live tokens."""
+        """Start-up settings, an empty limiter, no live tokens, no republished file."""
         self.settings.restore(self.initial)
         self.limiter.reset()
         self.tokens.clear()
+        self.versions.reset()
+
+
+_HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>503 Service Temporarily Unavailable</title></head>"
+              "<body><h1>Service Temporarily Unavailable</h1><p>The server is down for maintenance."
+              "</p></body></html>\n")
 
 
 def _drop(environ: dict) -> None:

@@ -5,9 +5,12 @@ side (app.py, download.py). data.py builds an Archive (synthetic, deterministic)
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
+from typing import Any, Callable
+
+_RESOLUTION_DIR = re.compile(r"^\d+M$")
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,8 @@ class EmuFile:
     size_in_catalogue: bool = True
     # Catalogue-only details (STAC title, data_type, proj:shape, proj:transform, gsd...).
     extra: dict = field(default_factory=dict, compare=False, repr=False)
+    # How a raster is laid out (sentinel2, cog, tiled, striped), for benchmarks; None: not a raster.
+    layout: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,16 @@ class EmuProduct:
     files: tuple[EmuFile, ...]
     published: datetime | None = None
     updated: datetime | None = None
+    # The end of the acquisition when it spans time (S1 coherence: the second
+    # acquisition); temporal filters match the whole span.
+    end_datetime: datetime | None = None
     # Catalogue-only details (platform, orbits, EPSG code...), optional.
     extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def overlaps(self, start: datetime | None, end: datetime | None) -> bool:
+        """Whether the acquisition (datetime to end_datetime) meets [start, end] (None: open)."""
+        last = self.end_datetime or self.datetime
+        return not (start is not None and last < start or end is not None and self.datetime > end)
 
 
 @dataclass(frozen=True)
@@ -88,3 +101,29 @@ class Archive:
 
     def all_files(self) -> list[EmuFile]:
         return list(self._files.values())
+
+    def file_listing(self, base_url: str) -> list[dict[str, Any]]:
+        """Every served file with where it is: download URL, platform path and
+        its path in terrafs's default layout (STAC and OpenSearch folder names)."""
+        rows = []
+        for c in self.collections:
+            for p in self.products(c.stac_id):
+                for f in p.files:
+                    below = f"{p.datetime:%Y/%m/%d}/{product_relpath(f.platform_path)}"
+                    rows.append({
+                        "path": f.download_path, "size": f.size, "type": f.type, "name": f.name,
+                        "url": f"{base_url}/download/{f.download_path}", "platform_path": f.platform_path,
+                        "default_path": f"{c.stac_id}/{below}",
+                        "default_path_opensearch": f"{c.urn.rsplit(':', 1)[-1]}/{below}",
+                        "layout": f.layout, "collection": c.stac_id, "collection_urn": c.urn, "product": p.id,
+                    })
+        return rows
+
+
+def product_relpath(platform_path: str) -> str:
+    """"<product folder>/<file>" of a platform path, with a resolution folder kept
+    ("<product folder>/10M/<file>"): how the default layout names a file."""
+    parts = platform_path.split("/")
+    if len(parts) >= 4 and _RESOLUTION_DIR.match(parts[-2]):
+        return "/".join(parts[-3:])
+    return "/".join(parts[-2:])

@@ -1,10 +1,15 @@
 """The emulator's synthetic archive: which collections, products and files exist.
 
 build_archive() plans a small deterministic Terrascope-like archive (same input,
-same catalogue, same bytes), writes its rasters once as real cloud-optimized
-GeoTIFFs (UTM tiles, deflate, overviews) into a data directory and returns the
-Archive that the catalogue and download handlers serve. Bulk products (for
-listing tests) are generated from a hash and never touch the disk.
+same catalogue, same bytes), writes its files once into a data directory (real
+GeoTIFFs: cloud-optimized UTM tiles, deflate, overviews; small netCDF and XML
+files) and returns the Archive that the catalogue and download handlers serve.
+Bulk products (for listing tests) are generated from a hash and never touch
+the disk.
+
+This module plans the core collections (Sentinel-2 TOC and LAI, Sentinel-1
+sigma0, WorldCover) and writes every file; shapes.py plans the archive's other
+path shapes and layouts.py the raster layouts for benchmarks.
 
 It must not serve HTTP, know about STAC or OpenSearch JSON, or import anything
 from the client side of terrafs.
@@ -15,37 +20,48 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
+from terrafs.emulator import layouts, shapes
 from terrafs.emulator.archive import Archive, EmuCollection, EmuFile, EmuProduct
+from terrafs.emulator.plan import (
+    MTDA,
+    S2_TILE_SIZE_M,
+    S2_TILES,
+    TIFF,
+    UTC,
+    PlannedFile,
+    PlannedProduct,
+    RasterSpec,
+    cloud_cover,
+    lonlat_bounds,
+    lonlat_raster,
+    metadata_file,
+    raster_file,
+    seed,
+    stamp_time,
+    utm_raster,
+)
 
 log = logging.getLogger(__name__)
 
 # Bump when the planned content changes, so old data directories are rebuilt.
-DATA_VERSION = 1
-PROFILES = ("small", "large")
-MTDA = "/data/MTDA/"
-TIFF = "image/tiff"
-XML_INSPIRE = "application/vnd.iso.19139+xml"
-UTC = timezone.utc
+DATA_VERSION = 2
+# small: the tests' archive; large: full-size Sentinel-2 bands (the read-path bench);
+# bench: large plus full-size raster layouts (4096 x 4096, >= 40 files per layout).
+PROFILES = ("small", "large", "bench")
 
-# Sentinel-2 tiles (MGRS) with their real upper-left UTM corner; 109.8 km wide.
-S2_TILE_SIZE_M = 109800.0
-S2_TILES = {
-    "31UFS": (32631, 600000.0, 5700000.0),
-    "31UES": (32631, 499980.0, 5700000.0),
-    "31UFT": (32631, 600000.0, 5800020.0),
-}
-# (platform, acquisition time, relative orbit, tiles) per S2 datatake.
+# (platform, acquisition time, relative orbit, tiles, product version) per S2 datatake.
 S2_DATATAKES = [
-    ("S2A", "20200101T105431", 51, ("31UFS", "31UES", "31UFT")),
-    ("S2B", "20200102T104429", 8, ("31UFS", "31UES")),
-    ("S2A", "20200215T105021", 51, ("31UFS", "31UES", "31UFT")),
-    ("S2B", "20210630T104619", 8, ("31UFS", "31UFT")),
-    ("S2A", "20210701T103631", 8, ("31UES",)),
+    ("S2A", "20200101T105431", 51, ("31UFS", "31UES", "31UFT"), "V210"),
+    ("S2B", "20200102T104429", 8, ("31UFS", "31UES"), "V210"),
+    ("S2A", "20200215T105021", 51, ("31UFS", "31UES", "31UFT"), "V210"),
+    ("S2B", "20210630T104619", 8, ("31UFS", "31UFT"), "V220"),
+    ("S2A", "20210701T103631", 8, ("31UES",), "V220"),
+    # An older version of one acquisition, side by side with its V210 in one date folder.
+    ("S2A", "20200215T105021", 51, ("31UFS",), "V200"),
 ]
 LAI_DATATAKES = S2_DATATAKES[:2]
 S1_PRODUCTS = [
@@ -57,9 +73,11 @@ S1_PRODUCTS = [
 WORLDCOVER_TILES = ("N48E000", "N51E000", "N51E003")
 
 # TOC bands: (band, resolution m, dtype, OpenSearch group, category, STAC key, roles).
+# Reflectances are int16; CLOUDMASK exists from V220 on.
 TOC_BANDS = (
-    [(b, 10, "uint16", "data", None, b, ("data",)) for b in ("B02", "B03", "B04", "B08")]
-    + [(b, 20, "uint16", "data", None, b, ("data",)) for b in ("B05", "B06", "B07", "B8A", "B11", "B12")]
+    [(b, 10, "int16", "data", None, b, ("data",)) for b in ("B02", "B03", "B04", "B08")]
+    + [(b, 20, "int16", "data", None, b, ("data",)) for b in ("B05", "B06", "B07", "B8A", "B11", "B12")]
+    + [("B01", 60, "int16", "data", None, "B01", ("data",))]
     + [
         ("SCENECLASSIFICATION", 20, "uint8", "related", "QUALITY", "SCL", ("data-mask",)),
         ("CLOUDMASK", 20, "uint8", "related", "CLOUD", "CLOUDMASK", ("data-mask", "cloud")),
@@ -71,103 +89,17 @@ RASTER_SIDE = {
     "small": {10: 512, 20: 256, 60: 128, "ql": 128},
     "large": {10: 10980, 20: 5490, 60: 1830, "ql": 686},
 }
+RASTER_SIDE["bench"] = RASTER_SIDE["large"]
 COG_BLOCK = 256
-
-
-@dataclass(frozen=True)
-class RasterSpec:
-    """How to generate one GeoTIFF; everything that decides its bytes."""
-
-    width: int
-    height: int
-    count: int
-    dtype: str
-    crs: str
-    transform: tuple[float, float, float, float, float, float]  # gdal order
-    seed: int
-    nodata: float | None = None
-
-
-@dataclass
-class _PlannedFile:
-    rel: str  # path below the data directory == platform path without /data/MTDA/
-    download_path: str
-    group: str
-    asset_key: str
-    roles: tuple[str, ...]
-    title: str
-    type: str
-    category: str | None = None
-    raster: RasterSpec | None = None
-    text: str | None = None  # content of generated non-raster files
-    size_in_catalogue: bool = True
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class _PlannedProduct:
-    product: dict  # EmuProduct keyword arguments except files
-    files: list[_PlannedFile]
-
-
-def _seed(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
-
-
-def _cloud_cover(title: str) -> float:
-    return round((_seed("cc" + title) % 100000) / 1000.0, 3)
-
-
-def _dt(stamp: str) -> datetime:
-    """'20200101T105431' -> aware datetime with the usual .024 s fraction."""
-    return datetime.strptime(stamp, "%Y%m%dT%H%M%S").replace(microsecond=24000, tzinfo=UTC)
-
-
-def _lonlat_bounds(epsg: int, left: float, bottom: float, right: float, top: float) -> tuple[float, float, float, float]:
-    from rasterio.warp import transform_bounds
-
-    w, s, e, n = transform_bounds(f"EPSG:{epsg}", "EPSG:4326", left, bottom, right, top)
-    return (round(w, 7), round(s, 7), round(e, 7), round(n, 7))
-
-
-def _utm_raster(epsg: int, ulx: float, uly: float, side: int, count: int, dtype: str, seed_text: str,
-                nodata: float | None = None) -> RasterSpec:
-    res = S2_TILE_SIZE_M / side
-    return RasterSpec(side, side, count, dtype, f"EPSG:{epsg}", (ulx, res, 0.0, uly, 0.0, -res), _seed(seed_text), nodata)
-
-
-def _raster_extra(spec: RasterSpec, stac_title: str, gsd: float | None = None) -> dict:
-    ulx, resx, _, uly, _, resy = spec.transform
-    return {
-        "stac_title": stac_title,
-        "data_type": spec.dtype,
-        "proj_shape": [spec.height, spec.width],
-        "proj_transform": [resx, 0.0, ulx, 0.0, resy, uly, 0.0, 0.0, 1.0],
-        "gsd": gsd if gsd is not None else resx,
-        "nodata": spec.nodata,
-    }
-
-
-def _inspire_xml(title: str, collection_urn: str, when: datetime) -> str:
-    # Small but well-formed ISO 19139-ish record; its content only has to be stable.
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n'
-        '<gmd:MD_Metadata xmlns:gmd="http://www.isotc211.org/2005/gmd" '
-        'xmlns:gco="http://www.isotc211.org/2005/gco">\n'
-        f"  <gmd:fileIdentifier><gco:CharacterString>{collection_urn}:{title}</gco:CharacterString></gmd:fileIdentifier>\n"
-        f"  <gmd:parentIdentifier><gco:CharacterString>{collection_urn}</gco:CharacterString></gmd:parentIdentifier>\n"
-        f"  <gmd:dateStamp><gco:DateTime>{when.strftime('%Y-%m-%dT%H:%M:%SZ')}</gco:DateTime></gmd:dateStamp>\n"
-        "  <gmd:contact><gco:CharacterString>VITO (emulated)</gco:CharacterString></gmd:contact>\n"
-        "</gmd:MD_Metadata>\n"
-    )
+S2_WMS_LAYERS = {"TOC": "CGS_S2_RADIOMETRY", "NDVI": "CGS_S2_NDVI"}
 
 
 # ---------------------------------------------------------------------------------------------
 # Collections
 
 
-def _collections(bulk_products: int) -> list[EmuCollection]:
-    cols = [
+def _collections() -> list[EmuCollection]:
+    return [
         EmuCollection("terrascope-s2-toc-v2", "urn:eop:VITO:TERRASCOPE_S2_TOC_V2",
                       "Sentinel-2 top-of-canopy reflectance V2", datetime(2015, 7, 6, tzinfo=UTC), None,
                       (-180.0, -84.0, 180.0, 84.0)),
@@ -182,18 +114,14 @@ def _collections(bulk_products: int) -> list[EmuCollection]:
                       "ESA WorldCover 10 m 2020 V1", datetime(2020, 1, 1, tzinfo=UTC),
                       datetime(2020, 12, 31, 23, 59, 59, tzinfo=UTC), (-180.0, -60.0, 180.0, 84.0)),
     ]
-    if bulk_products > 0:
-        cols.append(EmuCollection("terrascope-s2-ndvi-v2", "urn:eop:VITO:TERRASCOPE_S2_NDVI_V2",
-                                  "Sentinel-2 NDVI V2", datetime(2015, 7, 6, tzinfo=UTC), None,
-                                  (-180.0, -84.0, 180.0, 84.0)))
-    return cols
 
 
-def _s2_product_fields(platform: str, stamp: str, rel_orbit: int, tile: str, title: str, ptype: str,
-                       collection: str, resolution: int | None = None) -> dict:
+def s2_product_fields(platform: str, stamp: str, rel_orbit: int, tile: str, title: str, ptype: str,
+                      collection: str, resolution: int | None = None, wms: str | None = None) -> dict:
+    """EmuProduct keywords of a Sentinel-2 product (tile geometry, orbits, MGRS)."""
     epsg, ulx, uly = S2_TILES[tile]
-    when = _dt(stamp)
-    bbox = _lonlat_bounds(epsg, ulx, uly - S2_TILE_SIZE_M, ulx + S2_TILE_SIZE_M, uly)
+    when = stamp_time(stamp)
+    bbox = lonlat_bounds(epsg, ulx, uly - S2_TILE_SIZE_M, ulx + S2_TILE_SIZE_M, uly)
     extra = {
         "platform": platform, "platform_short": "Sentinel-2", "constellation": "sentinel-2",
         "instrument": "msi", "epsg": epsg, "relative_orbit": rel_orbit,
@@ -204,83 +132,99 @@ def _s2_product_fields(platform: str, stamp: str, rel_orbit: int, tile: str, tit
     }
     if resolution:
         extra["resolution"] = resolution
+    if wms:
+        extra["wms_layer"] = wms
     return dict(id=title, title=title, collection=collection, datetime=when, tile_id=tile,
-                cloud_cover=_cloud_cover(title), product_type=ptype, bbox=bbox,
+                cloud_cover=cloud_cover(title), product_type=ptype, bbox=bbox,
                 published=when + timedelta(days=2, hours=3), updated=when + timedelta(days=2, hours=3),
                 extra=extra)
 
 
-def _plan_toc(profile: str) -> list[_PlannedProduct]:
+def _plan_toc(profile: str) -> list[PlannedProduct]:
     urn = "urn:eop:VITO:TERRASCOPE_S2_TOC_V2"
     sides = RASTER_SIDE[profile]
-    datatakes = S2_DATATAKES if profile == "small" else [(S2_DATATAKES[0][0], S2_DATATAKES[0][1], S2_DATATAKES[0][2], ("31UFS",))]
+    first = S2_DATATAKES[0]
+    datatakes = S2_DATATAKES if profile == "small" else [(first[0], first[1], first[2], ("31UFS",), first[4])]
     out = []
-    for platform, stamp, orbit, tiles in datatakes:
+    for platform, stamp, orbit, tiles, version in datatakes:
         for tile in tiles:
-            stem = f"{platform}_{stamp}_{tile}"
-            title = f"{stem}_TOC_V210"
-            when = _dt(stamp)
-            rel_dir = f"TERRASCOPE_Sentinel2/TOC_V2/{when:%Y/%m/%d}/{title}"
-            dl_dir = f"Sentinel2/TOC_V2/{when:%Y/%m/%d}/{title}"
-            epsg, ulx, uly = S2_TILES[tile]
-            files = []
-            for band, res, dtype, group, category, key, roles in TOC_BANDS:
-                name = f"{stem}_TOC-{band}_{res}M_V210.tif" if group == "data" else f"{stem}_{band}_{res}M_V210.tif"
-                nodata = 32767 if dtype == "uint16" else None
-                spec = _utm_raster(epsg, ulx, uly, sides[res], 1, dtype, f"{rel_dir}/{name}", nodata)
-                ftitle = f"TOC-{band}_{res}M" if group == "data" else f"{band}_{res}M"
-                files.append(_PlannedFile(f"{rel_dir}/{name}", f"{dl_dir}/{name}", group, key, roles, ftitle, TIFF,
-                                          category, raster=spec, extra=_raster_extra(spec, key, float(res))))
-            ql = f"{stem}_TOC_QUICKLOOK_V210.tif"
-            spec = _utm_raster(epsg, ulx, uly, sides["ql"], 3, "uint8", f"{rel_dir}/{ql}")
-            files.append(_PlannedFile(f"{rel_dir}/{ql}", f"{dl_dir}/{ql}", "previews", "QUICKLOOK", ("thumbnail",),
-                                      "QUICKLOOK", TIFF, "QUICKLOOK", raster=spec, extra=_raster_extra(spec, "QUICKLOOK")))
-            xml = f"{title}.xml"
-            files.append(_PlannedFile(f"{rel_dir}/{xml}", f"{dl_dir}/{xml}", "alternates", "Inspire metadata",
-                                      ("metadata",), "Inspire metadata", XML_INSPIRE,
-                                      text=_inspire_xml(title, urn, when), extra={"stac_title": "Inspire metadata"}))
-            prod = _s2_product_fields(platform, stamp, orbit, tile, title, "TOC", "terrascope-s2-toc-v2")
-            out.append(_PlannedProduct(prod, files))
+            out.append(_toc_product(urn, sides, platform, stamp, orbit, tile, version))
     return out
 
 
-def _plan_lai() -> list[_PlannedProduct]:
+def _toc_product(urn: str, sides: dict, platform: str, stamp: str, orbit: int, tile: str,
+                 version: str) -> PlannedProduct:
+    stem = f"{platform}_{stamp}_{tile}"
+    title = f"{stem}_TOC_{version}"
+    when = stamp_time(stamp)
+    rel_dir = f"TERRASCOPE_Sentinel2/TOC_V2/{when:%Y/%m/%d}/{title}"
+    dl_dir = f"Sentinel2/TOC_V2/{when:%Y/%m/%d}/{title}"
+    epsg, ulx, uly = S2_TILES[tile]
+    files = []
+    for band, res, dtype, group, category, key, roles in TOC_BANDS:
+        if band == "CLOUDMASK" and version < "V220":
+            continue
+        name = f"{stem}_TOC-{band}_{res}M_{version}.tif" if group == "data" else f"{stem}_{band}_{res}M_{version}.tif"
+        nodata = 32767 if dtype in ("uint16", "int16") else None
+        spec = utm_raster(epsg, ulx, uly, sides[res], 1, dtype, f"{rel_dir}/{name}", nodata)
+        ftitle = f"TOC-{band}_{res}M" if group == "data" else f"{band}_{res}M"
+        scale = 0.0001 if dtype == "int16" else 0.001 if group == "related" and dtype == "uint16" else 1.0
+        # "sentinel2": a COG in 256 x 256 deflate tiles (10980 x 10980 for 10 m bands in the large profile).
+        files.append(raster_file(rel_dir, dl_dir, name, spec, group=group, key=key, roles=roles, title=ftitle,
+                                 category=category, gsd=float(res), scale=scale, layout="sentinel2"))
+    ql = f"{stem}_TOC_QUICKLOOK_{version}.tif"
+    spec = utm_raster(epsg, ulx, uly, sides["ql"], 3, "uint8", f"{rel_dir}/{ql}")
+    files.append(raster_file(rel_dir, dl_dir, ql, spec, group="previews", key="QUICKLOOK", roles=("thumbnail",),
+                             title="QUICKLOOK", category="QUICKLOOK"))
+    files.append(metadata_file(rel_dir, dl_dir, f"{title}.xml", title, urn, when))
+    prod = s2_product_fields(platform, stamp, orbit, tile, title, "TOC", "terrascope-s2-toc-v2",
+                             wms=S2_WMS_LAYERS["TOC"])
+    return PlannedProduct(prod, files)
+
+
+def _plan_lai() -> list[PlannedProduct]:
+    """LAI: the 10 m and 20 m products share one folder, each in its resolution
+    sub-folder, with a scene classification and a quicklook of the same name in both."""
     urn = "urn:eop:VITO:TERRASCOPE_S2_LAI_V2"
     out = []
-    for platform, stamp, orbit, tiles in LAI_DATATAKES:
+    for platform, stamp, orbit, tiles, _ in LAI_DATATAKES:
         for tile in tiles:
             stem = f"{platform}_{stamp}_{tile}"
             folder = f"{stem}_LAI_V200"
-            when = _dt(stamp)
+            when = stamp_time(stamp)
             epsg, ulx, uly = S2_TILES[tile]
             for res, side in ((10, 512), (20, 256)):
                 title = f"{stem}_LAI_{res}M_V200"
                 rel_dir = f"TERRASCOPE_Sentinel2/LAI_V2/{when:%Y/%m/%d}/{folder}/{res}M"
                 dl_dir = f"Sentinel2/LAI_V2/{when:%Y/%m/%d}/{folder}/{res}M"
-                name = f"{title}.tif"
-                spec = _utm_raster(epsg, ulx, uly, side, 1, "uint16", f"{rel_dir}/{name}", 65535)
+                name, scl, ql = f"{title}.tif", f"{stem}_SCENECLASSIFICATION_20M_V200.tif", f"{stem}_LAI_QUICKLOOK_V200.tif"
+                spec = utm_raster(epsg, ulx, uly, side, 1, "uint16", f"{rel_dir}/{name}", 65535)
+                scl_spec = utm_raster(epsg, ulx, uly, 128, 1, "uint8", f"{rel_dir}/{scl}")
+                ql_spec = utm_raster(epsg, ulx, uly, 64, 3, "uint8", f"{rel_dir}/{ql}")
                 files = [
                     # Older STAC item form: asset keys are the file names.
-                    _PlannedFile(f"{rel_dir}/{name}", f"{dl_dir}/{name}", "data", name, ("data",), f"LAI_{res}M",
-                                 TIFF, raster=spec, extra=_raster_extra(spec, "LAI", float(res))),
+                    raster_file(rel_dir, dl_dir, name, spec, group="data", key=name, roles=("data",),
+                                title=f"LAI_{res}M", gsd=float(res), stac_title="LAI"),
+                    raster_file(rel_dir, dl_dir, scl, scl_spec, group="related", key=scl, roles=("data",),
+                                title="SCENECLASSIFICATION_20M", category="QUALITY", gsd=20.0, stac_title="SCL"),
+                    raster_file(rel_dir, dl_dir, ql, ql_spec, group="previews", key=ql, roles=("thumbnail",),
+                                title="QUICKLOOK", category="QUICKLOOK", stac_title="QUICKLOOK"),
                     # No length anywhere in the catalogue: clients must HEAD it.
-                    _PlannedFile(f"{rel_dir}/{title}.xml", f"{dl_dir}/{title}.xml", "alternates", f"{title}.xml",
-                                 ("metadata",), "Inspire metadata", XML_INSPIRE,
-                                 text=_inspire_xml(title, urn, when), size_in_catalogue=False,
-                                 extra={"stac_title": "Inspire metadata"}),
+                    metadata_file(rel_dir, dl_dir, f"{title}.xml", title, urn, when, asset_key=f"{title}.xml",
+                                  size_in_catalogue=False),
                 ]
-                prod = _s2_product_fields(platform, stamp, orbit, tile, title, "LAI", "terrascope-s2-lai-v2", res)
-                out.append(_PlannedProduct(prod, files))
+                prod = s2_product_fields(platform, stamp, orbit, tile, title, "LAI", "terrascope-s2-lai-v2", res)
+                out.append(PlannedProduct(prod, files))
     return out
 
 
-def _plan_s1() -> list[_PlannedProduct]:
+def _plan_s1() -> list[PlannedProduct]:
     urn = "urn:eop:VITO:CGS_S1_GRD_SIGMA0_L1"
     epsg, ulx, uly, width_m = 32631, 450000.0, 5720000.0, 250000.0
-    bbox = _lonlat_bounds(epsg, ulx, uly - width_m, ulx + width_m, uly)
+    bbox = lonlat_bounds(epsg, ulx, uly - width_m, ulx + width_m, uly)
     out = []
     for platform, stamp, direction, orbit, code in S1_PRODUCTS:
-        when = _dt(stamp)
+        when = stamp_time(stamp)
         title = f"{platform}_IW_GRDH_SIGMA0_DV_{stamp}_{direction}_{orbit}_{code}_V110"
         rel_dir = f"CGS_S1/CGS_S1_GRD_SIGMA0_L1/{when:%Y/%m/%d}/{title}"
         dl_dir = f"CGS_S1_GRD_SIGMA0_L1/{when:%Y/%m/%d}/{title}"
@@ -289,15 +233,11 @@ def _plan_s1() -> list[_PlannedProduct]:
             name = f"{title}_{band}.tif"
             res = width_m / side
             spec = RasterSpec(side, side, 1, "float32", f"EPSG:{epsg}", (ulx, res, 0.0, uly, 0.0, -res),
-                              _seed(f"{rel_dir}/{name}"))
-            group = "data" if band != "angle" else "related"
-            files.append(_PlannedFile(f"{rel_dir}/{name}", f"{dl_dir}/{name}", group, band, ("data",), band, TIFF,
-                                      raster=spec, extra=_raster_extra(spec, band, 10.0)))
-        # The product xml has no length / file:size in either catalogue (HEAD fallback, current STAC form).
-        files.append(_PlannedFile(f"{rel_dir}/{title}.xml", f"{dl_dir}/{title}.xml", "alternates", "metadata",
-                                  ("metadata",), "Product metadata", "application/xml",
-                                  text=_inspire_xml(title, urn, when), size_in_catalogue=False,
-                                  extra={"stac_title": "Product metadata"}))
+                              seed(f"{rel_dir}/{name}"))
+            # angle is a data link too (OpenSearch), as VV and VH.
+            files.append(raster_file(rel_dir, dl_dir, name, spec, group="data", key=band, roles=("data",),
+                                     title=band, gsd=10.0))
+        files.append(metadata_file(rel_dir, dl_dir, f"{title}.xml", title, urn, when))
         extra = {"platform": platform, "platform_short": "Sentinel-1", "constellation": "sentinel-1",
                  "instrument": "c-sar", "epsg": epsg, "relative_orbit": orbit,
                  "absolute_orbit": 30000 + (when - datetime(2017, 1, 1, tzinfo=UTC)).days * 15 + orbit,
@@ -305,35 +245,38 @@ def _plan_s1() -> list[_PlannedProduct]:
                  "proj_bbox": [ulx, uly - width_m, ulx + width_m, uly], "gsd": 10,
                  "acquisition": {"operationalMode": "IW", "polarisationMode": "D", "polarisationChannels": "VV, VH"}}
         prod = dict(id=title, title=title, collection="terrascope-s1-grd-sigma0-v1", datetime=when, tile_id=None,
-                    cloud_cover=None, product_type="GRD", bbox=bbox, published=when + timedelta(hours=6),
+                    cloud_cover=None, product_type="SIGMA0", bbox=bbox, published=when + timedelta(hours=6),
                     updated=when + timedelta(hours=6), extra=extra)
-        out.append(_PlannedProduct(prod, files))
+        out.append(PlannedProduct(prod, files))
     return out
 
 
-def _plan_worldcover() -> list[_PlannedProduct]:
+def _plan_worldcover() -> list[PlannedProduct]:
+    """WorldCover 2020: flat tile folders, a title without "_Map", no platform,
+    dated at the end of its year, with an InputQuality file beside the map."""
     out = []
-    when = datetime(2020, 1, 1, tzinfo=UTC)
+    when = datetime(2020, 12, 31, 23, 59, 59, tzinfo=UTC)
     for tile in WORLDCOVER_TILES:
         lat = int(tile[1:3]) * (1 if tile[0] == "N" else -1)
         lon = int(tile[4:7]) * (1 if tile[3] == "E" else -1)
-        title = f"ESA_WorldCover_10m_2020_v100_{tile}_Map"
-        rel_dir = f"WORLDCOVER/ESA_WORLDCOVER_10M_2020_V100/MAP/{title}"
-        name = f"{title}.tif"
-        side = 512
-        res = 3.0 / side
-        spec = RasterSpec(side, side, 1, "uint8", "EPSG:4326", (float(lon), res, 0.0, float(lat + 3), 0.0, -res),
-                          _seed(f"{rel_dir}/{name}"), 0)
-        files = [_PlannedFile(f"{rel_dir}/{name}", f"{rel_dir}/{name}", "data", "ESA_WORLDCOVER_10M_MAP", ("data",),
-                              "ESA_WORLDCOVER_10M_MAP", TIFF, raster=spec,
-                              extra=_raster_extra(spec, "ESA_WORLDCOVER_10M_MAP", 10.0))]
-        extra = {"platform_short": "Sentinel-1/2", "epsg": 4326, "product_version": "V100", "gsd": 10,
+        title = f"ESA_WorldCover_10m_2020_v100_{tile}"
+        rel_dir = f"WORLDCOVER/ESA_WORLDCOVER_10M_2020_V100/MAP/{title}_Map"
+        name, quality = f"{title}_Map.tif", f"{title}_InputQuality.tif"
+        spec = lonlat_raster(float(lon), float(lat + 3), 3.0, 512, "uint8", f"{rel_dir}/{name}", 0)
+        q_spec = RasterSpec(64, 64, 3, "int16", "EPSG:4326", (float(lon), 3.0 / 64, 0.0, float(lat + 3), 0.0, -3.0 / 64),
+                            seed(f"{rel_dir}/{quality}"))
+        files = [raster_file(rel_dir, rel_dir, name, spec, group="data", key="ESA_WORLDCOVER_10M_MAP", roles=("data",),
+                             title="ESA_WORLDCOVER_10M_MAP", gsd=10.0),
+                 raster_file(rel_dir, rel_dir, quality, q_spec, group="related", key="ESA_WORLDCOVER_10M_INPUTQUALITY",
+                             roles=("data",), title="ESA_WORLDCOVER_10M_INPUTQUALITY", category="QUALITY", gsd=60.0)]
+        extra = {"epsg": 4326, "product_version": "V100", "gsd": 10,
                  "proj_bbox": [float(lon), float(lat), float(lon + 3), float(lat + 3)]}
         prod = dict(id=title, title=title, collection="esa-worldcover-10m-2020-v1", datetime=when, tile_id=tile,
-                    cloud_cover=None, product_type="MAP", bbox=(float(lon), float(lat), float(lon + 3), float(lat + 3)),
+                    cloud_cover=None, product_type="ESA_WORLDCOVER_10M",
+                    bbox=(float(lon), float(lat), float(lon + 3), float(lat + 3)),
                     published=datetime(2021, 10, 20, tzinfo=UTC), updated=datetime(2021, 10, 20, tzinfo=UTC),
                     extra=extra)
-        out.append(_PlannedProduct(prod, files))
+        out.append(PlannedProduct(prod, files))
     return out
 
 
@@ -369,11 +312,13 @@ def _bulk_products(n: int) -> list[EmuProduct]:
         tile = _bulk_tile(i)
         platform = "S2A" if i % 2 == 0 else "S2B"
         stamp = when.strftime("%Y%m%dT%H%M%S")
-        title = f"{platform}_{stamp}_{tile}_NDVI_V200"
-        name = f"{platform}_{stamp}_{tile}_NDVI_10M_V200.tif"
-        rel = f"TERRASCOPE_Sentinel2/NDVI_V2/2021/06/15/{title}/{name}"
-        dl = f"Sentinel2/NDVI_V2/2021/06/15/{title}/{name}"
-        size = 1024 + _seed(rel) % 3072
+        # Real NDVI naming: the product is "..._NDVI_10M_V200", its folder "..._NDVI_V200".
+        title = f"{platform}_{stamp}_{tile}_NDVI_10M_V200"
+        folder = f"{platform}_{stamp}_{tile}_NDVI_V200"
+        name = f"{title}.tif"
+        rel = f"TERRASCOPE_Sentinel2/NDVI_V2/2021/06/15/{folder}/{name}"
+        dl = f"Sentinel2/NDVI_V2/2021/06/15/{folder}/{name}"
+        size = 1024 + seed(rel) % 3072
         ef = EmuFile(name, MTDA + rel, dl, size, "data", "NDVI", ("data",), "NDVI_10M", TIFF,
                      read=partial(_generated_read, rel, size), extra={"stac_title": "NDVI", "gsd": 10.0})
         lon = -180.0 + (i * 7.3) % 355.0
@@ -382,7 +327,7 @@ def _bulk_products(n: int) -> list[EmuProduct]:
                  "instrument": "msi", "relative_orbit": 1 + i % 143, "orbit_direction": "DESCENDING",
                  "product_version": "V200", "gsd": 10}
         out.append(EmuProduct(id=title, title=title, collection="terrascope-s2-ndvi-v2", datetime=when,
-                              tile_id=tile, cloud_cover=_cloud_cover(title), product_type="NDVI",
+                              tile_id=tile, cloud_cover=cloud_cover(title), product_type="NDVI",
                               bbox=(round(lon, 4), round(lat, 4), round(lon + 1.2, 4), round(lat + 1.0, 4)),
                               files=(ef,), published=when + timedelta(days=1), updated=when + timedelta(days=1),
                               extra=extra))
@@ -427,25 +372,28 @@ def _write_raster(path: Path, spec: RasterSpec) -> None:
     from affine import Affine
 
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    profile = dict(driver="COG", width=spec.width, height=spec.height, count=spec.count, dtype=spec.dtype,
-                   crs=spec.crs, transform=Affine.from_gdal(*spec.transform), compress="DEFLATE",
-                   blocksize=COG_BLOCK, overview_resampling="average", num_threads="ALL_CPUS")
+    profile = dict(width=spec.width, height=spec.height, count=spec.count, dtype=spec.dtype,
+                   crs=spec.crs, transform=Affine.from_gdal(*spec.transform), num_threads="ALL_CPUS")
+    if spec.layout is None:
+        profile.update(driver="COG", compress="DEFLATE", blocksize=COG_BLOCK, overview_resampling="average")
+    else:
+        profile.update(layouts.creation_options(spec))
     if spec.nodata is not None:
         profile["nodata"] = spec.nodata
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(_pixels(spec))
+            dst.write(_pixels(spec) if spec.layout is None else layouts.pixels(spec))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_bytes(text.encode())
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
@@ -457,7 +405,7 @@ def _read_disk(path: str, start: int, length: int) -> bytes:
         return f.read(length)
 
 
-def _ensure_files(root: Path, planned: list[_PlannedProduct]) -> dict[str, int]:
+def _ensure_files(root: Path, planned: list[PlannedProduct]) -> dict[str, int]:
     """Write missing files (each atomically) and return rel path -> size."""
     marker = root / ".complete.json"
     wanted = [pf for pp in planned for pf in pp.files]
@@ -481,8 +429,10 @@ def _ensure_files(root: Path, planned: list[_PlannedProduct]) -> dict[str, int]:
         if stale or not path.is_file():
             if pf.raster is not None:
                 _write_raster(path, pf.raster)
+            elif pf.grid is not None:
+                _write_bytes(path, shapes.netcdf_bytes(pf.grid))
             else:
-                _write_text(path, pf.text or "")
+                _write_bytes(path, (pf.text or "").encode())
         sizes[pf.rel] = path.stat().st_size
     tmp = marker.with_name(f".complete.json.tmp{os.getpid()}")
     tmp.write_text(json.dumps({"version": DATA_VERSION, "sizes": sizes}, sort_keys=True))
@@ -498,7 +448,8 @@ def build_archive(data_dir: Path, profile: str = "small", bulk_products: int = 0
         raise ValueError("bulk_products must be >= 0")
     root = Path(data_dir) / profile
     root.mkdir(parents=True, exist_ok=True)
-    planned = _plan_toc(profile) + _plan_lai() + _plan_s1() + _plan_worldcover()
+    planned = (_plan_toc(profile) + _plan_lai() + _plan_s1() + _plan_worldcover()
+               + shapes.plan_shapes() + layouts.plan_layouts(profile))
     sizes = _ensure_files(root, planned)
     products = []
     for pp in planned:
@@ -507,10 +458,10 @@ def build_archive(data_dir: Path, profile: str = "small", bulk_products: int = 0
                 name=pf.rel.rsplit("/", 1)[1], platform_path=MTDA + pf.rel, download_path=pf.download_path,
                 size=sizes[pf.rel], group=pf.group, asset_key=pf.asset_key, roles=pf.roles, title=pf.title,
                 type=pf.type, category=pf.category, read=partial(_read_disk, str(root / pf.rel)),
-                size_in_catalogue=pf.size_in_catalogue, extra=pf.extra,
+                size_in_catalogue=pf.size_in_catalogue, extra=pf.extra, layout=pf.layout,
             )
             for pf in pp.files
         )
         products.append(EmuProduct(files=files, **pp.product))
     products.extend(_bulk_products(bulk_products))
-    return Archive(_collections(bulk_products), products)
+    return Archive(_collections() + shapes.collections() + layouts.collections(), products)

@@ -14,28 +14,30 @@ Choices where the facts are open:
 - If-Range with a non-matching ETag/date gets the whole body (200).
 
 Bodies stream in chunks from EmuFile.read, so big files never sit in memory.
-This module decides faults that change the body (ignore_range, bandwidth, drop);
-rate limits, latency and error faults are applied in app.py.
+This module applies the faults that change a body (ignore_range, wrong
+Content-Range, bandwidth, cut, stall) and serves a republished file in its
+current version (republish.py); rate limits, latency, status faults and the
+drawing of mixed faults are app.py's.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 from urllib.parse import urlencode
 
 from werkzeug.http import http_date, parse_date
 from werkzeug.wrappers import Request, Response
 
+from terrafs.emulator import republish
 from terrafs.emulator.archive import Archive, EmuFile
 from terrafs.emulator.keycloak import REALM_PATH, TokenStore
-
-if TYPE_CHECKING:
-    from terrafs.emulator.app import EmulatorSettings
+from terrafs.emulator.republish import Version
+from terrafs.emulator.settings import EmulatorSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,8 @@ class DropConnection(Exception):
     """Raised by a body iterator to make the server cut the connection (drop fault)."""
 
 
-def etag_for(f: EmuFile) -> str:
-    """Strong and stable across restarts: the same path and size give the same tag."""
-    digest = hashlib.sha1(f"{f.download_path}\0{f.size}".encode()).hexdigest()[:20]
-    return f'"{digest}"'
+# Applied faults are noted here in the WSGI environ, for the request log.
+FAULT_KEY = "terrafs.fault"
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | str | None:
@@ -133,21 +133,34 @@ def authorise(request: Request, settings: EmulatorSettings, tokens: TokenStore, 
     return _unauthorized("Bearer")
 
 
-def _body(f: EmuFile, start: int, length: int, settings: EmulatorSettings, drop_at: int | None) -> Iterator[bytes]:
-    """Stream [start, start+length); obey the bandwidth cap; cut at drop_at."""
-    bandwidth = settings.bandwidth
+@dataclass(frozen=True)
+class Cut:
+    """Where a body stops short: after `at` bytes, having paused `stall` seconds there."""
+
+    at: int
+    stall: float = 0.0
+
+
+def _body(f: EmuFile, version: Version, start: int, length: int, bandwidth: float,
+          cut: Cut | None) -> Iterator[bytes]:
+    """Stream [start, start+length); obey the bandwidth cap; stop at the cut."""
     # Smaller chunks under a bandwidth cap keep the rate smooth.
     chunk = CHUNK if not bandwidth else max(4096, min(CHUNK, int(bandwidth) // 8))
     began = time.monotonic()
     sent = 0
     while sent < length:
         n = min(chunk, length - sent)
-        if drop_at is not None and sent + n >= drop_at:
-            n = drop_at - sent
+        if cut is not None and sent + n >= cut.at:
+            n = cut.at - sent
             if n > 0:
-                yield f.read(start + sent, n)
-            raise DropConnection(f"emulated drop after {drop_at} of {length} bytes")
-        data = f.read(start + sent, n)
+                yield republish.read(f, version, start + sent, n)
+            if cut.stall > 0:
+                # An empty chunk makes werkzeug flush what went before, so the
+                # client really holds the first part while the server stalls.
+                yield b""
+                time.sleep(cut.stall)
+            raise DropConnection(f"emulated cut after {cut.at} of {length} bytes")
+        data = republish.read(f, version, start + sent, n)
         if len(data) != n:
             # A short read would silently break Content-Length; fail loudly instead.
             raise RuntimeError(f"archive returned {len(data)} bytes for {n} at {start + sent} of {f.download_path}")
@@ -161,8 +174,10 @@ def _body(f: EmuFile, start: int, length: int, settings: EmulatorSettings, drop_
 
 def handle_download(request: Request, archive: Archive, settings: EmulatorSettings, tokens: TokenStore,
                     base_url: str, subpath: str, last_modified: dict[str, datetime] | None = None,
-                    rng: random.Random | None = None) -> Response:
-    """Serve /download/<subpath> (subpath without leading slash)."""
+                    rng: random.Random | None = None, versions: republish.Republisher | None = None,
+                    fault: str | None = None) -> Response:
+    """Serve /download/<subpath> (subpath without leading slash). `fault` is a
+    body fault drawn by app.py for this GET: cut, stall, wrong_range, ignore_range."""
     if request.method not in ("GET", "HEAD"):
         resp = Response("Method Not Allowed", status=405)
         resp.headers["Allow"] = "GET, HEAD"
@@ -173,16 +188,20 @@ def handle_download(request: Request, archive: Archive, settings: EmulatorSettin
     f = archive.file(subpath)
     if f is None:
         return Response("Not Found", status=404, mimetype="text/plain")
-
-    etag = etag_for(f)
-    modified = (last_modified or {}).get(f.download_path) or DEFAULT_LAST_MODIFIED
+    version = versions.version(f.download_path) if versions else republish.Version(0, None)
+    modified = version.modified or (last_modified or {}).get(f.download_path) or DEFAULT_LAST_MODIFIED
+    etag = republish.etag(f, version)
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": etag,
         "Last-Modified": http_date(modified),
         "Content-Type": f.type or "application/octet-stream",
     }
-    rng_header = None if settings.ignore_range else request.headers.get("Range")
+    applied: list[str] = []
+    rng_header = request.headers.get("Range")
+    if rng_header and (settings.ignore_range or fault == "ignore_range"):
+        applied.append("ignore_range")
+        rng_header = None
     if rng_header and not _if_range_matches(request.headers.get("If-Range"), etag, modified):
         rng_header = None
     wanted = parse_range(rng_header, f.size)
@@ -194,7 +213,8 @@ def handle_download(request: Request, archive: Archive, settings: EmulatorSettin
         status, start, length = 200, 0, f.size
     else:
         start, end = wanted
-        if settings.wrong_content_range and end + 1 < f.size:
+        if (settings.wrong_content_range or fault == "wrong_range") and end + 1 < f.size:
+            applied.append("wrong_range")
             start, end = start + 1, end + 1  # honest about it: the header names what is sent
         status, length = 206, end - start + 1
         headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
@@ -203,14 +223,27 @@ def handle_download(request: Request, archive: Archive, settings: EmulatorSettin
     if request.method == "HEAD":
         # An empty iterable (not b"") so werkzeug keeps our Content-Length.
         return Response((), status=status, headers=headers, direct_passthrough=True)
-    r = rng or random
-    drop_at = None
-    if settings.drop_rate > 0 and length > 0 and r.random() < settings.drop_rate:
-        # Cut somewhere inside the body, never at its end.
-        drop_at = max(0, min(length - 1, length // 2))
-    resp = Response(_body(f, start, length, settings, drop_at), status=status, headers=headers,
+    cut = _cut(settings, fault, length, rng or random, applied)
+    if applied:
+        request.environ[FAULT_KEY] = ",".join(applied)
+    return Response(_body(f, version, start, length, settings.bandwidth, cut), status=status, headers=headers,
                     direct_passthrough=True)
-    return resp
+
+
+def _cut(settings: EmulatorSettings, fault: str | None, length: int, rng: random.Random,
+         applied: list[str]) -> Cut | None:
+    """Where this body stops short (cut, stall or the drop rate), or None."""
+    if length <= 0:
+        return None
+    # Somewhere inside the body, never at its end.
+    middle = max(0, min(length - 1, length // 2))
+    if fault == "stall":
+        applied.append("stall")
+        return Cut(middle, settings.stall_seconds)
+    if fault == "cut" or (settings.drop_rate > 0 and rng.random() < settings.drop_rate):
+        applied.append("cut")
+        return Cut(middle)
+    return None
 
 
 def _if_range_matches(if_range: str | None, etag: str, modified: datetime) -> bool:

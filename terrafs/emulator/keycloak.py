@@ -16,13 +16,11 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
-if TYPE_CHECKING:
-    from terrafs.emulator.app import EmulatorSettings
+from terrafs.emulator.settings import EmulatorSettings
 
 log = logging.getLogger(__name__)
 

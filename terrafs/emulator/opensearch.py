@@ -28,6 +28,7 @@ from terrafs.emulator.stac import (
     json_response,
     parse_bbox,
     parse_instant,
+    wms_preview_url,
 )
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,7 @@ def _file_href(f: Any, base_url: str, mep: bool) -> str:
 
 
 def _product_links(p: EmuProduct, base_url: str, mep: bool) -> dict:
+    """Link groups; an empty group is sent as [] (as the real service does)."""
     groups: dict[str, list[dict]] = {"previews": [], "alternates": [], "related": [], "data": []}
     for f in p.files:
         link: dict[str, Any] = {"href": _file_href(f, base_url, mep), "type": f.type}
@@ -303,8 +305,17 @@ def _product_links(p: EmuProduct, base_url: str, mep: bool) -> dict:
             link["title"] = f.title
         if f.category:
             link["category"] = f.category
+        ex = f.extra or {}
+        if "epsg" in ex:
+            link["conformsTo"] = f"http://www.opengis.net/def/crs/EPSG/0/{ex['epsg']}"
+        if ex.get("bands") and f.group in ("data", "related"):
+            link["bandNames"] = list(ex["bands"])
         groups.setdefault(f.group, []).append(link)
-    return {k: v for k, v in groups.items() if v}
+    wms = wms_preview_url(p, base_url)
+    if wms:
+        # A rendering service: stays http(s) under accessedFrom=MEP, and has no length.
+        groups["previews"].append({"href": wms, "type": "image/png", "title": "WMS", "category": "QUICKLOOK"})
+    return groups
 
 
 def product_feature(p: EmuProduct, coll: EmuCollection, base_url: str, mep: bool) -> dict:
@@ -320,13 +331,16 @@ def product_feature(p: EmuProduct, coll: EmuCollection, base_url: str, mep: bool
     if "relative_orbit" in ex:
         params["relativeOrbitNumber"] = ex["relative_orbit"]
     params["beginningDateTime"] = when
-    params["endingDateTime"] = when
+    params["endingDateTime"] = iso_z(p.end_datetime or p.datetime, 3)
     if p.tile_id:
         params["tileId"] = p.tile_id
     params.update(ex.get("acquisition", {}))
-    platform = {"platformShortName": ex.get("platform_short", "unknown")}
-    if "platform" in ex:
-        platform["platformSerialIdentifier"] = ex["platform"]
+    acquisition: dict[str, Any] = {}
+    if "platform_short" in ex:  # WorldCover has no platform
+        acquisition["platform"] = {"platformShortName": ex["platform_short"]}
+        if "platform" in ex:
+            acquisition["platform"]["platformSerialIdentifier"] = ex["platform"]
+    acquisition["acquisitionParameters"] = params
     info: dict[str, Any] = {}
     if p.cloud_cover is not None:
         info["cloudCover"] = p.cloud_cover
@@ -339,7 +353,7 @@ def product_feature(p: EmuProduct, coll: EmuCollection, base_url: str, mep: bool
         "date": when, "updated": updated, "available": published, "published": published,
         "status": "ARCHIVED", "parentIdentifier": coll.urn, "title": p.title,
         "identifier": f"{coll.urn}:{p.title}",
-        "acquisitionInformation": [{"platform": platform, "acquisitionParameters": params}],
+        "acquisitionInformation": [acquisition],
         "productInformation": info,
     }
     if "resolution" in ex:
@@ -372,7 +386,7 @@ def _product_filter(args: Any, coll: EmuCollection) -> Callable[[EmuProduct], bo
 
     def keep(p: EmuProduct) -> bool:
         ex = p.extra or {}
-        if start and p.datetime < start or end and p.datetime > end:
+        if not p.overlaps(start, end):
             return False
         if area and not bboxes_intersect(p.bbox, area):
             return False

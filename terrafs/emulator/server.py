@@ -18,9 +18,11 @@ from pathlib import Path
 
 from werkzeug.serving import make_server
 
-from terrafs.emulator.app import EmulatorSettings, make_app
+from terrafs.emulator.app import make_app
+from terrafs.emulator.data import PROFILES, build_archive
 from terrafs.emulator.keycloak import REALM_PATH
 from terrafs.emulator.limits import parse_rate_limits
+from terrafs.emulator.settings import FAULT_KINDS, EmulatorSettings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="port (default 0: a free port)")
     p.add_argument("--data", type=Path, default=None, help=f"archive directory (default {DEFAULT_DATA})")
-    p.add_argument("--profile", choices=("small", "large"), default="small", help="archive size")
+    p.add_argument("--profile", choices=PROFILES, default="small",
+                   help="archive size: small (tests), large (full-size Sentinel-2 bands), "
+                        "bench (large plus 4096 x 4096 raster layouts, 40 files each)")
     p.add_argument("--bulk", type=int, default=0, metavar="N", help="extra generated bulk products")
     p.add_argument("--log", type=Path, default=None, help="request log, JSON lines (default <data>/requests.jsonl)")
     p.add_argument("--access-token-lifetime", type=_nonneg, default=300.0, metavar="S")
@@ -68,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap per download response (0 = none)")
     p.add_argument("--ignore-range", action="store_true", help="answer Range requests with 200 + whole body")
     p.add_argument("--no-retry-after", action="store_true", help="send 429 without Retry-After")
+    p.add_argument("--fault-rate", type=_rate, default=0.0,
+                   help="share of download GETs given a fault of a kind drawn from --fault-kinds")
+    p.add_argument("--fault-kinds", default=",".join(FAULT_KINDS), metavar="K,...",
+                   help=f"kinds for --fault-rate (default all: {','.join(FAULT_KINDS)})")
     return p
 
 
@@ -82,17 +90,22 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         bandwidth=args.bandwidth,
         ignore_range=args.ignore_range,
         send_retry_after=not args.no_retry_after,
+        fault_rate=args.fault_rate,
+        fault_kinds=[k.strip() for k in args.fault_kinds.split(",") if k.strip()],
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        EmulatorSettings().update({"fault_kinds": [k.strip() for k in args.fault_kinds.split(",") if k.strip()]})
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=os.environ.get("TERRAFS_EMULATOR_LOGLEVEL", "WARNING"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # werkzeug logs every request at INFO; our JSON request log replaces that.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-
-    from terrafs.emulator.data import build_archive
 
     data_dir = (args.data or DEFAULT_DATA).expanduser()
     data_dir.mkdir(parents=True, exist_ok=True)

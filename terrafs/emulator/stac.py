@@ -173,12 +173,16 @@ def _stac_root(base_url: str) -> str:
 def _asset_type(f: EmuFile, old: bool) -> str:
     if f.type == "image/tiff":
         return OLD_TIFF_TYPE if old else COG_TYPE
-    if old and "xml" in f.type:
-        return "text/xml"
+    if "xml" in f.type:
+        return "text/xml" if old else "application/xml"
     return f.type
 
 
-def _asset(f: EmuFile, base_url: str, old: bool) -> dict:
+# Roles of assets that carry no auth:refs (seen on the real items: quicklooks, metadata).
+_NO_AUTH_ROLES = ("thumbnail", "metadata", "overview")
+
+
+def _asset(f: EmuFile, p: EmuProduct, base_url: str, old: bool) -> dict:
     ex = f.extra or {}
     a: dict[str, Any] = {"href": f"{base_url}/download/{f.download_path}", "type": _asset_type(f, old)}
     title = ex.get("stac_title", f.title)
@@ -190,31 +194,64 @@ def _asset(f: EmuFile, base_url: str, old: bool) -> dict:
             if ex.get("nodata") is not None:
                 band["nodata"] = float(ex["nodata"])
             a["raster:bands"] = [band]
+        if "proj_shape" in ex:
+            a["proj:shape"] = ex["proj_shape"]
+            a["proj:transform"] = ex["proj_transform"]
+        a["alternate"] = {"MEP": {"href": f.platform_path}}
     else:
-        if f.size_in_catalogue:
-            a["file:size"] = f.size
-        if "data_type" in ex:
-            a["data_type"] = ex["data_type"]
-        if ex.get("nodata") is not None:
-            a["nodata"] = ex["nodata"]
+        a.update(_current_asset_fields(f, p))
+        a["alternate"] = {"local": {"href": "file://" + f.platform_path}}
+        if not any(r in _NO_AUTH_ROLES for r in f.roles):
+            a["auth:refs"] = ["oidc"]
+    a["roles"] = list(f.roles)
+    return a
+
+
+def _current_asset_fields(f: EmuFile, p: EmuProduct) -> dict:
+    """file:size, updated and the raster details of an asset in the current item form."""
+    ex = f.extra or {}
+    a: dict[str, Any] = {}
+    if f.size_in_catalogue:
+        a["file:size"] = f.size
+    if p.updated:
+        a["updated"] = iso_z(p.updated)
+    a["description"] = f.title
+    if "data_type" in ex:
+        a["data_type"] = ex["data_type"]
+        a["raster:scale"] = ex.get("scale", 1.0)
+        a["raster:offset"] = ex.get("offset", 0.0)
+        a["raster:sampling"] = "area"
+        a["bands"] = [{"name": name} for name in ex.get("bands", [])]
+        a["unit"] = ex.get("unit", "1")
+    if ex.get("nodata") is not None:
+        a["nodata"] = ex["nodata"]
     if "proj_shape" in ex:
         a["proj:shape"] = ex["proj_shape"]
         a["proj:transform"] = ex["proj_transform"]
-    if not old and "gsd" in ex:
+    # 10 m assets carry no gsd of their own (the item's gsd says it).
+    if "gsd" in ex and ex["gsd"] != 10.0:
         a["gsd"] = ex["gsd"]
-    if old:
-        a["alternate"] = {"MEP": {"href": f.platform_path}}
-    else:
-        a["alternate"] = {"local": {"href": "file://" + f.platform_path}}
-        a["auth:refs"] = ["oidc"]
-    a["roles"] = list(f.roles)
     return a
+
+
+def wms_preview_url(p: EmuProduct, base_url: str) -> str | None:
+    """The WMS GetMap link of a product with a WMS layer: a rendering service
+    (query string, no length), which clients must not treat as a file."""
+    layer = (p.extra or {}).get("wms_layer")
+    if not layer:
+        return None
+    w, s, e, n = p.bbox
+    query = urlencode({"SERVICE": "WMS", "REQUEST": "getMap", "VERSION": "1.3.0", "CRS": "EPSG:4326",
+                       "BBOX": f"{s},{w},{n},{e}", "LAYERS": layer, "TIME": f"{p.datetime:%Y-%m-%d}",
+                       "WIDTH": 80, "HEIGHT": 80, "FORMAT": "image/png", "TRANSPARENT": "true"})
+    return f"{base_url}/wms/v2?{query}"
 
 
 def _properties(p: EmuProduct, base_url: str, old: bool) -> dict:
     ex = p.extra or {}
     when = iso_z(p.datetime)
-    props: dict[str, Any] = {"title": p.title, "datetime": when, "start_datetime": when, "end_datetime": when}
+    props: dict[str, Any] = {"title": p.title, "datetime": when, "start_datetime": when,
+                             "end_datetime": iso_z(p.end_datetime or p.datetime)}
     if p.published:
         props["created"] = iso_z(p.published)
     if p.updated:
@@ -284,7 +321,10 @@ def item_json(p: EmuProduct, coll: EmuCollection, base_url: str) -> dict:
             {"rel": "collection", "type": "application/json", "href": coll_url},
             {"rel": "root", "type": "application/json", "href": root},
         ]
-    doc["assets"] = {f.asset_key: _asset(f, base_url, old) for f in p.files}
+    doc["assets"] = {f.asset_key: _asset(f, p, base_url, old) for f in p.files}
+    wms = None if old else wms_preview_url(p, base_url)
+    if wms:
+        doc["assets"]["preview"] = {"href": wms, "type": "image/png", "title": "WMS", "roles": ["overview"]}
     return doc
 
 
@@ -597,7 +637,7 @@ def _search(archive: Archive, base_url: str, params: dict) -> tuple[list[dict], 
         for p in archive.products(c.stac_id):
             if ids and p.id not in ids:
                 continue
-            if start and p.datetime < start or end and p.datetime > end:
+            if not p.overlaps(start, end):
                 continue
             if bbox and not bboxes_intersect(p.bbox, bbox):
                 continue
