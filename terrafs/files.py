@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
+from terrafs.errors import FetchError
 from terrafs.read import Reader, RemoteFile
 from terrafs.tree import FileNode
 
@@ -19,6 +21,14 @@ def file_key(url: str, size: int) -> str:
     return f"{url}#{size}"
 
 
+@dataclass
+class Handle:
+    """One open of a file: which version of it this open has served bytes of."""
+
+    remote: RemoteFile
+    generation: int | None = None  # the reader's generation of the file when this open first read
+
+
 class Files:
     def __init__(self, downloader, reader: Reader, meta_cache):
         self._downloader = downloader
@@ -27,6 +37,7 @@ class Files:
         self._sizes: dict[str, int] = {}
         self._pending: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._opened: dict[str, int] = {}  # file key -> the generation the kernel's pages are of
 
     def size(self, node: FileNode) -> int:
         if node.file.size is not None:
@@ -57,15 +68,41 @@ class Files:
         size = self.size(node)
         return RemoteFile(url=node.file.href, size=size, key=file_key(node.file.href, size))
 
-    def read(self, remote: RemoteFile, offset: int, length: int) -> bytes:
-        if offset >= remote.size:
-            return b""
-        return self._reader.read(remote, offset, min(length, remote.size - offset))
+    def open(self, node: FileNode) -> tuple[Handle, bool]:
+        """A handle for a new open, and whether the kernel may keep the pages it has of the file.
 
-    def read_into(self, remote: RemoteFile, offset: int, out: memoryview) -> int:
+        The kernel's pages are dropped (keep_cache off) on the first open after
+        the file changed on the server, so that no later open sees old bytes.
+        """
+        remote = self.remote(node)
+        generation = self._reader.generation(remote)
+        with self._lock:
+            keep = self._opened.get(remote.key) == generation
+            self._opened[remote.key] = generation
+        return Handle(remote), keep
+
+    def read(self, handle: Handle, offset: int, length: int) -> bytes:
+        out = bytearray(max(0, min(length, handle.remote.size - offset)))
+        n = self.read_into(handle, offset, memoryview(out))
+        return bytes(out[:n])
+
+    def read_into(self, handle: Handle, offset: int, out: memoryview) -> int:
+        """Bytes of the file into out; FetchError once the file changed under this open.
+
+        An open that served bytes of one version must not go on with another's:
+        a copy would be a mix. It fails from then on; the next open reads the
+        new version whole.
+        """
+        remote = handle.remote
         if offset >= remote.size:
             return 0
-        return self._reader.read_into(remote, offset, out[: remote.size - offset])
+        before = self._reader.generation(remote)
+        if handle.generation is None:
+            handle.generation = before
+        n = self._reader.read_into(remote, offset, out[: remote.size - offset])
+        if self._reader.generation(remote) != handle.generation:
+            raise FetchError(f"{remote.url} changed on the server while it was open; open it again")
+        return n
 
-    def release(self, remote: RemoteFile) -> None:
-        self._reader.release(remote)
+    def release(self, handle: Handle) -> None:
+        self._reader.release(handle.remote)

@@ -85,7 +85,7 @@ class TerraFS(fuse.Operations):
         if conn_info is not None and getattr(conn_info, "max_readahead", 0) > readahead:
             conn_info.max_readahead = readahead
         if config_3 is not None:
-            config_3.kernel_cache = 1
+            config_3.kernel_cache = 0  # open() decides per file (keep_cache), see FUSE.open
             config_3.entry_timeout = CACHE_TIMEOUT
             config_3.attr_timeout = CACHE_TIMEOUT
             config_3.negative_timeout = 1.0
@@ -168,44 +168,50 @@ class TerraFS(fuse.Operations):
     # ---- data --------------------------------------------------------
     @translated
     def open(self, path, flags):
+        return self.open_keep(path, flags)[0]
+
+    @translated
+    def open_keep(self, path, flags) -> tuple[int, bool]:
+        """(file handle, whether the kernel may keep its cached pages of the file)."""
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC):
             raise fuse.FuseOSError(errno.EROFS)
         node = self.tree.lookup(path)
         if not isinstance(node, FileNode):
             raise fuse.FuseOSError(errno.EISDIR)
-        remote = self.files.remote(node)
+        handle, keep = self.files.open(node)
         with self._lock:
             fh = next(self._next_fh)
-            self._handles[fh] = remote
-        return fh
+            self._handles[fh] = handle
+        return fh, keep
 
-    def _remote(self, fh):
-        remote = self._handles.get(fh)
-        if remote is None:
+    def _handle(self, fh):
+        handle = self._handles.get(fh)
+        if handle is None:
             raise fuse.FuseOSError(errno.EBADF)
-        return remote
+        return handle
 
     @translated
     def read(self, path, size, offset, fh):
         # Under FUSE below, libfuse's read callback goes to read_into; this one
         # serves plain mfusepy (and its presence makes mfusepy register the callback).
-        return self.files.read(self._remote(fh), offset, size)
+        return self.files.read(self._handle(fh), offset, size)
 
     @translated
     def read_into(self, path, buf, size, offset, fh):
         """read(), but into libfuse's reply buffer (see FUSE below): no bytes object, one copy less."""
-        remote = self._remote(fh)
+        handle = self._handle(fh)
         if size <= 0:
             return 0
         out = memoryview((ctypes.c_char * size).from_address(ctypes.addressof(buf.contents))).cast("B")
-        return self.files.read_into(remote, offset, out)
+        return self.files.read_into(handle, offset, out)
 
     @translated
     def release(self, path, fh):
         with self._lock:
-            remote = self._handles.pop(fh, None)
-        if remote is not None and remote not in self._handles.values():
-            self.files.release(remote)
+            handle = self._handles.pop(fh, None)
+            last = handle is not None and all(h.remote.key != handle.remote.key for h in self._handles.values())
+        if last:
+            self.files.release(handle)
         return 0
 
     # A read-only mount: every change is refused with EROFS.
@@ -259,3 +265,10 @@ class FUSE(fuse.FUSE):
     def read(self, path, buf, size, offset, fip):  # the signature of mfusepy's callback
         name = None if path is None else path.decode(self.encoding, self.errors)  # as mfusepy decodes paths
         return self.operations.read_into(name, buf, size, offset, fip.contents.fh)
+
+    def open(self, path, fip):  # the signature of mfusepy's callback
+        fip.contents.fh, keep = self.operations.open_keep(path.decode(self.encoding, self.errors),
+                                                          fip.contents.flags)
+        # The kernel keeps a file's pages across opens unless the file changed on the server.
+        fip.contents.keep_cache = 1 if keep else 0
+        return 0

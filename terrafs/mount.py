@@ -211,7 +211,8 @@ def fuse_options(extra: str | None) -> dict:
 
     if mfusepy.fuse_version_major == 2:
         # libfuse 3 takes these in init (fs.py); libfuse 2 only as options.
-        opts.update(kernel_cache=True, entry_timeout=3600, attr_timeout=3600)
+        # No kernel_cache: open() keeps a file's pages unless the file changed on the server.
+        opts.update(entry_timeout=3600, attr_timeout=3600)
     for item in (extra or "").split(","):
         item = item.strip()
         if not item:

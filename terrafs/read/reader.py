@@ -86,6 +86,7 @@ class Reader:
         self._cache = cache
         self._cond = threading.Condition()
         self._files: dict[str, _FileState] = {}
+        self._generations: dict[str, int] = {}  # file key -> how often its remote content changed
         self._closed = False
         self._hot = HotSet(p.hot_bytes)
         self._wb = WriteBehind(cache, p.block_size, p.write_queue)
@@ -402,8 +403,15 @@ class Reader:
         if old is None or tuple(old) != ident:
             self._cache.set_meta(meta_key, ident)
 
+    def generation(self, f: RemoteFile) -> int:
+        """How often f's content was seen to change on the server (bytes of two generations never mix)."""
+        return self._generations.get(f.key, 0)
+
     def invalidate(self, f: RemoteFile) -> None:
-        """Forget every cached byte of f (pending writes, RAM, disk)."""
+        """Forget every cached byte of f (pending writes, RAM, disk); its generation moves on."""
+        with self._cond:
+            self._generations[f.key] = self._generations.get(f.key, 0) + 1
+            self._files.pop(f.key, None)
         keys = set(unit_keys(f, self.policy.piece_size))
         self._wb.drop_files(keys, lambda: [self._cache.drop_file(k) for k in keys])
         self._hot.drop_files(keys)
