@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import tempfile
 import threading
 import time
 import zlib
@@ -159,7 +161,7 @@ class BlockCache:
         key = (_BLOCK, file_key, index)
         try:
             value, tag = self._blocks.get(key, default=None, read=True, tag=True)
-        except (OSError, diskcache.Timeout) as exc:
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             log.warning("block cache read failed for block %d of %s: %s", index, file_key, exc)
             value, tag = None, None
         if value is None:
@@ -185,12 +187,18 @@ class BlockCache:
             if raw is not None:
                 raw.close()
             log.warning("dropping corrupt cached block %d of %s", index, file_key)
-            self._blocks.delete(key)
+            try:
+                self._blocks.delete(key)
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                log.debug("corrupt block not dropped: %s", exc)
             self._count(False)
             return None
         now = time.time()
         if now - stored > self.touch_after:
-            self._blocks.set(key, bytes(data), tag=_tag(data, now))  # used: to the back of the queue
+            try:
+                self._blocks.set(key, bytes(data), tag=_tag(data, now))  # used: to the back of the queue
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:  # a full disk: serve it all the same
+                log.debug("block %d of %s not touched: %s", index, file_key, exc)
         self._count(True)
         return value if raw is None else DiskBlock(raw, len(data))
 
@@ -205,8 +213,12 @@ class BlockCache:
         self._blocks.set((_BLOCK, file_key, index), data, tag=_tag(data, time.time()))
 
     def has(self, file_key: str, index: int) -> bool:
-        """Whether a block is stored (not verified: get() does that)."""
-        return (_BLOCK, file_key, index) in self._blocks
+        """Whether a block is stored (not verified: get() does that); False if the index cannot tell."""
+        try:
+            return (_BLOCK, file_key, index) in self._blocks
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            log.debug("block cache index unreadable: %s", exc)
+            return False
 
     def drop_file(self, file_key: str) -> int:
         """Forget every block of one file (its remote content changed); returns how many."""
@@ -220,10 +232,17 @@ class BlockCache:
     # -- metadata -------------------------------------------------------------
 
     def get_meta(self, key: str) -> Any:
-        return self._meta.get(("meta", key))
+        try:
+            return self._meta.get(("meta", key))
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            log.debug("cache metadata unreadable: %s", exc)
+            return None
 
     def set_meta(self, key: str, value: Any) -> None:
-        self._meta.set(("meta", key), value)
+        try:
+            self._meta.set(("meta", key), value)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:  # a full disk: remembered next time
+            log.debug("cache metadata not written: %s", exc)
 
     # -- housekeeping ---------------------------------------------------------
 
@@ -241,10 +260,13 @@ class BlockCache:
         with self._lock:
             hits, misses = self._hits, self._misses
             self._hits = self._misses = 0
-        if hits:
-            self._meta.incr(_HITS, hits)
-        if misses:
-            self._meta.incr(_MISSES, misses)
+        try:
+            if hits:
+                self._meta.incr(_HITS, hits)
+            if misses:
+                self._meta.incr(_MISSES, misses)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:  # counters never fail a read
+            log.debug("cache counters not written: %s", exc)
 
     def stats(self) -> dict:
         """size (bytes on disk), entries (blocks), hits, misses, hit_rate (persisted across runs)."""
@@ -277,3 +299,42 @@ class BlockCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class MemoryOnlyCache:
+    """Stands in for a BlockCache that could not be opened (a read-only, full or
+    damaged cache folder): nothing is stored, so every read is served from the
+    network and the reader's RAM. The mount stays usable; `reason` says why."""
+
+    def __init__(self, block_size: int, reason: str):
+        self.block_size = block_size
+        self.reason = reason
+        self.directory = Path(tempfile.gettempdir())  # where the reader's spool goes
+        self._meta: dict[str, Any] = {}
+
+    def open_block(self, file_key: str, index: int, scratch: bytearray) -> None:
+        return None
+
+    def get(self, file_key: str, index: int) -> None:
+        return None
+
+    def has(self, file_key: str, index: int) -> bool:
+        return False
+
+    def put(self, file_key: str, index: int, data: bytes, expected_len: int | None = None) -> None:
+        return None
+
+    def drop_file(self, file_key: str) -> int:
+        return 0
+
+    def get_meta(self, key: str) -> Any:
+        return self._meta.get(key)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._meta[key] = value
+
+    def stats(self) -> dict:
+        return {"size": 0, "entries": 0, "hits": 0, "misses": 0, "hit_rate": 0.0, "degraded": self.reason}
+
+    def close(self) -> None:
+        return None

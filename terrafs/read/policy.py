@@ -56,7 +56,7 @@ class ReadPolicy:
     stream_chunk: int = 1 << 20
     #: A sequential run away from the head opens a stream once it is this long (one request for the
     #: rest of the run): a run of strips or tiles past its first planned fetch is likely to go on.
-    stream_after: int = 512 << 10
+    stream_after: int = 1 << 20
     #: A stream opened mid-file (a run of strips or tiles, not a copy from the start) ends this far past
     #: the run, or twice the run's length past it: a program that stops must not leave megabytes in flight.
     stream_reach: int = 4 << 20
@@ -76,9 +76,10 @@ class ReadPolicy:
     bandwidth: float = 8e6
     #: A planned ranged fetch never goes beyond this many bytes.
     max_fetch: int = 8 << 20
-    #: Bytes the kernel asks past a program's read (its read-ahead, lowered to 96 KiB in fs.py, rounded
-    #: up to its 128 KiB FUSE reads; measured up to 176 KiB): fetched with the tiles, or they cost a request.
-    kernel_ahead: int = 192 << 10
+    #: Bytes the kernel asks past a program's read: the rest of the 128 KiB FUSE read that holds the
+    #: read's end, and one more for its read-ahead (lowered to 96 KiB in fs.py); measured up to 228 KiB.
+    #: Fetched with the tiles, or they cost a request of their own.
+    kernel_ahead: int = 256 << 10
 
     @property
     def merge_gap(self) -> int:
@@ -178,12 +179,13 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
                     disk_ahead_from=disk)
     if sequential and not (pieces_on and run < bs):
         return Plan(False, offset, end, disk_ahead_from=disk)
-    # A random read, or a short run (a tile range the kernel cut up): pieces, reaching ahead.
-    start, stop = reach(p, layout, offset, end)
+    # A random read, or a short run (a tile range the kernel cut up, or the next tile
+    # row close by): pieces, reaching further the longer the run.
+    start, stop = reach(p, layout, offset, end, run if sequential else 0)
     return Plan(pieces_on, start, min(size, stop), disk_ahead_from=disk)
 
 
-def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int) -> tuple[int, int]:
+def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int, run: int = 0) -> tuple[int, int]:
     """The bytes a random read at [offset, end) should fetch.
 
     Without a layout: the read and `random_ahead` past it. With one: whole
@@ -193,19 +195,24 @@ def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int) -> tu
     read-ahead past the last of them.
     """
     if layout is None:
-        return offset, end + p.random_ahead
+        return offset, end + max(run, p.random_ahead)
     segs = layout.segments
     i = layout.at(offset)
-    if i is not None and segs[i].end - offset < p.piece_size and i + 1 < len(segs) and segs[i + 1].offset < end:
-        # The kernel reads whole pages, and GDAL a COG tile's 4-byte leader first:
-        # a small read that starts in the last bytes of a tile enters the next one.
-        start, k, stop = offset, i + 1, segs[i + 1].end
-    elif i is not None:
-        start, k, stop = min(offset, segs[i].offset), i, segs[i].end
-    else:
+    if i is None:
         return offset, end + p.random_ahead  # the IFDs or a gap between tiles: the generic policy
-    # The next tile too (a window that straddles a tile edge), and more while within random_ahead.
-    want = max(end, segs[k].offset + p.random_ahead, segs[k].end + 1)
+    if segs[i].end - offset < p.piece_size and i + 1 < len(segs) and segs[i + 1].offset - segs[i].end <= PAGE:
+        # GDAL reads a COG tile's 4-byte leader first, and the kernel rounds that read
+        # out to pages of the tile before: a read in the last bytes of a tile enters the next.
+        start, k = offset, i + 1
+    else:
+        start, k = min(offset, segs[i].offset), i
+    stop = segs[k].end
+    # The next tile too (a window that straddles a tile edge), and more while within the
+    # reach: random_ahead for tiles, twice that for strips (full rows: a window of a few
+    # dozen rows spans several).
+    ahead = max(run, p.random_ahead * (2 if layout.across[segs[k].image] == 1 else 1))
+    nxt = segs[k + 1].offset + 1 if k + 1 < len(segs) else 0
+    want = max(end, segs[k].offset + ahead, nxt)
     while (k + 1 < len(segs) and segs[k + 1].offset < want and segs[k + 1].offset - stop <= PAGE
            and segs[k + 1].end - start <= p.max_fetch):
         k += 1

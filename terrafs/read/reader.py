@@ -207,9 +207,13 @@ class Reader:
             st = state.stream if state.stream is not None and state.stream.running else None
             if st is not None:  # no facts needed: the plan follows the stream
                 return self._apply(f, state, offset, end, Facts(True, True, True))
-        facts = self._facts(f, offset, end)  # disk lookups, outside the lock
+        facts, missing = self._facts(f, offset, end)  # disk lookups, outside the lock
         self._find_layout(f, state, offset)
         with self._cond:
+            if missing and all(self._fetches.in_flight(k) for k in missing):
+                # Another reader's fetch brings them (the kernel's concurrent reads of one
+                # program read): no new request, and no stream either.
+                facts = dataclasses.replace(facts, read_cached=True)
             return self._apply(f, state, offset, end, facts)
 
     def _apply(self, f: RemoteFile, state: _FileState, offset: int, end: int, facts: Facts) -> Plan:
@@ -233,19 +237,26 @@ class Reader:
                                       self._fetches.in_flight)
         return p
 
-    def _facts(self, f: RemoteFile, offset: int, end: int) -> Facts:
+    def _facts(self, f: RemoteFile, offset: int, end: int) -> tuple[Facts, list[tuple[str, int]]]:
+        """What is cached of f for a read of [offset, end), and the units of the read not held (disk lookups)."""
         blocks = blocks_of(f, self.policy.block_size)
+        pieces = pieces_of(f, self.policy.piece_size)
         first = offset // blocks.unit
         head = self._held.has(blocks, 0)
         first_cached = head if first == 0 else self._held.has(blocks, first)
-        pieces = pieces_of(f, self.policy.piece_size)
         pieces_cached = False
         if first == 0 and not head and pieces.unit < blocks.unit:
             pieces_cached = all(self._held.has(pieces, j) for j in pieces.span(offset, end))
-        read_cached = all(self._held.has(blocks, i) or (pieces.unit < blocks.unit and all(
-            self._held.has(pieces, j) for j in pieces.span(max(offset, i * blocks.unit), min(end, (i + 1) * blocks.unit))))
-            for i in blocks.span(offset, end))
-        return Facts(head, first_cached, pieces_cached, read_cached)
+        missing: list[tuple[str, int]] = []
+        for i in blocks.span(offset, end):
+            if self._held.has(blocks, i):
+                continue
+            if pieces.unit >= blocks.unit:
+                missing.append((blocks.key, i))
+                continue
+            span = pieces.span(max(offset, i * blocks.unit), min(end, (i + 1) * blocks.unit))
+            missing += [(pieces.key, j) for j in span if not self._held.has(pieces, j)]
+        return Facts(head, first_cached, pieces_cached, not missing), missing
 
     def _find_layout(self, f: RemoteFile, state: _FileState, offset: int) -> None:
         """Learn the file's TIFF layout from cached bytes, once the program reads past the head."""
