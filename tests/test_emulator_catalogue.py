@@ -410,3 +410,71 @@ def test_stac_leaves_out_nothing_and_uses_sfeos_default_order(client, archive):
     times = [datetime.fromisoformat(f["properties"]["datetime"].replace("Z", "+00:00")) for f in doc["features"]]
     assert times == sorted(times, reverse=True)
     assert times[0].tzinfo == timezone.utc
+
+
+# ------------------------------------------------------------------------------------ shapes
+
+
+def test_opensearch_empty_groups_angle_and_sigma0(client):
+    s1 = _products(client, "collection=urn:eop:VITO:CGS_S1_GRD_SIGMA0_L1&productType=SIGMA0")
+    assert s1["totalResults"] == 4
+    links = s1["features"][0]["properties"]["links"]
+    assert links["related"] == [] and links["previews"] == [], "empty groups are sent as []"
+    assert [l["title"] for l in links["data"]] == ["VV", "VH", "angle"]
+    assert links["alternates"][0]["type"] == "application/vnd.iso.19139+xml" and links["alternates"][0]["length"] > 0
+
+
+def test_coherence_is_dated_by_its_first_acquisition_and_filed_under_its_second(client, archive):
+    coh = archive.products("terrascope-s1-slc-coherence-v1")[0]
+    assert coh.end_datetime > coh.datetime
+    assert f"/{coh.end_datetime:%Y/%m/%d}/" in coh.files[0].platform_path
+    assert f"/{coh.datetime:%Y/%m/%d}/" not in coh.files[0].platform_path
+    item = _stac(client, f"/collections/terrascope-s1-slc-coherence-v1/items/{coh.id}")
+    assert item["properties"]["end_datetime"].startswith(f"{coh.end_datetime:%Y-%m-%dT%H:%M:%S}")
+    # A search on the second acquisition's day finds it: the acquisition spans both.
+    day = f"{coh.end_datetime:%Y-%m-%d}"
+    found = _stac(client, f"/search?collections=terrascope-s1-slc-coherence-v1&datetime={day}/{day}")
+    assert coh.id in [f["id"] for f in found["features"]]
+    os_found = _products(client, f"collection=urn:eop:VITO:TERRASCOPE_S1_SLC_COHERENCE_V1&start={day}&end={day}")
+    assert coh.title in [f["properties"]["title"] for f in os_found["features"]]
+
+
+def test_shape_paths_and_download_prefixes(archive):
+    def first(stac_id):
+        return archive.products(stac_id)[0].files[0]
+
+    s5p = first("terrascope-s5p-l3-co-td-v1")
+    assert s5p.platform_path.startswith("/data/MTDA/TERRASCOPE_Sentinel5P/L3_CO_TD_V1/2020/01/S5P_OFFL_L3_CO_TD_")
+    assert s5p.download_path.startswith("Sentinel5P/L3_CO_TD_V1/2020/01/")
+    ag = first("agera5-v1")
+    assert ag.platform_path == "/data/MTDA/AgERA5/2020/20200101/AgERA5_dewpoint-temperature_20200101.tif"
+    assert ag.download_path == ag.platform_path[len("/data/MTDA/"):], "AgERA5: a plain swap"
+    dem = first("cop-dem-glo-30m-cog")
+    assert dem.platform_path.count("/") == 6 and dem.platform_path.startswith("/data/MTDA/DEM/COPERNICUS-DEM-30/")
+    cgls = [p.files[0].platform_path for p in archive.products("cgls-fapar300-v1-global")]
+    folders = [path.rsplit("/", 1)[0] for path in cgls]
+    assert folders.count("/data/MTDA/BIOPAR/FAPAR300_V1_GLOBAL/2020/20200110") == 3, "three versions, one folder"
+    head = archive.products("cgls-fapar300-v1-global")[0].files[0].read(0, 4)
+    assert head == b"CDF\x01", "a classic netCDF file"
+    coh = first("terrascope-s1-slc-coherence-v1")
+    assert coh.download_path.startswith("Sentinel1/SLC_COHERENCE/")
+
+
+def test_raster_layouts_have_their_structure(archive):
+    import rasterio
+
+    files = {f.layout: f for f in archive.all_files() if f.layout in ("cog", "tiled", "striped")}
+    expected = {"cog": ((512, 512), True, "deflate", "COG"), "tiled": ((256, 256), False, "lzw", None),
+                "striped": ((16, 1536), False, "deflate", None)}
+    for layout, (block, overviews, compression, tag) in expected.items():
+        f = files[layout]
+        with rasterio.open(f.read.args[0]) as ds:
+            assert (ds.width, ds.height, ds.dtypes[0]) == (1536, 1536, "uint16"), layout
+            assert ds.block_shapes[0] == block, layout
+            assert bool(ds.overviews(1)) == overviews, layout
+            assert ds.compression.value.lower() == compression, layout
+            assert ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == tag, layout
+            sizes = [ds.block_size(1, r, c) for r in range(2) for c in range(1 if layout == "striped" else 2)]
+            assert len(set(sizes)) == len(sizes), f"{layout}: block byte counts should vary: {sizes}"
+            raw = block[0] * block[1] * 2
+            assert all(0.4 * raw < s < 1.2 * raw for s in sizes), f"{layout}: blocks compress to nothing: {sizes}"

@@ -74,6 +74,8 @@ def test_every_shape_file_at_its_path_with_its_size_and_nothing_extra(
     assert extra == [], f"{len(extra)} files that the catalogue does not list, e.g. {extra[:3]}"
     wrong = {p: (seen[p], size) for p, size in expected.items() if seen[p] != size}
     assert wrong == {}, f"sizes differ (mount, catalogue): {dict(list(wrong.items())[:3])}"
+    # The WMS preview links (a query string: a rendering service) are no files, and no warning either.
+    assert "cannot be made safe" not in mount.log_text()
 
 
 @pytest.mark.parametrize("backend, layout", COMBOS)

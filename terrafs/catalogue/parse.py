@@ -229,8 +229,8 @@ def build_product(
     seen_hrefs: set[str] = set()
     seen_paths: set[str] = set()
     for link in links:
-        if not link.is_http or link.href in seen_hrefs:
-            continue
+        if not link.is_http or link.href in seen_hrefs or urlsplit(link.href).query:
+            continue  # a query string: a rendering service (the WMS preview), never a file; not worth a warning
         seen_hrefs.add(link.href)
         pf = _product_file(link, known)
         if pf is None:
