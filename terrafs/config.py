@@ -13,7 +13,6 @@ import difflib
 import logging
 import netrc
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
@@ -23,8 +22,9 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from terrafs.catalogue.model import Filter
+from terrafs.catalogue.model import CatalogueLimits, Filter
 from terrafs.errors import ConfigError
+from terrafs.text import Origin, parse_origin, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "opensearch": "https://services.terrascope.be/catalogue/",
         "token": "https://sso.terrascope.be/auth/realms/terrascope/protocol/openid-connect/token",
     },
-    "auth": {"method": "bearer", "client_id": "public", "username": None, "password": None},
+    # hosts: who gets the credentials ("host" or "host:port": https; "http://host:port" for plain http).
+    "auth": {"method": "bearer", "client_id": "public", "username": None, "password": None,
+             "hosts": [DOWNLOAD_HOST]},
     "cache": {
         "dir": "~/.cache/terrafs",
         "size": "20GiB",
@@ -52,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "rate_limits": [{"requests": 80, "seconds": 10}, {"requests": 200, "seconds": 60}],
     # Shared by every terrafs process of the user, whatever its cache folder: they share one IP address.
     "rate_limit_state": "~/.cache/terrafs/ratelimit.state",
+    "rate_limit_max_pause": None,  # seconds; None: the longest window, at least 60
+    "catalogue_limits": {"max_pages": 1000, "max_response_size": "64MiB"},
     "layout": "default",
     "collections": None,
     "log": {"level": "INFO", "file": "~/.cache/terrafs/terrafs.log"},
@@ -75,6 +79,7 @@ class Config:
     username: str | None
     password: str | None = field(repr=False)
     credential_source: str | None
+    credential_hosts: frozenset[Origin]  # (scheme, host, port) that get the credentials
     refresh_token_file: Path
     cache_dir: Path
     cache_size: int
@@ -83,37 +88,13 @@ class Config:
     recent_listing_ttl: float
     rate_limits: tuple[tuple[int, float], ...]
     rate_limit_state: Path
+    rate_limit_max_pause: float | None  # None: the longest rate window
+    catalogue_limits: CatalogueLimits
     layout: str  # "default" | "platform"
     collections: tuple[CollectionSelection, ...] | None  # None: every collection
     log_level: str
     log_file: Path
     source: Path | None  # the file read, for messages
-
-
-# ---- sizes -------------------------------------------------------------------
-
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(text: Any) -> int:
-    """Bytes from 1048576, "1048576", "1MiB", "1.5 GB", "20GiB" (KB=1000, KiB=1024)."""
-    if isinstance(text, bool):
-        raise ConfigError(f"not a size: {text!r}")
-    if isinstance(text, int):
-        if text < 0:
-            raise ConfigError(f"not a size: {text!r} (negative)")
-        return text
-    if isinstance(text, float) and text >= 0 and text.is_integer():
-        return int(text)
-    m = _SIZE.match(text) if isinstance(text, str) else None
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"not a size: {text!r} (use bytes or a unit: KiB, MiB, GiB, KB, MB, GB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 # ---- validation ----------------------------------------------------------------
@@ -164,7 +145,7 @@ def _secret(v: Any) -> str | None:
 def _size(v: Any) -> int:
     try:
         return parse_size(v)
-    except ConfigError as e:
+    except ValueError as e:
         raise _Bad(str(e)) from None
 
 
@@ -173,6 +154,31 @@ def _positive_size(v: Any) -> int:
     if n <= 0:
         raise _Bad("must be larger than 0")
     return n
+
+
+def _hosts(v: Any) -> frozenset[Origin]:
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise _Bad("must be a list of hosts like services.terrascope.be (or http://host:port)")
+    try:
+        return frozenset(parse_origin(h) for h in v)
+    except ValueError as e:
+        raise _Bad(str(e)) from None
+
+
+def _optional_pause(v: Any) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 86400:
+        raise _Bad(f"must be a number of seconds > 0 and < 86400, not {v!r}")
+    return float(v)
+
+
+def _count(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise _Bad(f"must be a whole number >= 1, not {v!r}")
+    return v
 
 
 def _seconds(v: Any) -> float:
@@ -197,11 +203,13 @@ SCHEMA: dict[str, Any] = {
     "catalogue": _choice("stac", "opensearch"),
     "endpoints": {"stac": _url, "opensearch": _url, "token": _url},
     "auth": {"method": _choice("bearer", "basic"), "client_id": _string,
-             "username": _optional_string, "password": _secret},
+             "username": _optional_string, "password": _secret, "hosts": _hosts},
     "cache": {"dir": _path, "size": _positive_size, "listing_ttl": _seconds,
               "recent_listing_ttl": _seconds, "block_size": _positive_size},
     "rate_limits": "rate_limits",
     "rate_limit_state": _path,
+    "rate_limit_max_pause": _optional_pause,
+    "catalogue_limits": {"max_pages": _count, "max_response_size": _positive_size},
     "layout": _choice("default", "platform"),
     "collections": "collections",
     "log": {"level": _level, "file": _path},
@@ -525,6 +533,7 @@ def _build(
         username=username,
         password=password,
         credential_source=cred_source,
+        credential_hosts=auth["hosts"],
         refresh_token_file=_expand(DEFAULT_REFRESH_TOKEN, home),
         cache_dir=_expand(cache["dir"], home),
         cache_size=cache["size"],
@@ -533,6 +542,9 @@ def _build(
         recent_listing_ttl=cache["recent_listing_ttl"],
         rate_limits=v["rate_limits"],
         rate_limit_state=_expand(v["rate_limit_state"], home),
+        rate_limit_max_pause=v["rate_limit_max_pause"],
+        catalogue_limits=CatalogueLimits(v["catalogue_limits"]["max_pages"],
+                                         v["catalogue_limits"]["max_response_size"]),
         layout=v["layout"],
         collections=v["collections"],
         log_level=logv["level"],

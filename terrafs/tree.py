@@ -33,6 +33,7 @@ from typing import Callable, Iterable
 
 from terrafs.catalogue import Catalogue, Collection, Filter, Product, ProductFile
 from terrafs.errors import CatalogueError, TerrafsError
+from terrafs.listings import ListingStore
 
 log = logging.getLogger(__name__)
 
@@ -69,66 +70,6 @@ class Placement:
     collection: Collection
     prefix: tuple[str, ...]
     dated: bool
-
-
-class ListingStore:
-    """Catalogue answers kept on disk between mounts (a diskcache.Cache or None).
-
-    Entries carry their own lifetime instead of a diskcache expiry, so that an
-    expired answer can still be served when the catalogue is unreachable.
-    """
-
-    def __init__(self, cache, namespace: str, ttl: float, recent_ttl: float):
-        self._cache = cache
-        self._ns = namespace
-        self.ttl = ttl
-        self.recent_ttl = recent_ttl
-
-    def _read(self, key: str):
-        if self._cache is None:
-            return None
-        try:
-            return self._cache.get((self._ns, key))
-        except Exception as exc:  # a damaged cache must not take the mount down
-            log.warning("listing cache read failed: %s", exc)
-            return None
-
-    def get(self, key: str):
-        """The stored answer while it is fresh, else None."""
-        entry = self._read(key)
-        if entry is None:
-            return None
-        stored_at, ttl, value = entry
-        return value if time.time() - stored_at < ttl else None
-
-    def get_stale(self, key: str):
-        """The stored answer however old (for when the catalogue is gone)."""
-        entry = self._read(key)
-        return None if entry is None else entry[2]
-
-    def put(self, key: str, value, recent: bool) -> None:
-        if self._cache is None:
-            return
-        try:
-            self._cache.set((self._ns, key), (time.time(), self.recent_ttl if recent else self.ttl, value))
-        except Exception as exc:
-            log.warning("listing cache write failed: %s", exc)
-
-    def query(self, key: str, fetch: Callable[[], object], *, recent: bool):
-        """A fresh stored answer, else fetch and store one; a stale one if fetching fails."""
-        value = self.get(key)
-        if value is not None:
-            return value
-        try:
-            value = fetch()
-        except CatalogueError as exc:
-            stale = self.get_stale(key)
-            if stale is None:
-                raise
-            log.warning("catalogue failed (%s); serving the cached listing %s", exc, key)
-            return stale
-        self.put(key, value, recent)
-        return value
 
 
 def split_path(path: str) -> list[str]:
