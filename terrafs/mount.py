@@ -37,6 +37,10 @@ from terrafs.tree import Tree
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"terrafs/{__version__}"
+# Where the Basic credential check looks for a file on a download host: one small
+# catalogue request per collection, for at most this many collections.
+SAMPLE_COLLECTIONS = 5
+SAMPLE_PRODUCTS = 10
 
 
 class _BoundedRetry(Retry):
@@ -123,7 +127,11 @@ def check_auth(auth: requests.auth.AuthBase, config: Config) -> None:
 
 def sample_download_url(config: Config) -> str | None:
     """A download URL on a trusted download host from the catalogue, or None when it has
-    none to give (the catalogue check that follows reports an unusable catalogue)."""
+    none to give (the catalogue check that follows reports an unusable catalogue).
+
+    Files elsewhere (another host, plain http) are passed over: the check would
+    send them the password.
+    """
     catalogue = make_catalogue(config)
     meta = open_meta_cache(config)
     try:
@@ -132,13 +140,15 @@ def sample_download_url(config: Config) -> str | None:
     finally:
         meta.close()
     try:
-        for collection in (collections or catalogue.collections())[:5]:
-            for product in catalogue.products(collection, None, None, None, limit=1):
+        for collection in (collections or catalogue.collections())[:SAMPLE_COLLECTIONS]:
+            for product in catalogue.products(collection, None, None, None, limit=SAMPLE_PRODUCTS):
                 for f in product.files:
                     if origin_of(f.href) in config.credential_hosts:
                         return f.href
     except CatalogueError as exc:
         log.debug("no sample file for the credential check: %s", exc)
+    log.info("no file on a download host (auth.hosts) in the catalogue's first products: "
+             "the credentials are checked at the first read")
     return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 MAX_SIZE = 2**63 - 1  # off_t: a larger size cannot be a file's
 _UNITS = {
@@ -22,6 +22,8 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 # that make a line (or a file name) read differently from what it holds.
 UNSAFE_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _MAX_SHOWN = 300
+# scheme "://" then user info up to the last "@" before the path, query or fragment.
+_USERINFO = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@")
 
 
 class SizeTooLarge(ValueError):
@@ -83,22 +85,18 @@ def parse_origin(entry: str) -> Origin:
     return found
 
 
-def strip_userinfo(url: str) -> str:
-    """The URL without "user:password@" (the rest exactly as given)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+def strip_userinfo(text: str) -> str:
+    """`text` without "user:password@" in any URL in it (the rest exactly as given).
+
+    Total: a URL that urlsplit would refuse ("http://u:p@[broken") loses its user
+    info too. Like urlsplit, the user info ends at the authority's last "@".
+    """
+    return _USERINFO.sub(r"\1", text) if "@" in text else text
 
 
 def redact_url(url: str) -> str:
     """A URL for a message or a log line: no user info, no control characters, cut short."""
-    try:
-        text = strip_userinfo(url)
-    except ValueError:  # urlsplit refuses some malformed netlocs; show none of it
-        text = "<malformed URL>"
-    return shown(text)
+    return shown(strip_userinfo(url))
 
 
 def shown(value: Any, limit: int = _MAX_SHOWN) -> str:

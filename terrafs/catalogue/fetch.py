@@ -136,17 +136,11 @@ def without_userinfo(doc: Any) -> Any:
         for key, value in list(items):
             if isinstance(value, str):
                 if "@" in value and "://" in value:
-                    node[key] = _strip(value)
+                    node[key] = strip_userinfo(value)
             elif isinstance(value, (dict, list)):
                 stack.append(value)
     return doc
 
-
-def _strip(value: str) -> str:
-    try:
-        return strip_userinfo(value)
-    except ValueError:  # not a URL after all (urlsplit refuses it): keep the text, it is no href
-        return value
 
 
 def _reason(body: bytes) -> str:
