@@ -162,8 +162,11 @@ def local_path(href: Any) -> str | None:
 
 
 def href_path(href: str) -> str:
-    """The URL-unquoted path of an href."""
-    return unquote(urlsplit(href).path)
+    """The URL-unquoted path of an href ("" for one that does not parse)."""
+    try:
+        return unquote(urlsplit(href).path)
+    except ValueError:
+        return ""
 
 
 def place(path: str) -> tuple[str | None, str | None]:
