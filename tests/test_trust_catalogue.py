@@ -1,6 +1,7 @@
 """Catalogue input is total and bounded: pure logic (the mounts are in test_trust_hostile.py)."""
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 
@@ -138,3 +139,14 @@ def test_a_platform_prefix_with_bidi_characters_is_not_used():
     bad = ProductFile("x.tif", "https://h/x.tif", 1, "/data/MTDA/\u202eX/2020/01/05/F/x.tif")
     c = Collection("c", "c")
     assert platform_placement(c, [Product("p", "T", "c", datetime(2020, 1, 5, tzinfo=UTC), "F", (bad,))]) is None
+
+
+def test_an_item_nested_at_the_edge_of_the_recursion_limit_is_skipped_not_raised():
+    depth = 985  # json.loads takes it; writing it back from deeper frames would not
+    text = '{"id":"x","properties":{"datetime":"2020-01-01T00:00:00Z","deep":' + "[" * depth + "]" * depth + "}}"
+    raw = json.loads(text)
+
+    def from_deep_frames(n: int):
+        return stac.parse_item(raw, "c") if n == 0 else from_deep_frames(n - 1)
+
+    assert from_deep_frames(40) is None

@@ -191,7 +191,10 @@ def walk_pages(
                 log.warning("%s: skipping a feature that is not an object", shown(what))
                 continue
             fid = f.get("id")
-            key = fid if isinstance(fid, str) else json.dumps(f, sort_keys=True)
+            key = fid if isinstance(fid, str) else _content_key(f)
+            if key is None:
+                log.warning("%s: skipping a feature nested too deep", shown(what))
+                continue
             if key in seen:
                 continue
             seen.add(key)
@@ -217,6 +220,14 @@ def walk_pages(
                 log.warning("%s: %d results announced but only %d served; narrow the query "
                             "(a smaller date range or a filter) to see the rest", shown(what), announced, raw)
             return
+
+
+def _content_key(feature: dict) -> str | None:
+    """A feature without an id, known by its content (None: too deep to write back)."""
+    try:
+        return json.dumps(feature, sort_keys=True)
+    except (RecursionError, ValueError):
+        return None
 
 
 class SeenRequests:

@@ -7,7 +7,6 @@ leak OpenSearch JSON upwards and must not know about the tree, cache or FUSE.
 """
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 from datetime import datetime
@@ -29,6 +28,7 @@ from terrafs.catalogue.parse import (
     parse_interval,
     properties_of,
     query_range,
+    record_text,
     safe_name,
     to_float,
     unique_collections,
@@ -222,9 +222,13 @@ def parse_feature(raw: dict, collection_id: str,
     if when is None:
         log.warning("skipping OpenSearch feature %s: no date (or a malformed one)", shown(fid, 200))
         return None
+    record = record_text(raw)
+    if record is None:
+        log.warning("skipping OpenSearch feature %s: nested too deep", shown(fid, 200))
+        return None
     return build_product(
         id=fid, title=title, collection=collection_id, when=when, links=feature_links(props),
-        record=json.dumps(raw, separators=(",", ":")), local_paths=local_paths,
+        record=record, local_paths=local_paths,
     )
 
 

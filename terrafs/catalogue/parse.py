@@ -15,6 +15,7 @@ where a detail is unconfirmed.
 """
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 import re
@@ -118,6 +119,15 @@ def format_datetime(dt: datetime) -> str:
     if dt.microsecond:
         return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def record_text(raw: Any) -> str | None:
+    """A record as compact JSON text; None for one nested too deep to write back
+    (it parsed, but at the edge of the recursion limit: that item is skipped)."""
+    try:
+        return json.dumps(raw, separators=(",", ":"))
+    except (RecursionError, ValueError):
+        return None
 
 
 def link_size(value: Any) -> int | None:

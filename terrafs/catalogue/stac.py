@@ -7,7 +7,6 @@ not know about the tree, the cache or FUSE.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +27,7 @@ from terrafs.catalogue.parse import (
     parse_datetime,
     properties_of,
     query_range,
+    record_text,
     safe_name,
     to_float,
     unique_collections,
@@ -261,13 +261,17 @@ def parse_item(raw: dict, collection_id: str) -> Product | None:
     if when is None:
         log.warning("skipping STAC item %s: no datetime (or a malformed one)", shown(item_id, 200))
         return None
+    record = record_text(raw)
+    if record is None:
+        log.warning("skipping STAC item %s: nested too deep", shown(item_id, 200))
+        return None
     title = props.get("title") if isinstance(props.get("title"), str) else item_id
     assets = raw.get("assets")
     links = [_asset_link(key, a) for key, a in assets.items()] if isinstance(assets, dict) else []
     return build_product(
         id=item_id, title=title, collection=collection_id, when=when,
         links=[link for link in links if link is not None],
-        record=json.dumps(raw, separators=(",", ":")),
+        record=record,
     )
 
 
