@@ -31,7 +31,7 @@ from terrafs.localfs import private_dir
 from terrafs.ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
 from terrafs.reader import Reader
 from terrafs.scope import CredentialScope
-from terrafs.text import origin_of, strip_userinfo
+from terrafs.text import origin_of, redact_url, strip_userinfo
 from terrafs.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ def check_catalogue(config: Config) -> str | None:
         try:
             collections = make_catalogue(config).collections()
         except CatalogueError as exc:
-            url = config.stac_url if config.catalogue == "stac" else config.opensearch_url
+            url = redact_url(config.stac_url if config.catalogue == "stac" else config.opensearch_url)
             if store.get_stale("collections") is None:
                 raise CatalogueError(f"the catalogue at {url} cannot be used: {exc}") from None
             return f"the catalogue at {url} does not answer ({exc}); serving what the cache holds"

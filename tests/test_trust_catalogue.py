@@ -155,3 +155,10 @@ def test_an_item_nested_at_the_edge_of_the_recursion_limit_is_skipped_not_raised
         return stac.parse_item(raw, "c") if n == 0 else from_deep_frames(n - 1)
 
     assert from_deep_frames(40) is None  # ...cannot be written back from deeper frames
+
+
+def test_an_href_with_a_line_break_is_no_file():
+    raw = {"id": "p", "properties": {"datetime": "2020-01-05T00:00:00Z"},
+           "assets": {"a": {"href": "https://h/P/a.tif\nERROR forged"}, "b": {"href": "https://h/P/b.tif"}}}
+    product = stac.parse_item(raw, "c")
+    assert [f.relpath for f in product.files] == ["b.tif"]

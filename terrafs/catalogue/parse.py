@@ -144,9 +144,12 @@ def link_size(value: Any) -> int | None:
 
 
 def http_url(href: Any) -> bool:
-    """An http(s) URL that parses (a malformed one is no file: never an exception)."""
+    """An http(s) URL that parses and holds no control, bidi or space characters (such an
+    href is no file: it would only carry a forged line into a log)."""
+    if not isinstance(href, str) or UNSAFE_CHARS.search(href) or " " in href:
+        return False
     try:
-        return isinstance(href, str) and urlsplit(href).scheme.lower() in _HTTP_SCHEMES
+        return urlsplit(href).scheme.lower() in _HTTP_SCHEMES
     except ValueError:
         return False
 
