@@ -17,6 +17,7 @@ from pathlib import Path
 
 from terrafs import __version__
 from terrafs.errors import TerrafsError
+from terrafs.localfs import make_parents, open_private_file
 
 log = logging.getLogger("terrafs")
 
@@ -56,10 +57,7 @@ def setup_logging(level: str, *, log_file: Path | None = None) -> None:
     if log_file is None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     else:
-        from terrafs.localfs import make_parents, open_private_file
-
-        # 0600, ours alone, never through a symlink another user put there (localfs.py).
-        make_parents(log_file)
+        make_parents(log_file)  # 0700; the file 0600, ours alone, never through a symlink (localfs.py)
         fd = open_private_file(log_file, os.O_WRONLY | os.O_APPEND)
         handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
