@@ -386,16 +386,3 @@ def make_auth(
                            refresh_token=refresh, session=session, early_renewal=early_renewal,
                            on_refresh_token=store)
     return BearerAuth(manager)
-
-
-def auth_from_config(config: Any, session: requests.Session | None = None) -> AuthBase | None:
-    """make_auth with the fields of a terrafs Config."""
-    return make_auth(
-        getattr(config, "auth_method", "bearer"),
-        token_url=getattr(config, "token_url", None),
-        client_id=getattr(config, "client_id", "public"),
-        username=getattr(config, "username", None),
-        password=getattr(config, "password", None),
-        refresh_token_file=getattr(config, "refresh_token_file", None),
-        session=session,
-    )

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from terrafs import __version__
 from terrafs.errors import TerrafsError
+from terrafs.localfs import make_parents, open_private_file
 
 log = logging.getLogger("terrafs")
 
@@ -56,9 +57,8 @@ def setup_logging(level: str, *, log_file: Path | None = None) -> None:
     if log_file is None:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
     else:
-        log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.fchmod(fd, 0o600)
+        make_parents(log_file)  # 0700; the file 0600, ours alone, never through a symlink (localfs.py)
+        fd = open_private_file(log_file, os.O_WRONLY | os.O_APPEND)
         handler = logging.StreamHandler(os.fdopen(fd, "a", buffering=1))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(REDACT)
@@ -143,7 +143,11 @@ def _mount_in_background(config, mountpoint: Path, auth, args) -> int:
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
-        setup_logging(_level(args, config), log_file=config.log_file)
+        try:
+            setup_logging(_level(args, config), log_file=config.log_file)
+        except TerrafsError as exc:  # e.g. a log file that is another user's symlink: tell the parent
+            os.write(write_end, f"error: {exc}\n".encode())
+            os._exit(1)
         os.dup2(logging.getLogger().handlers[0].stream.fileno(), 2)
         told = False
 
@@ -276,8 +280,7 @@ def _mounted_files(paths: list[str]):
 def cmd_prefetch(args) -> int:
     from terrafs.files import file_key
     from terrafs.fs import XATTR_PREFIX
-    from terrafs.http import Downloader
-    from terrafs.mount import check_auth, make_auth, make_limiter, open_block_cache
+    from terrafs.mount import check_auth, make_auth, make_downloader, open_block_cache
     from terrafs.read import Reader, RemoteFile
 
     config = _load(args)
@@ -295,7 +298,7 @@ def cmd_prefetch(args) -> int:
     auth = make_auth(config)
     check_auth(auth, config)
     blocks = open_block_cache(config)
-    reader = Reader(Downloader(auth, make_limiter(config)), blocks, block_size=config.block_size)
+    reader = Reader(make_downloader(config, auth), blocks, block_size=config.block_size)
     done = 0
     bar = _Progress(total)
     try:

@@ -9,29 +9,29 @@ connection, and no password ever reaches a message, a log line or repr().
 """
 from __future__ import annotations
 
-import difflib
 import logging
 import netrc
 import os
-import re
 import stat
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import yaml
 
-from terrafs.catalogue.model import Filter
+from terrafs.catalogue.model import CatalogueLimits
+from terrafs.config_schema import SCHEMA, BadValue, Checker, CollectionSelection, check_level
 from terrafs.errors import ConfigError
+from terrafs.text import Origin
+
+__all__ = ["Config", "CollectionSelection", "ConfigError", "DOWNLOAD_HOST", "load_config"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "~/.config/terrafs/config.yaml"
 DEFAULT_REFRESH_TOKEN = "~/.config/terrafs/refresh-token"
 DOWNLOAD_HOST = "services.terrascope.be"  # where the real archive's files are served
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 DEFAULTS: dict[str, Any] = {
     "catalogue": "stac",
@@ -40,7 +40,9 @@ DEFAULTS: dict[str, Any] = {
         "opensearch": "https://services.terrascope.be/catalogue/",
         "token": "https://sso.terrascope.be/auth/realms/terrascope/protocol/openid-connect/token",
     },
-    "auth": {"method": "bearer", "client_id": "public", "username": None, "password": None},
+    # hosts: who gets the credentials ("host" or "host:port": https; "http://host:port" for plain http).
+    "auth": {"method": "bearer", "client_id": "public", "username": None, "password": None,
+             "hosts": [DOWNLOAD_HOST]},
     "cache": {
         "dir": "~/.cache/terrafs",
         "size": "20GiB",
@@ -52,16 +54,12 @@ DEFAULTS: dict[str, Any] = {
     "rate_limits": [{"requests": 80, "seconds": 10}, {"requests": 200, "seconds": 60}],
     # Shared by every terrafs process of the user, whatever its cache folder: they share one IP address.
     "rate_limit_state": "~/.cache/terrafs/ratelimit.state",
+    "rate_limit_max_pause": None,  # seconds; None: the longest window, at least 60
+    "catalogue_limits": {"max_pages": 1000, "max_response_size": "64MiB"},
     "layout": "default",
     "collections": None,
     "log": {"level": "INFO", "file": "~/.cache/terrafs/terrafs.log"},
 }
-
-
-@dataclass(frozen=True)
-class CollectionSelection:
-    id: str  # folder name: STAC id or the last part of the OpenSearch URN
-    filter: Filter
 
 
 @dataclass(frozen=True)
@@ -75,6 +73,7 @@ class Config:
     username: str | None
     password: str | None = field(repr=False)
     credential_source: str | None
+    credential_hosts: frozenset[Origin]  # (scheme, host, port) that get the credentials
     refresh_token_file: Path
     cache_dir: Path
     cache_size: int
@@ -83,275 +82,13 @@ class Config:
     recent_listing_ttl: float
     rate_limits: tuple[tuple[int, float], ...]
     rate_limit_state: Path
+    rate_limit_max_pause: float | None  # None: the longest rate window
+    catalogue_limits: CatalogueLimits
     layout: str  # "default" | "platform"
     collections: tuple[CollectionSelection, ...] | None  # None: every collection
     log_level: str
     log_file: Path
     source: Path | None  # the file read, for messages
-
-
-# ---- sizes -------------------------------------------------------------------
-
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4,
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
-
-
-def parse_size(text: Any) -> int:
-    """Bytes from 1048576, "1048576", "1MiB", "1.5 GB", "20GiB" (KB=1000, KiB=1024)."""
-    if isinstance(text, bool):
-        raise ConfigError(f"not a size: {text!r}")
-    if isinstance(text, int):
-        if text < 0:
-            raise ConfigError(f"not a size: {text!r} (negative)")
-        return text
-    if isinstance(text, float) and text >= 0 and text.is_integer():
-        return int(text)
-    m = _SIZE.match(text) if isinstance(text, str) else None
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"not a size: {text!r} (use bytes or a unit: KiB, MiB, GiB, KB, MB, GB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-
-
-# ---- validation ----------------------------------------------------------------
-
-
-class _Bad(Exception):
-    """A value is wrong; the caller adds the file and key."""
-
-
-def _choice(*allowed: str) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if not isinstance(v, str) or v.lower() not in allowed:
-            raise _Bad(f"must be one of {', '.join(allowed)}, not {v!r}")
-        return v.lower()
-    return check
-
-
-def _url(v: Any) -> str:
-    if not isinstance(v, str) or urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).hostname:
-        raise _Bad(f"must be an http(s) URL, not {v!r}")
-    return v
-
-
-def _string(v: Any) -> str:
-    if not isinstance(v, str) or not v:
-        raise _Bad("must be a non-empty string")
-    return v
-
-
-def _optional_string(v: Any) -> str | None:
-    if v is None:
-        return None
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return str(v)  # YAML reads a numeric user name as a number
-    return _string(v)
-
-
-def _secret(v: Any) -> str | None:
-    if v is None:
-        return None
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return str(v)
-    if not isinstance(v, str) or not v:
-        raise _Bad("must be a non-empty string")  # never echo the value
-    return v
-
-
-def _size(v: Any) -> int:
-    try:
-        return parse_size(v)
-    except ConfigError as e:
-        raise _Bad(str(e)) from None
-
-
-def _positive_size(v: Any) -> int:
-    n = _size(v)
-    if n <= 0:
-        raise _Bad("must be larger than 0")
-    return n
-
-
-def _seconds(v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-        raise _Bad(f"must be a number of seconds >= 0, not {v!r}")
-    return float(v)
-
-
-def _path(v: Any) -> str:
-    if not isinstance(v, (str, Path)) or not str(v):
-        raise _Bad("must be a path")
-    return str(v)
-
-
-def _level(v: Any) -> str:
-    if not isinstance(v, str) or v.upper() not in LOG_LEVELS:
-        raise _Bad(f"must be one of {', '.join(LOG_LEVELS)}, not {v!r}")
-    return v.upper()
-
-
-SCHEMA: dict[str, Any] = {
-    "catalogue": _choice("stac", "opensearch"),
-    "endpoints": {"stac": _url, "opensearch": _url, "token": _url},
-    "auth": {"method": _choice("bearer", "basic"), "client_id": _string,
-             "username": _optional_string, "password": _secret},
-    "cache": {"dir": _path, "size": _positive_size, "listing_ttl": _seconds,
-              "recent_listing_ttl": _seconds, "block_size": _positive_size},
-    "rate_limits": "rate_limits",
-    "rate_limit_state": _path,
-    "layout": _choice("default", "platform"),
-    "collections": "collections",
-    "log": {"level": _level, "file": _path},
-}
-_WINDOW_KEYS = ("requests", "seconds")
-_SELECTION_KEYS = ("id", "bbox", "start", "end", "cloud_cover", "tile_ids")
-
-
-class _Checker:
-    """Validates the merged raw mapping; errors name `where` and the dotted key."""
-
-    def __init__(self, where: str):
-        self.where = where
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.where}: {key}: {message}")
-
-    def unknown(self, key: str, known: list[str], prefix: str) -> ConfigError:
-        dotted = prefix + str(key)
-        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-        hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-        return ConfigError(f"{self.where}: unknown key '{dotted}'{hint}")
-
-    def mapping(self, raw: Any, schema: dict[str, Any], prefix: str) -> dict[str, Any]:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, Mapping):
-            raise self.fail(prefix.rstrip(".") or "(top level)", "must be a mapping of keys")
-        out: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in schema:
-                raise self.unknown(key, list(schema), prefix)
-            rule = schema[key]
-            dotted = prefix + key
-            if isinstance(rule, dict):
-                out[key] = self.mapping(value, rule, dotted + ".")
-            elif rule == "rate_limits":
-                out[key] = self.rate_limits(value, dotted)
-            elif rule == "collections":
-                out[key] = self.collections(value, dotted)
-            else:
-                try:
-                    out[key] = rule(value)
-                except _Bad as e:
-                    raise self.fail(dotted, str(e)) from None
-        return out
-
-    def rate_limits(self, raw: Any, key: str) -> tuple[tuple[int, float], ...]:
-        if raw is None:
-            return ()
-        if not isinstance(raw, list):
-            raise self.fail(key, "must be a list of {requests: N, seconds: S}")
-        windows = []
-        for i, w in enumerate(raw):
-            k = f"{key}[{i}]"
-            if not isinstance(w, Mapping):
-                raise self.fail(k, "must be a mapping {requests: N, seconds: S}")
-            for name in w:
-                if name not in _WINDOW_KEYS:
-                    raise self.unknown(name, list(_WINDOW_KEYS), k + ".")
-            n, s = w.get("requests"), w.get("seconds")
-            if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-                raise self.fail(k + ".requests", f"must be a whole number > 0, not {n!r}")
-            if isinstance(s, bool) or not isinstance(s, (int, float)) or s <= 0:
-                raise self.fail(k + ".seconds", f"must be a number > 0, not {s!r}")
-            windows.append((n, float(s)))
-        return tuple(windows)
-
-    def collections(self, raw: Any, key: str) -> tuple[CollectionSelection, ...] | None:
-        if raw is None:
-            return None
-        if not isinstance(raw, list):
-            raise self.fail(key, "must be a list of collection ids or {id: ..., ...} entries")
-        out = []
-        seen: set[str] = set()
-        for i, entry in enumerate(raw):
-            sel = self.selection(entry, f"{key}[{i}]")
-            if sel.id in seen:
-                raise self.fail(f"{key}[{i}].id", f"collection {sel.id!r} is listed twice")
-            seen.add(sel.id)
-            out.append(sel)
-        return tuple(out)
-
-    def selection(self, entry: Any, key: str) -> CollectionSelection:
-        if isinstance(entry, str):
-            entry = {"id": entry}
-        if not isinstance(entry, Mapping):
-            raise self.fail(key, "must be a collection id or a mapping with an id")
-        for name in entry:
-            if name not in _SELECTION_KEYS:
-                raise self.unknown(name, list(_SELECTION_KEYS), key + ".")
-        cid = entry.get("id")
-        if not isinstance(cid, str) or not cid or "/" in cid or cid in (".", "..") or \
-                any(ord(c) < 32 for c in cid):
-            raise self.fail(key + ".id", f"must be a collection id (a folder name), not {cid!r}")
-        start = self.when(entry.get("start"), key + ".start", end_of_day=False)
-        end = self.when(entry.get("end"), key + ".end", end_of_day=True)
-        if start and end and start > end:
-            raise self.fail(key + ".end", "is before start")
-        return CollectionSelection(cid, Filter(
-            bbox=self.bbox(entry.get("bbox"), key + ".bbox"),
-            start=start,
-            end=end,
-            cloud_cover_max=self.cloud(entry.get("cloud_cover"), key + ".cloud_cover"),
-            tile_ids=self.tiles(entry.get("tile_ids"), key + ".tile_ids"),
-        ))
-
-    def bbox(self, raw: Any, key: str) -> tuple[float, float, float, float] | None:
-        if raw is None:
-            return None
-        if not isinstance(raw, list) or len(raw) != 4 or \
-                any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in raw):
-            raise self.fail(key, "must be [west, south, east, north] in degrees")
-        w, s, e, n = (float(v) for v in raw)
-        if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= n <= 90):
-            raise self.fail(key, f"is not a lon/lat box: {raw}")
-        return (w, s, e, n)
-
-    def when(self, raw: Any, key: str, end_of_day: bool) -> datetime | None:
-        if raw is None:
-            return None
-        if isinstance(raw, datetime):
-            return raw if raw.tzinfo else raw.replace(tzinfo=timezone.utc)
-        if isinstance(raw, str):
-            try:
-                raw = datetime.fromisoformat(raw.strip().replace("Z", "+00:00")) if "T" in raw \
-                    else date.fromisoformat(raw.strip())
-            except ValueError:
-                raise self.fail(key, f"must be a date like 2020-01-31, not {raw!r}") from None
-            return self.when(raw, key, end_of_day)
-        if isinstance(raw, date):
-            t = time(23, 59, 59, 999999) if end_of_day else time(0, 0)
-            return datetime.combine(raw, t, tzinfo=timezone.utc)
-        raise self.fail(key, f"must be a date like 2020-01-31, not {raw!r}")
-
-    def cloud(self, raw: Any, key: str) -> float | None:
-        if raw is None:
-            return None
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= 100:
-            raise self.fail(key, f"must be a percentage 0..100, not {raw!r}")
-        return float(raw)
-
-    def tiles(self, raw: Any, key: str) -> tuple[str, ...]:
-        if raw is None:
-            return ()
-        if isinstance(raw, str):
-            raw = [raw]
-        if not isinstance(raw, list) or not all(isinstance(t, str) and t.strip() for t in raw):
-            raise self.fail(key, "must be a list of tile ids like 31UFS")
-        return tuple(t.strip().upper() for t in raw)
 
 
 # ---- loading -------------------------------------------------------------------
@@ -375,15 +112,15 @@ def load_config(
     path = _expand(path, home)
     raw, source = _read_yaml(path, explicit)
     where = str(source) if source else "config"
-    checker = _Checker(where)
+    checker = Checker(where)
     values = checker.mapping(raw, SCHEMA, "")
     if overrides:
         over = checker.mapping(_nest(overrides, where), SCHEMA, "")
         values = _merge(values, over)
     if env.get("TERRAFS_LOG_LEVEL"):
         try:
-            values.setdefault("log", {})["level"] = _level(env["TERRAFS_LOG_LEVEL"])
-        except _Bad as e:
+            values.setdefault("log", {})["level"] = check_level(env["TERRAFS_LOG_LEVEL"])
+        except BadValue as e:
             raise ConfigError(f"environment: TERRAFS_LOG_LEVEL: {e}") from None
     merged = _merge(checker.mapping(DEFAULTS, SCHEMA, ""), values)
     file_auth = raw.get("auth") if isinstance(raw, Mapping) else None
@@ -525,6 +262,7 @@ def _build(
         username=username,
         password=password,
         credential_source=cred_source,
+        credential_hosts=auth["hosts"],
         refresh_token_file=_expand(DEFAULT_REFRESH_TOKEN, home),
         cache_dir=_expand(cache["dir"], home),
         cache_size=cache["size"],
@@ -533,6 +271,9 @@ def _build(
         recent_listing_ttl=cache["recent_listing_ttl"],
         rate_limits=v["rate_limits"],
         rate_limit_state=_expand(v["rate_limit_state"], home),
+        rate_limit_max_pause=v["rate_limit_max_pause"],
+        catalogue_limits=CatalogueLimits(v["catalogue_limits"]["max_pages"],
+                                         v["catalogue_limits"]["max_response_size"]),
         layout=v["layout"],
         collections=v["collections"],
         log_level=logv["level"],

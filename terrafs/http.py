@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,7 +29,10 @@ from requests.auth import AuthBase
 
 from . import __version__
 from .errors import AuthError, FetchError
-from .ratelimit import RateLimiter
+from .ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
+from . import scope as _scope
+from .scope import CredentialScope
+from .text import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -77,29 +80,22 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     return ContentRange(first, last, total)
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP date; None if absent/invalid."""
+def parse_retry_after(value: str | None, now: float | None = None,
+                      limit: float = DEFAULT_MAX_PAUSE) -> float | None:
+    """Retry-After as seconds from now, at most `limit`: delta-seconds or an HTTP date;
+    None if absent/invalid. (A server asking for 31 years gets the longest rate window.)"""
     if not value:
         return None
     value = value.strip()
     if value.isdigit():
-        return float(value)
+        return min(float(value), limit)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def redact_url(url: str) -> str:
-    """The URL without user:password@ (should one ever be configured that way)."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return min(limit, max(0.0, when.timestamp() - (time.time() if now is None else now)))
 
 
 class RangeStream:
@@ -151,9 +147,12 @@ class Downloader:
         pool_size: int = 16,
         backoff: float = 0.5,
         sleep: Callable[[float], None] = time.sleep,
+        scope: CredentialScope | None = None,
     ) -> None:
         self.auth = auth
+        self.scope = scope if scope is not None else _scope.DEFAULT_SCOPE  # which hosts get `auth` (scope.py)
         self.limiter = limiter
+        self.max_pause = limiter.max_pause if limiter is not None else DEFAULT_MAX_PAUSE
         self.retries = retries
         self.timeout = timeout
         self.backoff = backoff
@@ -304,7 +303,7 @@ class Downloader:
             status = response.status_code
             if 200 <= status < 300 or status == 416:
                 return response
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), limit=self.max_pause)
             response.close()
             if status == 429:
                 self._throttled(budget, method, url, retry_after)
@@ -318,7 +317,7 @@ class Downloader:
 
     def _send(self, method: str, url: str, headers: dict[str, str], urgent: bool) -> requests.Response:
         """One request, following ordinary redirects; each hop passes the limiter."""
-        auth = self.auth
+        auth = self.auth if self.auth is not None and self.scope.allows(url) else None
         target = url
         for _ in range(MAX_REDIRECTS + 1):
             if self.limiter is not None:
@@ -358,7 +357,7 @@ class Downloader:
 
     def _throttled(self, budget: _Budget, method: str, url: str, retry_after: float | None) -> None:
         budget.throttles += 1
-        delay = retry_after if retry_after is not None else self._backoff(budget.throttles)
+        delay = min(retry_after if retry_after is not None else self._backoff(budget.throttles), self.max_pause)
         if budget.throttles > FREE_THROTTLES:
             budget.failures += 1
             if budget.failures > budget.retries:

@@ -26,19 +26,34 @@ from terrafs.config import Config
 from terrafs.errors import AuthError, CatalogueError
 from terrafs.files import Files
 from terrafs.http import Downloader
-from terrafs.ratelimit import RateLimiter
+from terrafs.listings import ListingStore, NoPickleDisk
+from terrafs.localfs import private_dir
+from terrafs.ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
 from terrafs.read import Reader
-from terrafs.tree import ListingStore, Tree
+from terrafs.scope import CredentialScope
+from terrafs.text import origin_of, redact_url, strip_userinfo
+from terrafs.tree import Tree
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"terrafs/{__version__}"
+# Where the Basic credential check looks for a file on a download host: one small
+# catalogue request per collection, for at most this many collections.
+SAMPLE_COLLECTIONS = 5
+SAMPLE_PRODUCTS = 10
+
+
+class _BoundedRetry(Retry):
+    """urllib3's Retry whose Retry-After waits are bounded (a catalogue asking for years gets a minute)."""
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        return min(super().parse_retry_after(retry_after), DEFAULT_MAX_PAUSE)
 
 
 def catalogue_session() -> requests.Session:
     """Catalogue searches: anonymous, retried on 429/5xx (urllib3 honours Retry-After)."""
     session = requests.Session()
-    retry = Retry(
+    retry = _BoundedRetry(
         total=4,
         backoff_factor=0.5,
         status_forcelist=(429, 500, 502, 503, 504),
@@ -54,9 +69,16 @@ def catalogue_session() -> requests.Session:
 
 def make_catalogue(config: Config, *, with_local_paths: bool = False) -> Catalogue:
     session = catalogue_session()
+    limits = config.catalogue_limits
     if config.catalogue == "opensearch":
-        return OpenSearchCatalogue(config.opensearch_url, session, with_local_paths=with_local_paths)
-    return StacCatalogue(config.stac_url, session)
+        return OpenSearchCatalogue(config.opensearch_url, session, with_local_paths=with_local_paths,
+                                   limits=limits)
+    return StacCatalogue(config.stac_url, session, limits=limits)
+
+
+def make_downloader(config: Config, auth: requests.auth.AuthBase | None) -> Downloader:
+    """The Downloader, with credentials only for the download hosts the config trusts."""
+    return Downloader(auth, make_limiter(config), scope=CredentialScope(config.credential_hosts))
 
 
 def make_auth(config: Config) -> requests.auth.AuthBase:
@@ -87,7 +109,8 @@ def check_auth(auth: requests.auth.AuthBase, config: Config) -> None:
     """Fail fast on refused credentials, before anything is mounted.
 
     Bearer: the first token is fetched now. Basic: one HEAD of a file the
-    catalogue names (the download service is the only judge of a password).
+    catalogue names on a trusted download host (the download service is the
+    only judge of a password; no other host ever sees it).
     """
     manager = getattr(auth, "manager", None)
     try:
@@ -96,15 +119,19 @@ def check_auth(auth: requests.auth.AuthBase, config: Config) -> None:
             return
         url = sample_download_url(config)
         if url is not None:
-            Downloader(auth, make_limiter(config)).head(url)
+            make_downloader(config, auth).head(url)
     except AuthError as exc:
         source = config.credential_source or f"the refresh token in {config.refresh_token_file}"
         raise AuthError(f"{exc} (credentials from {source})") from None
 
 
 def sample_download_url(config: Config) -> str | None:
-    """A download URL from the catalogue, or None when it has none to give
-    (the catalogue check that follows reports an unusable catalogue)."""
+    """A download URL on a trusted download host from the catalogue, or None when it has
+    none to give (the catalogue check that follows reports an unusable catalogue).
+
+    Files elsewhere (another host, plain http) are passed over: the check would
+    send them the password.
+    """
     catalogue = make_catalogue(config)
     meta = open_meta_cache(config)
     try:
@@ -113,12 +140,15 @@ def sample_download_url(config: Config) -> str | None:
     finally:
         meta.close()
     try:
-        for collection in (collections or catalogue.collections())[:5]:
-            for product in catalogue.products(collection, None, None, None, limit=1):
+        for collection in (collections or catalogue.collections())[:SAMPLE_COLLECTIONS]:
+            for product in catalogue.products(collection, None, None, None, limit=SAMPLE_PRODUCTS):
                 for f in product.files:
-                    return f.href
+                    if origin_of(f.href) in config.credential_hosts:
+                        return f.href
     except CatalogueError as exc:
         log.debug("no sample file for the credential check: %s", exc)
+    log.info("no file on a download host (auth.hosts) in the catalogue's first products: "
+             "the credentials are checked at the first read")
     return None
 
 
@@ -139,14 +169,16 @@ class Daemon:
 
 
 def open_meta_cache(config: Config) -> diskcache.Cache:
-    path = config.cache_dir / "meta"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return diskcache.Cache(str(path), size_limit=256 << 20)
+    """Listings and sizes; a Disk that never unpickles (listings.py), in a private folder."""
+    private_dir(config.cache_dir)
+    path = private_dir(config.cache_dir / "meta")
+    return diskcache.Cache(str(path), size_limit=256 << 20, disk=NoPickleDisk)
 
 
 def listing_store(config: Config, meta: diskcache.Cache) -> ListingStore:
     url = config.stac_url if config.catalogue == "stac" else config.opensearch_url
-    return ListingStore(meta, f"{config.catalogue}:{url}", config.listing_ttl, config.recent_listing_ttl)
+    return ListingStore(meta, f"{config.catalogue}:{strip_userinfo(url)}", config.listing_ttl,
+                        config.recent_listing_ttl)
 
 
 def check_catalogue(config: Config) -> str | None:
@@ -162,7 +194,7 @@ def check_catalogue(config: Config) -> str | None:
         try:
             collections = make_catalogue(config).collections()
         except CatalogueError as exc:
-            url = config.stac_url if config.catalogue == "stac" else config.opensearch_url
+            url = redact_url(config.stac_url if config.catalogue == "stac" else config.opensearch_url)
             if store.get_stale("collections") is None:
                 raise CatalogueError(f"the catalogue at {url} cannot be used: {exc}") from None
             return f"the catalogue at {url} does not answer ({exc}); serving what the cache holds"
@@ -173,14 +205,15 @@ def check_catalogue(config: Config) -> str | None:
 
 
 def open_block_cache(config: Config) -> BlockCache:
-    path = config.cache_dir / "blocks"
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Checked here, before BlockCache opens it: blocks planted by another user would be served as bytes.
+    private_dir(config.cache_dir)
+    path = private_dir(config.cache_dir / "blocks")
     return BlockCache(path, config.cache_size, block_size=config.block_size)
 
 
 def make_limiter(config: Config) -> RateLimiter:
-    config.rate_limit_state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return RateLimiter(config.rate_limits, state_path=config.rate_limit_state)
+    return RateLimiter(config.rate_limits, state_path=config.rate_limit_state,
+                       max_pause=config.rate_limit_max_pause)
 
 
 def selection_of(config: Config) -> dict[str, Filter] | None:
@@ -190,8 +223,7 @@ def selection_of(config: Config) -> dict[str, Filter] | None:
 
 
 def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
-    config.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    downloader = Downloader(auth, make_limiter(config))
+    downloader = make_downloader(config, auth)
     blocks = open_block_cache(config)
     meta = open_meta_cache(config)
     # Blocks waiting for their cache write (and the spool's reserved space) never

@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from terrafs.localfs import make_parents, open_private_file
+
 log = logging.getLogger(__name__)
 
 # A request occupies its window for seconds + SAFETY_MARGIN: our clock, the
@@ -46,6 +48,12 @@ _YIELD_TO_URGENT = 0.02
 # Upper bound of one sleep, so a waiter notices a pause or freed slots that
 # another process caused without sleeping through them.
 _MAX_SLEEP = 1.0
+# The shortest bound on the pause a 429 may impose (the documented limits'
+# longest window): a server asking for longer is asked again after this.
+DEFAULT_MAX_PAUSE = 60.0
+# A state file is a few KiB (one timestamp per request of the longest window);
+# anything much larger was not written by us and is not read.
+_MAX_STATE_BYTES = 1 << 20
 
 
 @dataclass
@@ -66,8 +74,13 @@ class RateLimiter:
 
     windows: (requests, seconds) pairs that must all hold; () disables limiting.
     state_path: file shared by the processes (None: this process only).
+    max_pause: the longest pause a 429 may impose, here and through the shared
+    file (default: the longest window, at least DEFAULT_MAX_PAUSE), so that a server asking for years, or a
+    state file saying so, costs at most that.
     clock/sleep are injectable for tests; the clock must be wall-clock time
     (time.time) when a state file is shared between processes.
+    The state file is opened without following symlinks, and refused when it
+    belongs to another user (localfs.py).
     """
 
     def __init__(
@@ -78,6 +91,7 @@ class RateLimiter:
         margin: float = SAFETY_MARGIN,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        max_pause: float | None = None,
     ) -> None:
         for limit, seconds in windows:
             if limit < 1 or seconds <= 0:
@@ -91,8 +105,11 @@ class RateLimiter:
         self._memory = _State()
         self._urgent_waiting = 0
         self._horizon = max((s for _, s in self.windows), default=0.0) + margin
+        longest = max((s for _, s in self.windows), default=0.0)
+        self.max_pause = float(max_pause) if max_pause is not None else max(longest, DEFAULT_MAX_PAUSE)
         if self.state_path is not None:
-            self.state_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_parents(self.state_path)
+            os.close(open_private_file(self.state_path, os.O_RDWR))  # refused now, not at the first request
 
     def __repr__(self) -> str:
         return f"RateLimiter(windows={self.windows!r}, state_path={self.state_path!r})"
@@ -122,8 +139,9 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """Make every caller of every process wait `seconds` from now (after a 429)."""
-        if seconds <= 0:
+        if not seconds > 0:  # also NaN
             return
+        seconds = min(seconds, self.max_pause)
         until = self._clock() + seconds
         log.info("download requests paused for %.1f s (server asked us to slow down)", seconds)
 
@@ -175,10 +193,10 @@ class RateLimiter:
             if self.state_path is None:
                 fn(self._memory)
                 return
-            fd = os.open(self.state_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = open_private_file(self.state_path, os.O_RDWR)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                state = self._read(fd)
+                state = self._bounded(self._read(fd))
                 before = (list(state.sends), state.paused_until)
                 fn(state)
                 if (state.sends, state.paused_until) != before:
@@ -186,19 +204,32 @@ class RateLimiter:
             finally:
                 os.close(fd)  # closing releases the flock
 
+    def _bounded(self, state: _State) -> _State:
+        """State from disk made harmless: no pause beyond max_pause, no send in the future
+        (another process's clock, or a planted file, must not stop us for longer)."""
+        now = self._clock()
+        if not state.paused_until <= now + self.max_pause:  # also NaN
+            state.paused_until = now + self.max_pause if math.isfinite(state.paused_until) else 0.0
+        state.sends = [min(t, now) for t in state.sends if math.isfinite(t)]
+        return state
+
     def _read(self, fd: int) -> _State:
         os.lseek(fd, 0, os.SEEK_SET)
         chunks = []
-        while chunk := os.read(fd, 65536):
+        size = 0
+        while size <= _MAX_STATE_BYTES and (chunk := os.read(fd, 65536)):
             chunks.append(chunk)
+            size += len(chunk)
         raw = b"".join(chunks)
         if not raw.strip():
             return _State()
         try:
+            if size > _MAX_STATE_BYTES:
+                raise ValueError(f"larger than {_MAX_STATE_BYTES} bytes")
             data = json.loads(raw)
             sends = [float(t) for t in data.get("sends", [])]
             return _State(sends=sends, paused_until=float(data.get("paused_until", 0.0)))
-        except (ValueError, TypeError, AttributeError) as exc:
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
             # A half-written file (crash mid-write) only costs us the history.
             log.warning("rate-limit state %s unreadable (%s); starting afresh", self.state_path, exc)
             return _State()

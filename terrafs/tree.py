@@ -34,8 +34,14 @@ from typing import Callable, Iterable
 from terrafs.catalogue import Catalogue, Collection, Filter, Product, ProductFile
 from terrafs.dating import date_folders, platform_date
 from terrafs.errors import CatalogueError, TerrafsError
+from terrafs.catalogue.parse import safe_name
+from terrafs.listings import ListingStore
+from terrafs.text import shown
 
 log = logging.getLogger(__name__)
+
+# No Earth-observation archive reaches further back (Landsat 1 flew in 1972).
+EARLIEST = datetime(1950, 1, 1, tzinfo=timezone.utc)
 
 
 class NotFound(TerrafsError):
@@ -69,66 +75,6 @@ class Placement:
     prefix: tuple[str, ...]
     dated: bool
     depth: int = 3  # date folders below the prefix: 3 = YYYY/MM/DD, 2 = YYYY/MM, 1 = YYYY
-
-
-class ListingStore:
-    """Catalogue answers kept on disk between mounts (a diskcache.Cache or None).
-
-    Entries carry their own lifetime instead of a diskcache expiry, so that an
-    expired answer can still be served when the catalogue is unreachable.
-    """
-
-    def __init__(self, cache, namespace: str, ttl: float, recent_ttl: float):
-        self._cache = cache
-        self._ns = namespace
-        self.ttl = ttl
-        self.recent_ttl = recent_ttl
-
-    def _read(self, key: str):
-        if self._cache is None:
-            return None
-        try:
-            return self._cache.get((self._ns, key))
-        except Exception as exc:  # a damaged cache must not take the mount down
-            log.warning("listing cache read failed: %s", exc)
-            return None
-
-    def get(self, key: str):
-        """The stored answer while it is fresh, else None."""
-        entry = self._read(key)
-        if entry is None:
-            return None
-        stored_at, ttl, value = entry
-        return value if time.time() - stored_at < ttl else None
-
-    def get_stale(self, key: str):
-        """The stored answer however old (for when the catalogue is gone)."""
-        entry = self._read(key)
-        return None if entry is None else entry[2]
-
-    def put(self, key: str, value, recent: bool) -> None:
-        if self._cache is None:
-            return
-        try:
-            self._cache.set((self._ns, key), (time.time(), self.recent_ttl if recent else self.ttl, value))
-        except Exception as exc:
-            log.warning("listing cache write failed: %s", exc)
-
-    def query(self, key: str, fetch: Callable[[], object], *, recent: bool):
-        """A fresh stored answer, else fetch and store one; a stale one if fetching fails."""
-        value = self.get(key)
-        if value is not None:
-            return value
-        try:
-            value = fetch()
-        except CatalogueError as exc:
-            stale = self.get_stale(key)
-            if stale is None:
-                raise
-            log.warning("catalogue failed (%s); serving the cached listing %s", exc, key)
-            return stale
-        self.put(key, value, recent)
-        return value
 
 
 def split_path(path: str) -> list[str]:
@@ -228,7 +174,7 @@ class Tree:
             if cid in by_id:
                 out.append(by_id[cid])
             else:
-                log.warning("collection %r from the config is not in the catalogue", cid)
+                log.warning("collection %s from the config is not in the catalogue", shown(cid))
         return out
 
     def _filter_for(self, collection: Collection) -> Filter | None:
@@ -252,7 +198,8 @@ class Tree:
 
         prefix, depth = self.store.query(f"placement-depth:{c.remote_id}", learn, recent=False)
         if not prefix:
-            log.warning("collection %s: the catalogue gives no platform path; left out of the platform layout", c.id)
+            log.warning("collection %s: the catalogue gives no usable platform path; left out of the platform "
+                        "layout", shown(c.id))
             return None
         return Placement(c, tuple(prefix), depth > 0, depth or 3)
 
@@ -261,7 +208,16 @@ class Tree:
         with self._lock:
             self._placements = None  # collections may have come or gone
         root: dict[str, Node] = {}
-        for pl in self.placements():
+        claimed: dict[tuple[str, ...], str] = {}
+        # By id, so that which of two collections claiming one prefix is shown does not
+        # depend on the catalogue's order.
+        for pl in sorted(self.placements(), key=lambda p: p.collection.id):
+            owner = claimed.setdefault(pl.prefix, pl.collection.id)
+            if owner != pl.collection.id:
+                log.warning("collections %s and %s both claim /data/%s; showing %s, leaving %s out",
+                            shown(owner), shown(pl.collection.id), shown("/".join(pl.prefix)),
+                            shown(owner), shown(pl.collection.id))
+                continue
             level = root
             for i, name in enumerate(pl.prefix):
                 last = i == len(pl.prefix) - 1
@@ -288,9 +244,11 @@ class Tree:
         return DirNode(mtime=mtime, loader=lambda: self._load_flat(pl), ttl=self._ttl(recent=True))
 
     def _extent(self, pl: Placement) -> tuple[datetime, datetime]:
+        """The collection's time extent, within the filter's and within EARLIEST..next year:
+        an extent from the catalogue saying year 1 or 9999 must not make thousands of folders."""
         flt = self._filter_for(pl.collection)
-        start = pl.collection.start or datetime(1970, 1, 1, tzinfo=timezone.utc)
-        end = pl.collection.end or self._now()
+        start = max(pl.collection.start or EARLIEST, EARLIEST)
+        end = min(pl.collection.end or self._now(), self._now() + timedelta(days=366))
         if flt is not None:
             if flt.start is not None and flt.start > start:
                 start = flt.start
@@ -385,9 +343,13 @@ class Tree:
 
 
 def product_folders(products: Iterable[Product]) -> dict[str, Node]:
-    """Product folders of one day; multi-resolution products share a folder."""
+    """Product folders of one day; multi-resolution products share a folder.
+
+    Where two products of one folder name the same file, the first by (title, id)
+    keeps the name (stable whatever the catalogue's order) and a warning names both.
+    """
     folders: dict[str, Node] = {}
-    for p in sorted(products, key=lambda p: p.title):
+    for p in sorted(products, key=lambda p: (p.title, p.id)):
         folder = folders.get(p.folder)
         if not isinstance(folder, DirNode):
             folder = DirNode(mtime=_ts(p.datetime), children={}, product=p)
@@ -400,15 +362,20 @@ def product_folders(products: Iterable[Product]) -> dict[str, Node]:
 def _place_file(folder: DirNode, parts: list[str], node: FileNode) -> None:
     assert folder.children is not None
     if len(parts) == 1:
-        if parts[0] in folder.children:
-            log.debug("duplicate file name %s in product %s; first one kept", parts[0], node.product.id)
+        existing = folder.children.get(parts[0])
+        if existing is not None:
+            first = existing.product.id if isinstance(existing, FileNode) else "a folder"
+            log.warning("products %s and %s both have a file %s in one folder; showing the first's",
+                        shown(first), shown(node.product.id), shown(parts[0]))
             return
         folder.children[parts[0]] = node
         return
     sub = folder.children.get(parts[0])
     if not isinstance(sub, DirNode):
         if sub is not None:
-            return  # a file and a folder of one name: keep the file
+            log.warning("product %s: a file and a folder both named %s; keeping the file",
+                        shown(node.product.id), shown(parts[0]))
+            return
         sub = DirNode(mtime=node.mtime, children={}, product=node.product)
         folder.children[parts[0]] = sub
     _place_file(sub, parts[1:], node)
@@ -425,5 +392,8 @@ def platform_placement(c: Collection, sample: list[Product]) -> Placement | None
             if not local.endswith(tail):
                 continue
             container, depth = date_folders(local[: -len(tail)], p.folder)
-            return Placement(c, tuple(split_path(container[len("/data") :])), depth > 0, depth or 3)
+            prefix = tuple(split_path(container[len("/data"):]))
+            if not prefix or any(safe_name(part) != part for part in prefix):
+                return None  # a name we would not show (control or bidi characters, not NFC)
+            return Placement(c, prefix, depth > 0, depth or 3)
     return None

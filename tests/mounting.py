@@ -32,6 +32,9 @@ def write_config(path: Path, base_url: str, cache_dir: Path, **overrides) -> Pat
             "opensearch": f"{base_url}/catalogue/",
             "token": f"{base_url}/auth/realms/terrascope/protocol/openid-connect/token",
         },
+        # The emulator is the download service here, over plain http: the config must say so,
+        # or no credentials go to it (scope.py).
+        "auth": {"hosts": [base_url]},
         "cache": {"dir": str(cache_dir), "size": "2GiB"},
         # One limiter per test (not the user's): earlier tests' requests must not slow this one.
         "rate_limit_state": str(path.parent.parent / "ratelimit.state"),
@@ -105,6 +108,17 @@ class Mount:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         subprocess.run([*fusermount()[:1], "-uz", str(self.path)], capture_output=True)
+
+
+@pytest.fixture
+def emulator_is_download_host(emulator, monkeypatch):
+    """For tests that build a Downloader without a config: the emulator (plain http on
+    loopback) gets the credentials, as `auth.hosts` in write_config says for mounts."""
+    from terrafs import scope
+    from terrafs.text import origin_of
+
+    monkeypatch.setattr(scope, "DEFAULT_SCOPE", scope.CredentialScope([origin_of(emulator.base_url)]))
+    return emulator
 
 
 def credentials_env(user: str = "demo", password: str = "demo") -> dict[str, str]:

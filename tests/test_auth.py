@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import requests
 
+from mounting import emulator_is_download_host  # noqa: F401  (a fixture: the emulator gets credentials)
 from terrafs.auth import (BasicAuth, BearerAuth, TokenManager, device_login, load_refresh_token,
                           make_auth, save_refresh_token)
 from terrafs.errors import AuthError
@@ -192,7 +193,7 @@ def test_make_auth_variants(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def url(emulator) -> str:
+def url(emulator, emulator_is_download_host) -> str:
     files = emulator.files(limit=20, min_size=20_000)
     assert files, "the emulator serves no file over 20 kB"
     return emulator.download_url(files[0]["path"])

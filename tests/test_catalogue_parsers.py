@@ -12,15 +12,15 @@ import pytest
 from terrafs.catalogue import opensearch, stac
 from terrafs.catalogue.model import Filter
 from terrafs.catalogue.parse import (
+    link_size,
     local_path,
     parse_datetime,
     parse_interval,
-    parse_size,
     post_filter,
     query_range,
-    redact_url,
     safe_name,
 )
+from terrafs.text import redact_url
 
 FIXTURES = Path(__file__).parent / "fixtures"  # real captured responses, kept as they are
 UTC = timezone.utc
@@ -76,8 +76,8 @@ def test_parse_interval_open_closed_and_instant():
     (12, 12), ("12", 12), (12.0, 12), ("12.0", 12), (None, None), ("x", None), (-1, None),
     (True, None), (1.5, None),
 ])
-def test_parse_size_tolerates_strings_and_floats(value, expected):
-    assert parse_size(value) == expected
+def test_link_size_tolerates_strings_and_floats(value, expected):
+    assert link_size(value) == expected
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from terrafs.catalogue.model import Filter
-from terrafs.config import CollectionSelection, load_config, parse_size
+from terrafs.config import CollectionSelection, load_config
+from terrafs.text import parse_size
 from terrafs.errors import ConfigError
 
 UTC = timezone.utc
@@ -176,7 +177,7 @@ def test_parse_size_units(text, expected):
 
 @pytest.mark.parametrize("bad", ["", "MiB", "1 XB", "-1", -1, True, None, "1.2.3GB"])
 def test_parse_size_rejects(bad):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError):
         parse_size(bad)
 
 

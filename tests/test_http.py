@@ -14,6 +14,10 @@ from terrafs.auth import BasicAuth
 from terrafs.errors import AuthError, FetchError
 from terrafs.http import (Downloader, parse_content_range, parse_retry_after, redact_url)
 from terrafs.ratelimit import RateLimiter
+from terrafs.scope import CredentialScope
+from terrafs.text import origin_of
+
+from mounting import emulator_is_download_host  # noqa: F401  (a fixture: the emulator gets credentials)
 
 # -- pure logic -----------------------------------------------------------------
 
@@ -42,7 +46,7 @@ def test_redact_url_drops_userinfo() -> None:
 
 
 @pytest.fixture
-def url(emulator) -> str:
+def url(emulator, emulator_is_download_host) -> str:
     """A file of a few hundred kB (biggest of the smallest hundred over 200 kB)."""
     files = emulator.files(limit=100, min_size=200_000)
     assert files, "the emulator serves no file over 200 kB"
@@ -161,7 +165,7 @@ def test_wrong_basic_password_is_an_auth_error_without_the_password(url: str) ->
     assert "401" in str(err.value) and "Wr0ngPa55" not in str(err.value)
 
 
-def test_missing_file_is_a_fetch_error_not_retried(emulator) -> None:
+def test_missing_file_is_a_fetch_error_not_retried(emulator, emulator_is_download_host) -> None:
     d = downloader()
     with pytest.raises(FetchError, match="404"):
         d.get_range(f"{emulator.base_url}/download/no/such/file.tif", 0, 10)
@@ -258,14 +262,14 @@ def redirecting():
 
 def test_same_host_redirect_keeps_credentials(redirecting) -> None:
     redirecting.target = redirecting.url(0, "/f")
-    data, _ = downloader().get_range(redirecting.url(0, "/r"), 0, 10)
+    data, _ = downloader(scope=CredentialScope([origin_of(redirecting.url(0, "/"))])).get_range(redirecting.url(0, "/r"), 0, 10)
     assert data == b"0123456789"
     assert [auth is not None for _, auth in redirecting.seen] == [True, True]
 
 
 def test_redirect_to_another_host_drops_credentials(redirecting) -> None:
     redirecting.target = redirecting.url(1, "/f")
-    d = downloader()
+    d = downloader(scope=CredentialScope([origin_of(redirecting.url(0, "/"))]))
     data, _ = d.get_range(redirecting.url(0, "/r"), 0, 10)
     assert data == b"0123456789"
     assert redirecting.seen[0][1] is not None and redirecting.seen[1] == ("/f", None)

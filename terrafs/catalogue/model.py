@@ -49,3 +49,16 @@ class Filter:
     end: datetime | None = None
     cloud_cover_max: float | None = None
     tile_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CatalogueLimits:
+    """Bounds on what one catalogue query may cost (config `catalogue_limits`).
+
+    A query's pages are followed up to max_pages (a hostile or broken `next`
+    chain otherwise holds an `ls` for hours); a response body larger than
+    max_response_size is refused before it is parsed (memory).
+    """
+
+    max_pages: int = 1000  # 1000 pages of 1000 items: far beyond any month of any collection
+    max_response_size: int = 64 << 20  # a page of 1000 Sentinel-2 items is about 5 MB

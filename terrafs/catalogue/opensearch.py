@@ -7,7 +7,6 @@ leak OpenSearch JSON upwards and must not know about the tree, cache or FUSE.
 """
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 from datetime import datetime
@@ -16,26 +15,25 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import requests
 
-from terrafs.catalogue.model import Collection, Filter, Product
+from terrafs.catalogue.model import CatalogueLimits, Collection, Filter, Product
+from terrafs.catalogue.fetch import JsonRequester, SeenRequests, first_page, walk_pages
 from terrafs.catalogue.parse import (
-    JsonRequester,
     Link,
     ProductSelection,
-    SeenRequests,
     build_product,
     format_datetime,
+    link_size,
     local_path,
-    first_page,
     parse_datetime,
     parse_interval,
-    parse_size,
     properties_of,
     query_range,
+    record_text,
     safe_name,
     to_float,
     unique_collections,
-    walk_pages,
 )
+from terrafs.text import SizeTooLarge, shown
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +51,9 @@ class OpenSearchCatalogue:
     PAGE_SIZE = DEFAULT_PAGE_SIZE  # asked for unless the service is known to refuse it
 
     def __init__(self, url: str, session: requests.Session, page_size: int = PAGE_SIZE,
-                 with_local_paths: bool = False):
+                 with_local_paths: bool = False, limits: CatalogueLimits = CatalogueLimits()):
         self.url = url if url.endswith("/") else url + "/"
-        self._request = JsonRequester(session)
+        self._request = JsonRequester(session, limits)
         self._page_size = max(1, page_size)
         self.with_local_paths = with_local_paths
 
@@ -102,7 +100,7 @@ class OpenSearchCatalogue:
                 if selection.add(product, feature_cloud_cover(props), feature_tile_id(props)):
                     return selection.products
         log.debug("OpenSearch %s %s..%s: %d products, %d requests so far",
-                  collection.remote_id, start, end, len(selection.products), self.requests_made)
+                  shown(collection.remote_id), start, end, len(selection.products), self.requests_made)
         return selection.products
 
     def _walk(self, url: str, params: Mapping[str, Any], what: str, limit: int | None = None,
@@ -136,7 +134,7 @@ class OpenSearchCatalogue:
                 return None
             return fetch(href, None)
 
-        return walk_pages(first, next_page, _total, what)
+        return walk_pages(first, next_page, _total, what, self._request.limits.max_pages)
 
     def _local_paths(self, url: str, query: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
         """Platform paths by feature id and base name, from the same page asked with accessedFrom=MEP."""
@@ -197,7 +195,7 @@ def parse_collection(raw: dict) -> Collection | None:
     urn = raw.get("id") if isinstance(raw.get("id"), str) else props.get("identifier")
     folder = collection_folder(urn) if isinstance(urn, str) else None
     if folder is None:
-        log.warning("skipping OpenSearch collection with an unusable id %r", str(urn)[:100])
+        log.warning("skipping OpenSearch collection with an unusable id %s", shown(urn, 100))
         return None
     start, end = parse_interval(props.get("date"))
     if start is None:
@@ -222,11 +220,15 @@ def parse_feature(raw: dict, collection_id: str,
     title = props.get("title") if isinstance(props.get("title"), str) else fid.rsplit(":", 1)[-1]
     when = feature_datetime(props)
     if when is None:
-        log.warning("skipping OpenSearch feature %s: no date", fid[:200])
+        log.warning("skipping OpenSearch feature %s: no date (or a malformed one)", shown(fid, 200))
+        return None
+    record = record_text(raw)
+    if record is None:
+        log.warning("skipping OpenSearch feature %s: nested too deep", shown(fid, 200))
         return None
     return build_product(
         id=fid, title=title, collection=collection_id, when=when, links=feature_links(props),
-        record=json.dumps(raw, separators=(",", ":")), local_paths=local_paths,
+        record=record, local_paths=local_paths,
     )
 
 
@@ -272,8 +274,13 @@ def feature_links(props: Any) -> list[Link]:
             if not isinstance(e, dict) or not isinstance(e.get("href"), str):
                 continue
             title = e.get("title")
+            try:
+                size = link_size(e.get("length"))
+            except SizeTooLarge:
+                log.warning("skipping link %s: its length is beyond 2^63 - 1", shown(e["href"]))
+                continue
             out.append(Link(
-                href=e["href"], local_path=local_path(e["href"]), size=parse_size(e.get("length")),
+                href=e["href"], local_path=local_path(e["href"]), size=size,
                 type=e.get("type") if isinstance(e.get("type"), str) else None,
                 role=role, title=title if isinstance(title, str) else None,
             ))

@@ -1,12 +1,13 @@
-"""Helpers shared by the STAC and OpenSearch backends.
+"""Values shared by the STAC and OpenSearch backends: a record's pieces made safe.
 
 Turns the pieces of a catalogue record (dates, sizes, hrefs, local paths,
-titles) into the safe, typed values of catalogue/model.py, and holds the two
-bits of plumbing both backends need: one JSON request wrapper (counting,
-timeouts, one-line CatalogueErrors) and the page walk (de-duplication, stop on
-empty or repeated pages). Nothing here knows STAC or OpenSearch field names;
-those live in stac.py and opensearch.py. Never logs or raises with secrets:
-credentials travel in the session's auth, never in URLs.
+titles) into the safe, typed values of catalogue/model.py. Every function is
+total: a malformed value (a zone of +99:99, a year past 9999, a size of 2^64,
+a name with control or bidi characters) becomes None or a safe value, never an
+exception that would hide a whole listing; names are NFC-normalised. Nothing
+here knows STAC or OpenSearch field names (stac.py, opensearch.py) or sends
+requests (fetch.py). Every catalogue string that reaches a log line passes
+through text.shown (no forged lines, no terminal tricks).
 
 Everything tolerates the forms the real services have been seen to use (and a
 few plausible ones more): the client must keep working on the real services
@@ -18,17 +19,15 @@ import json
 import logging
 import posixpath
 import re
-import threading
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
-import requests
-
 from terrafs.catalogue.model import Filter, Product, ProductFile
-from terrafs.errors import CatalogueError
+from terrafs.text import UNSAFE_CHARS, SizeTooLarge, parse_size, shown
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +40,20 @@ _DATETIME = re.compile(
 )
 # Resolution sub-folders between a product folder and its files (FAPAR/LAI: 10M/, 20M/).
 _RESOLUTION_DIR = re.compile(r"^\d+M$", re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_NAME_BYTES = 255  # NAME_MAX on Linux filesystems
 _HTTP_SCHEMES = ("http", "https")
-
-
 
 def safe_name(s: Any) -> str | None:
     """`s` as one safe path component, or None when it cannot be made safe.
 
-    Control characters (NUL included) are dropped, "/" and "\\" become "_";
-    "", "." and ".." and names longer than NAME_MAX bytes are refused.
+    NFC-normalised (one spelling of "é", as a shell types it); control
+    characters (C0, C1, NUL) and bidi overrides/isolates/marks are dropped;
+    "/" and "\\" become "_"; "", "." and ".." and names longer than NAME_MAX
+    bytes are refused.
     """
     if not isinstance(s, str):
         return None
-    name = _CONTROL.sub("", s).replace("/", "_").replace("\\", "_").strip()
+    name = UNSAFE_CHARS.sub("", unicodedata.normalize("NFC", s)).replace("/", "_").replace("\\", "_").strip()
     if name in ("", ".", ".."):
         return None
     if len(name.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES:
@@ -85,9 +83,10 @@ def parse_datetime(value: Any, end_of_day: bool = False) -> datetime | None:
             return _day_bound(date(int(y), int(mo), int(d)), end_of_day)
         micro = int((frac or "0")[:6].ljust(6, "0"))
         dt = datetime(int(y), int(mo), int(d), int(hh), int(mm), int(ss or 0), micro)
-    except ValueError:
+        # A zone of +99:99 (ValueError), or 9999-12-31T23:00-02:00 (past year 9999: OverflowError).
+        return dt.replace(tzinfo=_zone(zone)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         return None
-    return dt.replace(tzinfo=_zone(zone)).astimezone(timezone.utc)
 
 
 def _day_bound(d: date, end_of_day: bool) -> datetime:
@@ -122,33 +121,47 @@ def format_datetime(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_size(value: Any) -> int | None:
-    """A byte count from file:size / length: int, integral float or digit string."""
-    if isinstance(value, bool):
+def record_text(raw: Any) -> str | None:
+    """A record as compact JSON text; None for one nested too deep to write back
+    (it parsed, but at the edge of the recursion limit: that item is skipped)."""
+    try:
+        return json.dumps(raw, separators=(",", ":"))
+    except (RecursionError, ValueError):
         return None
-    if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float):
-        return int(value) if value >= 0 and value.is_integer() else None
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            number = float(text) if any(c in text for c in ".eE") else int(text)
-        except ValueError:
-            return None
-        return parse_size(number)
-    return None
+
+
+def link_size(value: Any) -> int | None:
+    """A byte count from file:size / length (int, integral float, digit string); None when
+    absent or garbage. Raises SizeTooLarge beyond 2^63 - 1: that file is refused."""
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except SizeTooLarge:
+        raise
+    except ValueError:
+        return None
 
 
 def http_url(href: Any) -> bool:
-    return isinstance(href, str) and urlsplit(href).scheme.lower() in _HTTP_SCHEMES
+    """An http(s) URL that parses and holds no control, bidi or space characters (such an
+    href is no file: it would only carry a forged line into a log)."""
+    if not isinstance(href, str) or UNSAFE_CHARS.search(href) or " " in href:
+        return False
+    try:
+        return urlsplit(href).scheme.lower() in _HTTP_SCHEMES
+    except ValueError:
+        return False
 
 
 def local_path(href: Any) -> str | None:
     """A platform path from "file:///data/..." or a bare "/data/..."; else None."""
     if not isinstance(href, str) or not href:
         return None
-    parts = urlsplit(href)
+    try:
+        parts = urlsplit(href)
+    except ValueError:
+        return None
     if parts.scheme.lower() == "file":
         path = unquote(parts.path)
     elif parts.scheme == "" and href.startswith("/"):
@@ -162,8 +175,11 @@ def local_path(href: Any) -> str | None:
 
 
 def href_path(href: str) -> str:
-    """The URL-unquoted path of an href."""
-    return unquote(urlsplit(href).path)
+    """The URL-unquoted path of an href ("" for one that does not parse)."""
+    try:
+        return unquote(urlsplit(href).path)
+    except ValueError:
+        return ""
 
 
 def place(path: str) -> tuple[str | None, str | None]:
@@ -223,7 +239,7 @@ def build_product(
             known.setdefault(posixpath.basename(link.local_path), link.local_path)
     folder = _folder(links, known) or safe_name(title)
     if folder is None:
-        log.warning("skipping product %r: no safe folder name", id[:200])
+        log.warning("skipping product %s: no safe folder name", shown(id))
         return None
     files: list[ProductFile] = []
     seen_hrefs: set[str] = set()
@@ -234,10 +250,10 @@ def build_product(
         seen_hrefs.add(link.href)
         pf = _product_file(link, known)
         if pf is None:
-            log.warning("product %s: skipping a file whose name cannot be made safe", folder)
+            log.warning("product %s: skipping a file whose name cannot be made safe", shown(folder))
             continue
         if pf.relpath in seen_paths:
-            log.warning("product %s: two files named %s; keeping the first", folder, pf.relpath)
+            log.warning("product %s: two files named %s; keeping the first", shown(folder), shown(pf.relpath))
             continue
         seen_paths.add(pf.relpath)
         files.append(pf)
@@ -375,171 +391,3 @@ def to_float(value: Any) -> float | None:
         except ValueError:
             return None
     return None
-
-
-def redact_url(url: str) -> str:
-    """The URL for a message: no user info, and cut short."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    text = parts._replace(netloc=netloc).geturl()
-    return text if len(text) <= 300 else text[:300] + "..."
-
-
-ACCEPT = "application/geo+json, application/json"
-TIMEOUT = (10, 60)  # connect, read: catalogue searches can be slow
-
-
-class CatalogueHTTPError(CatalogueError):
-    """The service answered with a non-2xx status (kept for page-size fallbacks)."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-FALLBACK_PAGE_SIZE = 100  # the services' documented default page size: known to work
-
-
-def first_page(fetch: Callable[[int], Any], size: int, what: str) -> tuple[Any, int]:
-    """The first page of a walk asked with `size`, and the page size that worked.
-
-    A service that refuses a large page gets one more try with FALLBACK_PAGE_SIZE.
-    """
-    try:
-        return fetch(size), size
-    except CatalogueHTTPError as e:
-        if not may_be_page_size(e.status) or size <= FALLBACK_PAGE_SIZE:
-            raise
-        log.info("%s: a page of %d was refused (HTTP %d); using %d from now on",
-                 what, size, e.status, FALLBACK_PAGE_SIZE)
-        return fetch(FALLBACK_PAGE_SIZE), FALLBACK_PAGE_SIZE
-
-
-def may_be_page_size(status: int) -> bool:
-    """Whether an error status may be the service refusing our page size.
-
-    What the real services answer to a too-large page is unknown (400? 500?),
-    so every error except "who are you", "no such thing" and "slow down" gets
-    one retry with a smaller page.
-    """
-    return status not in (401, 403, 404, 429)
-
-
-class JsonRequester:
-    """Sends catalogue requests through one session and counts them."""
-
-    def __init__(self, session: requests.Session):
-        self._session = session
-        self._count = 0
-        self._lock = threading.Lock()
-
-    @property
-    def count(self) -> int:
-        return self._count
-
-    def __call__(self, method: str, url: str, params: Mapping[str, Any] | None = None,
-                 body: Any = None) -> Any:
-        with self._lock:
-            self._count += 1
-        where = f"{method} {redact_url(url)}"
-        try:
-            r = self._session.request(
-                method, url, params=params, json=body, headers={"Accept": ACCEPT}, timeout=TIMEOUT
-            )
-        except requests.RequestException as e:
-            raise CatalogueError(f"catalogue request failed ({type(e).__name__}): {where}") from None
-        shown = f"{method} {redact_url(r.url or url)}"
-        if not 200 <= r.status_code < 300:
-            raise CatalogueHTTPError(
-                f"catalogue answered HTTP {r.status_code}{_reason(r)}: {shown}", r.status_code
-            )
-        try:
-            return r.json()
-        except ValueError:
-            kind = r.headers.get("Content-Type", "?").split(";")[0]
-            raise CatalogueError(f"catalogue answered non-JSON ({kind}): {shown}") from None
-
-
-def _reason(r: requests.Response) -> str:
-    """A short reason from an error body (OpenSearch exceptions, STAC detail)."""
-    try:
-        data = r.json()
-    except ValueError:
-        return ""
-    text = None
-    if isinstance(data, dict):
-        exc = data.get("exceptions")
-        if isinstance(exc, list) and exc and isinstance(exc[0], dict):
-            text = exc[0].get("exceptionText")
-        text = text or data.get("detail") or data.get("description") or data.get("message")
-    if not isinstance(text, str) or not text:
-        return ""
-    text = _CONTROL.sub(" ", text).strip()
-    return f" ({text[:150]})"
-
-
-def walk_pages(
-    first: Callable[[], Any],
-    next_page: Callable[[Any], Any | None],
-    total: Callable[[Any], int | None],
-    what: str,
-) -> Iterator[dict]:
-    """Features of every page, each once.
-
-    `first()` fetches the first page; `next_page(page)` the one after `page`, or
-    None when there is none. The walk stops on an empty page, on a page that
-    brings nothing new (a service repeating itself), or once as many features
-    as `total(page)` announces have been seen.
-    """
-    page = first()
-    seen: set[str] = set()
-    raw = 0
-    while True:
-        feats = page.get("features") if isinstance(page, dict) else None
-        if not isinstance(feats, list):
-            raise CatalogueError(f"catalogue answer for {what} has no 'features' list")
-        raw += len(feats)
-        new = 0
-        for f in feats:
-            if not isinstance(f, dict):
-                log.warning("%s: skipping a feature that is not an object", what)
-                continue
-            fid = f.get("id")
-            key = fid if isinstance(fid, str) else json.dumps(f, sort_keys=True)
-            if key in seen:
-                continue
-            seen.add(key)
-            new += 1
-            yield f
-        if not feats:
-            return
-        if new == 0:
-            log.warning("%s: a page repeated features already seen; stopping", what)
-            return
-        announced = total(page)
-        if announced is not None and raw >= announced:
-            return
-        page = next_page(page)
-        if page is None:
-            if announced is not None:
-                # OpenSearch serves at most 100 000 results of one query.
-                log.warning("%s: %d results announced but only %d served; narrow the query "
-                            "(a smaller date range or a filter) to see the rest", what, announced, raw)
-            return
-
-
-class SeenRequests:
-    """Remembers requests already sent, so a looping next link ends the walk."""
-
-    def __init__(self) -> None:
-        self._keys: set[str] = set()
-
-    def first_time(self, *parts: Any) -> bool:
-        key = json.dumps(parts, sort_keys=True, default=str)
-        if key in self._keys:
-            log.warning("catalogue next link points to a page already read; stopping")
-            return False
-        self._keys.add(key)
-        return True

@@ -7,7 +7,6 @@ not know about the tree, the cache or FUSE.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,27 +15,25 @@ from urllib.parse import quote
 
 import requests
 
-from terrafs.catalogue.model import Collection, Filter, Product
+from terrafs.catalogue.model import CatalogueLimits, Collection, Filter, Product
+from terrafs.catalogue.fetch import CatalogueHTTPError, JsonRequester, SeenRequests, first_page, walk_pages
 from terrafs.catalogue.parse import (
-    CatalogueHTTPError,
-    JsonRequester,
     Link,
     ProductSelection,
-    SeenRequests,
     build_product,
     format_datetime,
+    link_size,
     local_path,
-    first_page,
     parse_datetime,
-    parse_size,
     properties_of,
     query_range,
+    record_text,
     safe_name,
     to_float,
     unique_collections,
-    walk_pages,
 )
 from terrafs.errors import CatalogueError
+from terrafs.text import SizeTooLarge, shown
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +50,10 @@ class StacCatalogue:
 
     PAGE_SIZE = DEFAULT_PAGE_SIZE  # asked for unless the service is known to refuse it
 
-    def __init__(self, url: str, session: requests.Session, page_size: int = PAGE_SIZE):
+    def __init__(self, url: str, session: requests.Session, page_size: int = PAGE_SIZE,
+                 limits: CatalogueLimits = CatalogueLimits()):
         self.url = url if url.endswith("/") else url + "/"
-        self._request = JsonRequester(session)
+        self._request = JsonRequester(session, limits)
         self._page_size = max(1, page_size)
         self._post_search = True
 
@@ -81,7 +79,7 @@ class StacCatalogue:
 
         pages = walk_pages(lambda: _rename(first(), "collections"),
                            lambda page: _rename(self._follow(page, state), "collections"),
-                           lambda page: None, "STAC collections")
+                           lambda page: None, "STAC collections", self._request.limits.max_pages)
         return unique_collections(pages, parse_collection)
 
     # -- products ------------------------------------------------------------
@@ -105,7 +103,7 @@ class StacCatalogue:
             if selection.add(product, to_float(props.get("eo:cloud_cover")), item_tile_id(props)):
                 break
         log.debug("STAC %s %s..%s: %d products, %d requests so far",
-                  collection.remote_id, start, end, len(selection.products), self.requests_made)
+                  shown(collection.remote_id), start, end, len(selection.products), self.requests_made)
         return selection.products
 
     def _search(self, collection: Collection, start: datetime | None, end: datetime | None,
@@ -132,7 +130,8 @@ class StacCatalogue:
                 self._page_size = min(self._page_size, len(feats))
             return self._follow(page, state)
 
-        return walk_pages(first, next_page, _matched, f"STAC items of {collection.remote_id}")
+        return walk_pages(first, next_page, _matched, f"STAC items of {collection.remote_id}",
+                          self._request.limits.max_pages)
 
     def _first_search(self, collection: Collection, start: datetime | None, end: datetime | None,
                       flt: Filter | None, state: "_Walk") -> Any:
@@ -236,7 +235,7 @@ def parse_collection(raw: dict) -> Collection | None:
     cid = raw.get("id")
     folder = safe_name(cid)
     if not isinstance(cid, str) or folder is None or folder != cid:
-        log.warning("skipping STAC collection with an unusable id %r", str(cid)[:100])
+        log.warning("skipping STAC collection with an unusable id %s", shown(cid, 100))
         return None
     start = end = None
     extent = raw.get("extent")
@@ -260,7 +259,11 @@ def parse_item(raw: dict, collection_id: str) -> Product | None:
         return None
     when = parse_datetime(props.get("datetime")) or parse_datetime(props.get("start_datetime"))
     if when is None:
-        log.warning("skipping STAC item %s: no datetime", item_id[:200])
+        log.warning("skipping STAC item %s: no datetime (or a malformed one)", shown(item_id, 200))
+        return None
+    record = record_text(raw)
+    if record is None:
+        log.warning("skipping STAC item %s: nested too deep", shown(item_id, 200))
         return None
     title = props.get("title") if isinstance(props.get("title"), str) else item_id
     assets = raw.get("assets")
@@ -268,7 +271,7 @@ def parse_item(raw: dict, collection_id: str) -> Product | None:
     return build_product(
         id=item_id, title=title, collection=collection_id, when=when,
         links=[link for link in links if link is not None],
-        record=json.dumps(raw, separators=(",", ":")),
+        record=record,
     )
 
 
@@ -276,9 +279,13 @@ def _asset_link(key: str, asset: Any) -> Link | None:
     if not isinstance(asset, dict) or not isinstance(asset.get("href"), str):
         return None
     roles = asset.get("roles")
-    size = parse_size(asset.get("file:size"))
-    if size is None:
-        size = parse_size(asset.get("length"))
+    try:
+        size = link_size(asset.get("file:size"))
+        if size is None:
+            size = link_size(asset.get("length"))
+    except SizeTooLarge:
+        log.warning("skipping asset %s: its size is beyond 2^63 - 1", shown(asset["href"]))
+        return None
     title = asset.get("title")
     return Link(
         href=asset["href"],
