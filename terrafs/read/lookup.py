@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from terrafs.blockcache import BlockCache, DiskBlock
+from terrafs.read import tiff
 from terrafs.read.diskahead import DiskAhead
 from terrafs.read.hotset import HotSet
 from terrafs.read.remote import RemoteFile, Units
@@ -85,6 +86,19 @@ class Lookup:
             else:
                 return None
         return bytes(out)
+
+    def layout(self, f: RemoteFile, units: tuple[Units, ...]) -> tuple[tiff.TiffLayout | None, bool]:
+        """f's TIFF layout from cached bytes; (None, permanent?) when there is none (yet)."""
+        try:
+            layout = tiff.parse(lambda off, n: self.peek(units, off, n), f.size)
+        except tiff.Incomplete:
+            return None, False
+        except (tiff.NotTiff, ValueError, OverflowError) as exc:
+            log.debug("%s: no TIFF layout (%s)", f.url, exc)
+            return None, True
+        log.debug("%s: TIFF layout of %d tiles or strips in %d images", f.url, len(layout.segments),
+                  len(layout.across))
+        return layout, False
 
     def copy(self, data: "bytes | Spooled | DiskBlock", start: int, end: int, dst: memoryview) -> bool:
         """Bytes [start, end) of a held unit into dst; False if its spool slot was reused meanwhile."""

@@ -23,16 +23,17 @@ import itertools
 import logging
 import threading
 import time
-from typing import Callable, Iterator, Protocol, Union
+from typing import Callable, Union
 
 from terrafs.blockcache import BlockCache, DiskBlock
 from terrafs.errors import FetchError
 from terrafs.read import tiff
 from terrafs.read.fetches import Fetches
 from terrafs.read.hotset import HotSet
+from terrafs.read.identity import IdentityGuard
 from terrafs.read.lookup import Lookup
 from terrafs.read.policy import Access, Facts, Plan, ReadPolicy, plan
-from terrafs.read.remote import RemoteFile, Units, blocks_of, pieces_of, unit_keys
+from terrafs.read.remote import Downloader, RemoteFile, Units, blocks_of, pieces_of, unit_keys
 from terrafs.read.spool import Spooled
 from terrafs.read.streams import Stream, Streams
 from terrafs.read.writebehind import WriteBehind
@@ -48,17 +49,6 @@ Block = Union[bytes, Spooled, DiskBlock]
 
 def _debug() -> bool:
     return log.isEnabledFor(logging.DEBUG)
-
-
-class Downloader(Protocol):
-    """What the reader needs of terrafs.http.Downloader."""
-
-    def get_range(self, url: str, start: int, end: int, *, urgent: bool = True) -> tuple[bytes, object]:
-        ...
-
-    def stream(self, url: str, start: int, end: int, *, urgent: bool = True,
-               chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        ...
 
 
 class _FileState:
@@ -92,7 +82,8 @@ class Reader:
         self._wb = WriteBehind(cache, p.block_size, p.write_queue)
         self._held = Lookup(cache, self._hot, self._wb, p.block_size)
         self._fetches = Fetches(self._cond, p)
-        self._streams = Streams(downloader, self._cond, p, self._deliver, self._check_identity)
+        self._identity = IdentityGuard(cache, self.invalidate)
+        self._streams = Streams(downloader, self._cond, p, self._deliver, self._identity.check)
         # A reader waits for a stream rather than fetching if its block is at most this far ahead of it.
         self._wait_gap = max(2 * p.block_size, min(p.readahead, 4 << 20))
         self._counts = {"bytes_from_network": 0, "reads": 0}
@@ -262,18 +253,11 @@ class Reader:
         """Learn the file's TIFF layout from cached bytes, once the program reads past the head."""
         if state.layout is not None or state.layout_tries >= _LAYOUT_TRIES or offset < self.policy.piece_size:
             return
-        try:
-            units = (blocks_of(f, self.policy.block_size), pieces_of(f, self.policy.piece_size))
-            layout = tiff.parse(lambda off, n: self._held.peek(units, off, n), f.size)
-        except tiff.Incomplete:
-            state.layout_tries += 1
+        units = (blocks_of(f, self.policy.block_size), pieces_of(f, self.policy.piece_size))
+        layout, permanent = self._held.layout(f, units)
+        if layout is None:
+            state.layout_tries = _LAYOUT_TRIES if permanent else state.layout_tries + 1
             return
-        except (tiff.NotTiff, ValueError, OverflowError) as exc:
-            log.debug("%s: no TIFF layout (%s)", f.url, exc)
-            state.layout_tries = _LAYOUT_TRIES
-            return
-        log.debug("%s: TIFF layout of %d tiles or strips in %d images", f.url, len(layout.segments),
-                  len(layout.across))
         state.layout = layout
 
     # -- serving units ----------------------------------------------------------
@@ -382,7 +366,7 @@ class Reader:
 
     def _get_range(self, f: RemoteFile, start: int, end: int) -> bytes:
         data, info = self._dl.get_range(f.url, start, end, urgent=True)
-        self._check_identity(f, info)
+        self._identity.check(f, info)
         self._counts["bytes_from_network"] += len(data)
         return data
 
@@ -397,22 +381,6 @@ class Reader:
         if not spool or self._wb.spool is None:
             self._hot.put((u.key, i), data)
         self._wb.put((u.key, i), data, spool)
-
-    def _check_identity(self, f: RemoteFile, info: object) -> None:
-        """Reject a response for a file of another size; drop old units if the ETag moved."""
-        size = getattr(info, "size", None)
-        if size is not None and size != f.size:
-            raise FetchError(f"{f.url} is now {size} bytes, expected {f.size}")
-        ident = (getattr(info, "etag", None), getattr(info, "last_modified", None))
-        if ident == (None, None):
-            return
-        meta_key = "ident:" + f.url
-        old = self._cache.get_meta(meta_key)
-        if old is not None and tuple(old) != ident:
-            log.info("%s changed remotely: dropping its cached blocks", f.url)
-            self.invalidate(f)
-        if old is None or tuple(old) != ident:
-            self._cache.set_meta(meta_key, ident)
 
     def generation(self, f: RemoteFile) -> int:
         """How often f's content was seen to change on the server (bytes of two generations never mix)."""

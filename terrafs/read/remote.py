@@ -6,11 +6,23 @@ size has its own cache key, so blocks and pieces never mix. `Units` gives the
 keys, counts and lengths of one file in one unit size, so that no other part
 does arithmetic on keys.
 
-Must not: fetch, cache or lock anything.
+Must not: fetch, cache or lock anything (Downloader only says what a fetcher offers).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+
+class Downloader(Protocol):
+    """What the read path needs of terrafs.http.Downloader (the one place that sends requests)."""
+
+    def get_range(self, url: str, start: int, end: int, *, urgent: bool = True) -> tuple[bytes, object]:
+        ...
+
+    def stream(self, url: str, start: int, end: int, *, urgent: bool = True,
+               chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        ...
 
 
 @dataclass(frozen=True)
