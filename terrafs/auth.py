@@ -3,7 +3,7 @@
 Basic (username/password) or OIDC bearer tokens from the Terrascope Keycloak
 realm: `TokenManager` owns the access token, its expiry, the refresh and the
 one-renewal-at-a-time lock; `BearerAuth` puts the token on each request and
-retries once after a 401. Also the device-code login and the refresh-token file.
+and renews the token after a 401 (the Downloader sends the request again). Also the device-code login and the refresh-token file.
 
 Must not: log or put in any message, repr or exception a password, a token or an
 Authorization header; read configuration files (config.py does); send token
@@ -204,43 +204,30 @@ class TokenManager:
 
 
 class BearerAuth(AuthBase):
-    """Authorization: Bearer from a TokenManager; on a 401 renews once and resends once.
+    """Authorization: Bearer from a TokenManager.
 
-    before_resend, when set, runs before the resend (http.py uses it to pass the
-    resend through the rate limiter).
+    Auth only sets the header and renews: after a 401 the Downloader calls
+    renew() with the response and sends the request again itself, through the
+    same path as the first (the limiter, the counters, the retries).
     """
 
-    def __init__(self, manager: TokenManager, *, before_resend: Callable[[], None] | None = None) -> None:
+    def __init__(self, manager: TokenManager) -> None:
         self.manager = manager
-        self.before_resend = before_resend
 
     def __repr__(self) -> str:
         return f"BearerAuth(client_id={self.manager.client_id!r}, token=***)"
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         r.headers["Authorization"] = f"Bearer {self.manager.access_token()}"
-        r.register_hook("response", self._handle_401)
         return r
 
-    def _handle_401(self, r: requests.Response, **kwargs: Any) -> requests.Response:
-        if r.status_code != 401 or getattr(r.request, "_terrafs_resent", False):
-            return r
-        sent = str(r.request.headers.get("Authorization", ""))
-        self.manager.invalidate(sent[len("Bearer "):])
-        fresh = self.manager.access_token()
-        # Drain the 401 so its connection goes back to the pool.
-        _ = r.content
-        r.close()
-        prep = r.request.copy()
-        prep.headers["Authorization"] = f"Bearer {fresh}"
-        prep._terrafs_resent = True  # type: ignore[attr-defined]
-        log.debug("401 from %s; resending once with a renewed token", r.url)
-        if self.before_resend is not None:
-            self.before_resend()
-        again = r.connection.send(prep, **kwargs)
-        again.history.append(r)
-        again.request = prep
-        return again
+    def renew(self, refused: requests.Response) -> bool:
+        """The token this response refused is dead: the next request gets a fresh one. True if renewable."""
+        sent = str(refused.request.headers.get("Authorization", "")) if refused.request is not None else ""
+        if sent.startswith("Bearer "):
+            self.manager.invalidate(sent[len("Bearer "):])
+        log.debug("401 from the download service; the access token will be renewed")
+        return True
 
 
 # -- device-code login and the refresh-token file ----------------------------------

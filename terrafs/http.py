@@ -168,18 +168,9 @@ class Downloader:
                                      "User-Agent": f"terrafs/{__version__}"})
         self._count_lock = threading.Lock()
         self.requests_made = 0
-        if getattr(auth, "before_resend", "absent") is None:
-            # A 401 resend by BearerAuth is a request too: it passes the limiter and counts.
-            auth.before_resend = self._before_resend  # type: ignore[union-attr]
 
     def __repr__(self) -> str:
         return f"Downloader(auth={self.auth!r}, limiter={self.limiter!r})"
-
-    def _before_resend(self) -> None:
-        if self.limiter is not None:
-            self.limiter.acquire(True)
-        with self._count_lock:
-            self.requests_made += 1
 
     def close(self) -> None:
         self.session.close()
@@ -292,6 +283,7 @@ class Downloader:
               budget: _Budget) -> requests.Response:
         """A 2xx (or 416) response to one request, after retries; raises FetchError/AuthError."""
         headers = {"Range": f"bytes={rng[0]}-{rng[1] - 1}"} if rng else {}
+        renewed = False
         while True:
             try:
                 response = self._send(method, url, headers, urgent)
@@ -307,6 +299,9 @@ class Downloader:
             response.close()
             if status == 429:
                 self._throttled(budget, method, url, retry_after)
+            elif status == 401 and not renewed and self._renewable(response):
+                renewed = True  # once: a second 401 with a fresh token means the credentials are wrong
+                continue
             elif status in (401, 403):
                 raise AuthError(f"{method} {redact_url(url)}: the download service refused the credentials "
                                 f"(HTTP {status})")
@@ -344,6 +339,11 @@ class Downloader:
                 auth = None  # never hand our credentials to another host
             target = nxt
         raise FetchError(f"{method} {redact_url(url)} failed: more than {MAX_REDIRECTS} redirects")
+
+    def _renewable(self, refused: requests.Response) -> bool:
+        """After a 401: let auth renew what it sent (a token), if it can; the caller sends again."""
+        renew = getattr(self.auth, "renew", None)
+        return bool(renew is not None and renew(refused))
 
     def _failed(self, budget: _Budget, method: str, url: str, why: str,
                 retry_after: float | None = None) -> None:

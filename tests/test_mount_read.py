@@ -158,3 +158,11 @@ def test_kill_9_mid_fetch_serves_no_corrupt_byte_after(emulator, emulator_data, 
     emulator.set(reset=True)
     second = mount_factory(emulator, cache_dir=cache, name="b")
     assert sha256(second.path / rel) == sha256(source)
+
+
+def test_a_mount_whose_first_catalogue_answers_are_a_503_and_an_html_page_comes_up(emulator, mount_factory):
+    """A proxy or maintenance page at mount time is tried again, not a refusal to mount."""
+    emulator.set(catalogue_fail_next=["503", "html"])
+    m = mount_factory(emulator)
+    assert any(m.path.iterdir()), "the mount came up empty"
+    assert emulator.settings()["catalogue_fail_next"] == [], "the failing answers were never asked for"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
+import time
 from typing import Any, Callable, Iterator, Mapping
 
 import requests
@@ -26,6 +28,8 @@ from terrafs.text import UNSAFE_CHARS, redact_url, shown, strip_userinfo
 log = logging.getLogger(__name__)
 
 ACCEPT = "application/geo+json, application/json"
+ATTEMPTS = 4  # per catalogue request; urllib3 retries 429/5xx within each as well
+BACKOFF = 0.5  # seconds before the second attempt, doubling, with jitter
 TIMEOUT = (10, 60)  # connect, read: catalogue searches can be slow
 
 
@@ -80,6 +84,23 @@ class JsonRequester:
 
     def __call__(self, method: str, url: str, params: Mapping[str, Any] | None = None,
                  body: Any = None) -> Any:
+        """The parsed JSON answer; transient failures (a broken connection, 429/5xx, a 200 that is
+        not JSON: a proxy's or a maintenance page) are tried again with backoff, and the error
+        after the last attempt names the last cause."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return self._once(method, url, params, body)
+            except CatalogueError as exc:
+                if not _transient(exc) or attempt == ATTEMPTS:
+                    if attempt > 1:
+                        exc.args = (f"{exc.args[0]} (after {attempt} attempts)",)
+                    raise
+                delay = BACKOFF * 2 ** (attempt - 1) * (0.5 + random.random() / 2)
+                log.info("%s; trying again in %.1f s", exc, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _once(self, method: str, url: str, params: Mapping[str, Any] | None, body: Any) -> Any:
         with self._lock:
             self._count += 1
         where = f"{method} {redact_url(url)}"
@@ -91,13 +112,23 @@ class JsonRequester:
             with r:
                 text = _body(r, self.limits.max_response_size, f"{method} {redact_url(r.url or url)}")
         except requests.RequestException as e:
-            raise CatalogueError(f"catalogue request failed ({type(e).__name__}): {where}") from None
+            raise _Transient(f"catalogue request failed ({type(e).__name__}): {where}") from None
         where = f"{method} {redact_url(r.url or url)}"
         if not 200 <= r.status_code < 300:
             raise CatalogueHTTPError(
                 f"catalogue answered HTTP {r.status_code}{_reason(text)}: {where}", r.status_code
             )
         return _parse(text, r.headers.get("Content-Type", "?"), where)
+
+
+class _Transient(CatalogueError):
+    """A failure worth another attempt: the connection, or a non-JSON answer."""
+
+
+def _transient(exc: CatalogueError) -> bool:
+    if isinstance(exc, CatalogueHTTPError):
+        return exc.status in (408, 429, 500, 502, 503, 504)
+    return isinstance(exc, _Transient)
 
 
 def _body(r: requests.Response, limit: int, where: str) -> bytes:
@@ -123,7 +154,7 @@ def _parse(text: bytes, content_type: str, where: str) -> Any:
         raise CatalogueError(f"catalogue answered JSON nested too deep: {where}") from None
     except ValueError:
         kind = shown(content_type.split(";")[0], 80)
-        raise CatalogueError(f"catalogue answered non-JSON ({kind}): {where}") from None
+        raise _Transient(f"catalogue answered non-JSON ({kind}): {where}") from None
 
 
 def without_userinfo(doc: Any) -> Any:
