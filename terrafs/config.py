@@ -56,10 +56,23 @@ DEFAULTS: dict[str, Any] = {
     "rate_limit_state": "~/.cache/terrafs/ratelimit.state",
     "rate_limit_max_pause": None,  # seconds; None: the longest window, at least 60
     "catalogue_limits": {"max_pages": 1000, "max_response_size": "64MiB"},
+    # Download retries: attempts in a row without progress, the first backoff (doubling, with
+    # jitter, at most 30 s) and a bound on the time one read spends retrying. With 10 attempts a
+    # server that faults 40% of requests fails 0.4^10 = 0.01% of them.
+    "retries": {"attempts": 10, "backoff": 0.5, "max_time": 300},
     "layout": "default",
     "collections": None,
     "log": {"level": "INFO", "file": "~/.cache/terrafs/terrafs.log"},
 }
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How downloads are tried again (see DEFAULTS["retries"])."""
+
+    attempts: int = 10  # in a row without a byte of progress
+    backoff: float = 0.5  # seconds before the second attempt
+    max_time: float = 300.0  # seconds one fetch may spend retrying
 
 
 @dataclass(frozen=True)
@@ -84,6 +97,7 @@ class Config:
     rate_limit_state: Path
     rate_limit_max_pause: float | None  # None: the longest rate window
     catalogue_limits: CatalogueLimits
+    retries: "RetryPolicy"
     layout: str  # "default" | "platform"
     collections: tuple[CollectionSelection, ...] | None  # None: every collection
     log_level: str
@@ -274,6 +288,7 @@ def _build(
         rate_limit_max_pause=v["rate_limit_max_pause"],
         catalogue_limits=CatalogueLimits(v["catalogue_limits"]["max_pages"],
                                          v["catalogue_limits"]["max_response_size"]),
+        retries=RetryPolicy(v["retries"]["attempts"], v["retries"]["backoff"], v["retries"]["max_time"]),
         layout=v["layout"],
         collections=v["collections"],
         log_level=logv["level"],

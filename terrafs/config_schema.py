@@ -138,6 +138,7 @@ SCHEMA: dict[str, Any] = {
     "rate_limit_state": _path,
     "rate_limit_max_pause": _optional_pause,
     "catalogue_limits": {"max_pages": _count, "max_response_size": _positive_size},
+    "retries": {"attempts": _count, "backoff": _seconds, "max_time": _seconds},
     "layout": _choice("default", "platform"),
     "collections": "collections",
     "log": {"level": check_level, "file": _path},

@@ -32,7 +32,7 @@ from .errors import AuthError, FetchError
 from .ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
 from . import scope as _scope
 from .scope import CredentialScope
-from .text import redact_url
+from .text import parse_content_range, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ MAX_REDIRECTS = 5
 FREE_THROTTLES = 4
 MAX_BACKOFF = 30.0
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
 
@@ -55,29 +54,6 @@ class RemoteInfo:
     size: int
     etag: str | None
     last_modified: str | None
-
-
-@dataclass(frozen=True)
-class ContentRange:
-    first: int
-    last: int  # inclusive, as on the wire
-    total: int | None  # None for "*"
-
-
-def parse_content_range(value: str | None) -> ContentRange | None:
-    """Parse 'bytes first-last/total' (total may be '*'); None when absent or malformed."""
-    if not value:
-        return None
-    m = _CONTENT_RANGE.match(value)
-    if not m:
-        return None
-    first, last = int(m.group(1)), int(m.group(2))
-    if last < first:
-        return None
-    total = None if m.group(3) == "*" else int(m.group(3))
-    if total is not None and last >= total:
-        return None
-    return ContentRange(first, last, total)
 
 
 def parse_retry_after(value: str | None, now: float | None = None,
@@ -126,12 +102,21 @@ class _Retryable(Exception):
 
 
 class _Budget:
-    """Failures and throttles of one logical fetch, shared by its requests and resumes."""
+    """Failures and throttles of one logical fetch, shared by its requests and resumes.
 
-    def __init__(self, retries: int) -> None:
+    `failures` counts attempts in a row without progress: a long stream that is
+    cut now and then but goes on is not failing. `deadline` bounds the time
+    the fetch may spend retrying, whatever the count.
+    """
+
+    def __init__(self, retries: int, max_time: float = 300.0) -> None:
         self.retries = retries
         self.failures = 0
         self.throttles = 0
+        self.deadline = time.monotonic() + max_time
+
+    def progressed(self) -> None:
+        self.failures = 0
 
 
 class Downloader:
@@ -146,6 +131,7 @@ class Downloader:
         timeout: tuple[float, float] = (10, 60),
         pool_size: int = 16,
         backoff: float = 0.5,
+        max_retry_time: float = 300.0,
         sleep: Callable[[float], None] = time.sleep,
         scope: CredentialScope | None = None,
     ) -> None:
@@ -156,6 +142,7 @@ class Downloader:
         self.retries = retries
         self.timeout = timeout
         self.backoff = backoff
+        self.max_retry_time = max_retry_time
         self._sleep = sleep
         self.session = requests.Session()
         # max_retries=0: no urllib3 Retry. We run the retry loop ourselves so that
@@ -179,7 +166,7 @@ class Downloader:
 
     def head(self, url: str) -> RemoteInfo:
         """Size, ETag and Last-Modified of a file."""
-        response = self._open("HEAD", url, None, True, _Budget(self.retries))
+        response = self._open("HEAD", url, None, True, _Budget(self.retries, self.max_retry_time))
         response.close()
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit():
@@ -212,7 +199,7 @@ class Downloader:
                     holder: list[RemoteInfo]) -> Iterator[bytes]:
         if start < 0 or end < start:
             raise ValueError(f"invalid byte range [{start}, {end})")
-        budget = _Budget(self.retries)
+        budget = _Budget(self.retries, self.max_retry_time)
         pos = start
         first: RemoteInfo | None = None
         while pos < end or first is None:
@@ -230,6 +217,7 @@ class Downloader:
                 end = min(end, info.size)
                 for chunk in _body(response, skip, stop - pos, chunk_size):
                     pos += len(chunk)
+                    budget.progressed()
                     yield chunk
                 if pos < stop:
                     raise _Retryable(f"body ended at byte {pos} of [{start}, {end})")
@@ -351,6 +339,9 @@ class Downloader:
         if budget.failures > budget.retries:
             raise FetchError(f"{method} {redact_url(url)} failed after {budget.failures} attempts: {why}")
         delay = retry_after if retry_after is not None else self._backoff(budget.failures)
+        if time.monotonic() + delay > budget.deadline:
+            raise FetchError(f"{method} {redact_url(url)} failed: still failing after {self.max_retry_time:.0f} s "
+                             f"of retries (retries.max_time): {why}")
         log.info("%s %s: %s; retry %d/%d in %.1f s", method, redact_url(url), why,
                  budget.failures, budget.retries, delay)
         self._sleep(delay)

@@ -32,6 +32,11 @@ class UnsafePathError(TerrafsError):
     """A local path another user could have prepared or could change."""
 
 
+class FolderUnusable(UnsafePathError):
+    """The folder cannot be made or looked at (a read-only or full disk): not a trust problem,
+    so a cache may do without it."""
+
+
 def make_parents(path: Path) -> None:
     """Create the missing folders above `path`, 0700 each (existing ones are left as they are)."""
     _make_missing(Path(path).parent)
@@ -49,7 +54,7 @@ def _make_missing(path: Path) -> None:
         except FileExistsError:
             pass  # made by a concurrent terrafs process: checked like any existing folder
         except OSError as exc:
-            raise UnsafePathError(f"cannot create the folder {folder}: {exc.strerror}") from None
+            raise FolderUnusable(f"cannot create the folder {folder}: {exc.strerror}") from None
 
 
 def private_dir(path: Path) -> Path:
@@ -59,7 +64,7 @@ def private_dir(path: Path) -> Path:
     try:
         info = os.stat(path)
     except OSError as exc:
-        raise UnsafePathError(f"cannot use the folder {path}: {exc.strerror}") from None
+        raise FolderUnusable(f"cannot use the folder {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafePathError(f"refusing {path}: it is not a folder")
     # An existing folder readable by others is left as the user made it (it may be

@@ -7,6 +7,8 @@ endpoint ends the command with one clear line and nothing left behind.
 from __future__ import annotations
 
 import logging
+import sqlite3
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -18,7 +20,7 @@ from urllib3.util.retry import Retry
 
 from terrafs import __version__
 from terrafs.auth import make_auth as auth_from_values
-from terrafs.blockcache import BlockCache
+from terrafs.blockcache import BlockCache, MemoryOnlyCache
 from terrafs.catalogue import Catalogue, Filter
 from terrafs.catalogue.opensearch import OpenSearchCatalogue
 from terrafs.catalogue.stac import StacCatalogue
@@ -27,7 +29,7 @@ from terrafs.errors import AuthError, CatalogueError
 from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.listings import ListingStore, NoPickleDisk
-from terrafs.localfs import private_dir
+from terrafs.localfs import FolderUnusable, UnsafePathError, private_dir
 from terrafs.ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
 from terrafs.read import Reader
 from terrafs.scope import CredentialScope
@@ -78,7 +80,9 @@ def make_catalogue(config: Config, *, with_local_paths: bool = False) -> Catalog
 
 def make_downloader(config: Config, auth: requests.auth.AuthBase | None) -> Downloader:
     """The Downloader, with credentials only for the download hosts the config trusts."""
-    return Downloader(auth, make_limiter(config), scope=CredentialScope(config.credential_hosts))
+    r = config.retries
+    return Downloader(auth, make_limiter(config), scope=CredentialScope(config.credential_hosts),
+                      retries=r.attempts - 1, backoff=r.backoff, max_retry_time=r.max_time)
 
 
 def make_auth(config: Config) -> requests.auth.AuthBase:
@@ -169,10 +173,22 @@ class Daemon:
 
 
 def open_meta_cache(config: Config) -> diskcache.Cache:
-    """Listings and sizes; a Disk that never unpickles (listings.py), in a private folder."""
-    private_dir(config.cache_dir)
-    path = private_dir(config.cache_dir / "meta")
-    return diskcache.Cache(str(path), size_limit=256 << 20, disk=NoPickleDisk)
+    """Listings and sizes; a Disk that never unpickles (listings.py), in a private folder.
+
+    A cache folder that cannot be written (read-only, full, damaged) does not stop
+    the mount: listings are then kept in a private temporary folder for this run.
+    """
+    try:
+        private_dir(config.cache_dir)
+        path = private_dir(config.cache_dir / "meta")
+        return diskcache.Cache(str(path), size_limit=256 << 20, disk=NoPickleDisk)
+    except (FolderUnusable, OSError, sqlite3.Error, diskcache.Timeout) as exc:
+        if isinstance(exc, UnsafePathError) and not isinstance(exc, FolderUnusable):
+            raise
+        spare = Path(tempfile.mkdtemp(prefix="terrafs-meta-"))
+        log.warning("the cache folder %s cannot be used (%s); listings are kept in %s for this run",
+                    config.cache_dir, exc, spare)
+        return diskcache.Cache(str(spare), size_limit=256 << 20, disk=NoPickleDisk)
 
 
 def listing_store(config: Config, meta: diskcache.Cache) -> ListingStore:
@@ -204,11 +220,20 @@ def check_catalogue(config: Config) -> str | None:
         meta.close()
 
 
-def open_block_cache(config: Config) -> BlockCache:
-    # Checked here, before BlockCache opens it: blocks planted by another user would be served as bytes.
-    private_dir(config.cache_dir)
-    path = private_dir(config.cache_dir / "blocks")
-    return BlockCache(path, config.cache_size, block_size=config.block_size)
+def open_block_cache(config: Config) -> BlockCache | MemoryOnlyCache:
+    """The block cache; a folder that cannot be written (read-only, full, a damaged index) gives a
+    cache that stores nothing, and reads go to the network. A folder another user could write
+    is refused: blocks planted there would be served as bytes."""
+    try:
+        private_dir(config.cache_dir)
+        path = private_dir(config.cache_dir / "blocks")
+        return BlockCache(path, config.cache_size, block_size=config.block_size)
+    except (FolderUnusable, OSError, sqlite3.Error, diskcache.Timeout) as exc:
+        if isinstance(exc, UnsafePathError) and not isinstance(exc, FolderUnusable):
+            raise
+        log.warning("the cache folder %s cannot be used (%s); reads are served from the network and "
+                    "memory", config.cache_dir, exc)
+        return MemoryOnlyCache(config.block_size, f"{config.cache_dir}: {exc}")
 
 
 def make_limiter(config: Config) -> RateLimiter:

@@ -8,6 +8,7 @@ Must not: log, or keep state.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -105,3 +106,29 @@ def shown(value: Any, limit: int = _MAX_SHOWN) -> str:
     if len(text) > limit:
         text = text[:limit] + "..."
     return UNSAFE_CHARS.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    first: int
+    last: int  # inclusive, as on the wire
+    total: int | None  # None for "*"
+
+
+def parse_content_range(value: str | None) -> ContentRange | None:
+    """Parse 'bytes first-last/total' (total may be '*'); None when absent or malformed."""
+    if not value:
+        return None
+    m = _CONTENT_RANGE.match(value)
+    if not m:
+        return None
+    first, last = int(m.group(1)), int(m.group(2))
+    if last < first:
+        return None
+    total = None if m.group(3) == "*" else int(m.group(3))
+    if total is not None and last >= total:
+        return None
+    return ContentRange(first, last, total)
