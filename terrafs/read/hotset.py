@@ -60,6 +60,12 @@ class HotSet:
             while self._bytes > self._limit and len(self._data) > 1:
                 self._pop(next(iter(self._data)))
 
+    def close_files(self, keys: set[str]) -> None:
+        """Let go of the open cache files of these file keys (nobody has them open any more)."""
+        with self._lock:
+            for k in [k for k in self._open if k[0] in keys]:
+                self._pop(k)
+
     def drop_files(self, keys: set[str]) -> None:
         """Forget every block of these file keys."""
         with self._lock:

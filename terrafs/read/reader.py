@@ -158,12 +158,15 @@ class Reader:
         self.flush()
 
     def release(self, f: RemoteFile) -> None:
-        """All openers closed f: stop its stream and forget its access pattern."""
+        """All openers closed f: stop its stream, forget its access pattern, close its cache files."""
         with self._cond:
             state = self._files.pop(f.key, None)
             if state and state.stream and state.stream.alive:
                 state.stream.stop = True
             self._cond.notify_all()
+        # Its cache files held open go too: a re-read comes from the kernel's pages, and a
+        # daemon that served a thousand files must not keep a descriptor for each.
+        self._hot.close_files(set(unit_keys(f, self.policy.piece_size)))
 
     def close(self) -> None:
         """Stop every stream, write what is pending (the cache stays open: the caller owns it)."""
