@@ -42,7 +42,7 @@ SSO_LOGIN_MARK = "/protocol/openid-connect/auth"
 MAX_REDIRECTS = 5
 # The first few 429s are the limiter doing its job, not failures of the request.
 FREE_THROTTLES = 4
-MAX_BACKOFF = 30.0
+MAX_BACKOFF = 8.0  # seconds: a server down for longer gets its Retry-After honoured, or the read fails
 
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
@@ -109,7 +109,7 @@ class _Budget:
     the fetch may spend retrying, whatever the count.
     """
 
-    def __init__(self, retries: int, max_time: float = 300.0) -> None:
+    def __init__(self, retries: int, max_time: float = 120.0) -> None:
         self.retries = retries
         self.failures = 0
         self.throttles = 0
@@ -131,7 +131,7 @@ class Downloader:
         timeout: tuple[float, float] = (10, 60),
         pool_size: int = 16,
         backoff: float = 0.5,
-        max_retry_time: float = 300.0,
+        max_retry_time: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
         scope: CredentialScope | None = None,
     ) -> None:
