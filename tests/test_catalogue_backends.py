@@ -11,6 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterator
 
 import pytest
+
+from terrafs.catalogue import fetch
 import requests
 
 from terrafs.catalogue.model import Collection, Filter
@@ -331,15 +333,32 @@ def test_garbage_answers_are_one_line_catalogue_errors(scripted, session, status
             cat.products(COLL, None, None)
         msg = str(e.value)
         assert "\n" not in msg and all(w in msg for w in words), msg
-        # An error status may be the page size refused: one retry with a smaller page.
-        assert cat.requests_made == (2 if status >= 400 else 1)
+        # A 5xx and a page that is not JSON are tried again (a proxy, a maintenance page); an
+        # error status may also be the page size refused: then the smaller page is tried too.
+        transient = status >= 500 or words == ["non-JSON"]
+        tries = fetch.ATTEMPTS if transient else 1
+        assert cat.requests_made == (2 * tries if status >= 400 else tries)
 
 
-def test_network_failure_is_a_catalogue_error(session):
+def test_network_failure_is_a_catalogue_error_after_its_attempts(session):
     cat = StacCatalogue("http://127.0.0.1:9/", session)
-    with pytest.raises(CatalogueError, match="catalogue request failed"):
+    with pytest.raises(CatalogueError, match=f"catalogue request failed.*after {fetch.ATTEMPTS} attempts"):
         cat.collections()
-    assert cat.requests_made == 1
+    assert cat.requests_made == fetch.ATTEMPTS
+
+
+def test_a_failing_then_answering_catalogue_is_tried_again(scripted, session):
+    answers = iter([(503, b"<html>maintenance</html>"), (200, b"<html>proxy</html>")])
+    srv = scripted(lambda m, p, b: next(answers, (200, {"type": "FeatureCollection", "features": []})))
+    cat = StacCatalogue(srv.url, session)
+    assert cat.products(COLL, None, None) == []
+    assert cat.requests_made == 3
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch):
+    """Catalogue retries without their waits: these tests count requests, not seconds."""
+    monkeypatch.setattr(fetch, "BACKOFF", 0.0)
 
 
 def stac_item(i: int) -> dict:
