@@ -166,3 +166,28 @@ def test_a_mount_whose_first_catalogue_answers_are_a_503_and_an_html_page_comes_
     m = mount_factory(emulator)
     assert any(m.path.iterdir()), "the mount came up empty"
     assert emulator.settings()["catalogue_fail_next"] == [], "the failing answers were never asked for"
+
+
+def test_one_file_opened_and_released_from_many_threads_at_once(emulator, mount_factory):
+    """open and release race: release must look at the other handles under the lock."""
+    mount = mount_factory(emulator)
+    files = [band(mount, name, day="2020/01/02") for name in ("B02_10M", "B03_10M")]
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            for i in range(60):
+                with open(files[i % 2], "rb") as fh:
+                    fh.read(1)
+        except BaseException as exc:  # noqa: BLE001 - collected and reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors[:3]
+    assert os.path.ismount(mount.path)
+    bad = [line for line in mount.log_text().splitlines() if "failed unexpectedly" in line]
+    assert not bad, bad[:3]

@@ -171,8 +171,8 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
         if end - offset >= p.bulk_read and not facts.head_pieces_cached:
             return Plan(False, offset, end, start_stream=(0, min(size, p.head_size), size), disk_ahead_from=disk)
         return Plan(pieces_on, offset, max(end, p.head_size), disk_ahead_from=disk)
-    if facts.read_cached:
-        return Plan(pieces_on and run < bs, offset, end, disk_ahead_from=disk)
+    if facts.read_cached:  # held, or another read's fetch brings it: in the units it is held in
+        return Plan(pieces_on, offset, end, disk_ahead_from=disk)
     if sequential and run >= p.stream_after and not facts.first_cached:
         stop = min(size, access.seq_end + max(p.stream_reach, 2 * run))
         return Plan(False, offset, end, start_stream=(first * bs, min(size, access.seq_end + ahead), stop),
