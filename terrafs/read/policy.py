@@ -138,6 +138,7 @@ class Facts:
     first_cached: bool  # the read's first block
     head_pieces_cached: bool  # pieces hold all of the read (only asked for reads at 0)
     read_cached: bool = False  # blocks or pieces hold all of the read: nothing to fetch
+    pieces_coming: bool = False  # ... some of it as pieces that another read's fetch brings
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
             return Plan(False, offset, end, start_stream=(0, min(size, p.head_size), size), disk_ahead_from=disk)
         return Plan(pieces_on, offset, max(end, p.head_size), disk_ahead_from=disk)
     if facts.read_cached:  # held, or another read's fetch brings it: in the units it is held in
-        return Plan(pieces_on, offset, end, disk_ahead_from=disk)
+        return Plan(pieces_on and (run < bs or facts.pieces_coming), offset, end, disk_ahead_from=disk)
     if sequential and run >= p.stream_after and not facts.first_cached:
         stop = min(size, access.seq_end + max(p.stream_reach, 2 * run))
         return Plan(False, offset, end, start_stream=(first * bs, min(size, access.seq_end + ahead), stop),

@@ -8,9 +8,10 @@ behind (writebehind.py). Only complete blocks from a response whose size and
 identity (ETag / Last-Modified) were checked are cached.
 
 Lock order (a thread holding one lock takes only locks further down):
-  1. WriteBehind._write_lock   held while one block goes to disk
-  2. Reader._cond              per-file state, streams, in-flight fetches
-  3. leaf locks: HotSet._lock, WriteBehind._lock, Spool._lock, DiskAhead._lock
+  1. _FileState.planning       one read of a file plans at a time (cache lookups included)
+  2. WriteBehind._write_lock   held while one block goes to disk
+  3. Reader._cond              per-file state, streams, in-flight fetches
+  4. leaf locks: HotSet._lock, WriteBehind._lock, Spool._lock, DiskAhead._lock
 No disk or SQLite call, and no HTTP, is made while _cond is held: what is
 cached is looked up before the plan, and fetches and streams run outside it.
 
@@ -56,6 +57,7 @@ class _FileState:
 
     def __init__(self) -> None:
         self.access = Access()
+        self.planning = threading.Lock()  # one read of the file plans at a time (before _cond)
         self.stream: Stream | None = None
         self.layout: tiff.TiffLayout | None = None
         self.layout_tries = 0  # 0..; _LAYOUT_TRIES = given up
@@ -193,7 +195,11 @@ class Reader:
     # -- planning -------------------------------------------------------------
 
     def _plan(self, f: RemoteFile, offset: int, end: int) -> Plan:
-        """Decide how to serve [offset, end), and start or move this file's stream accordingly."""
+        """Decide how to serve [offset, end), and start or move this file's stream accordingly.
+
+        Reads of one file plan one at a time (its `planning` lock): the kernel sends a
+        program's reads concurrently, and the first must start the stream the others follow.
+        """
         with self._cond:
             if self._closed:
                 raise FetchError("reader is closed")
@@ -201,14 +207,16 @@ class Reader:
             st = state.stream if state.stream is not None and state.stream.running else None
             if st is not None:  # no facts needed: the plan follows the stream
                 return self._apply(f, state, offset, end, Facts(True, True, True))
-        facts, missing = self._facts(f, offset, end)  # disk lookups, outside the lock
-        self._find_layout(f, state, offset)
-        with self._cond:
-            if missing and all(self._fetches.in_flight(k) for k in missing):
-                # Another reader's fetch brings them (the kernel's concurrent reads of one
-                # program read): no new request, and no stream either.
-                facts = dataclasses.replace(facts, read_cached=True)
-            return self._apply(f, state, offset, end, facts)
+        with state.planning:
+            facts, missing = self._facts(f, offset, end)  # disk lookups, outside the reader's lock
+            self._find_layout(f, state, offset)
+            with self._cond:
+                if missing and all(self._fetches.in_flight(k) for k in missing):
+                    # Another reader's fetch brings them (the kernel's concurrent reads of one
+                    # program read): no new request, and no stream either.
+                    facts = dataclasses.replace(facts, read_cached=True,
+                                                pieces_coming=any(k[0] != f.key for k in missing))
+                return self._apply(f, state, offset, end, facts)
 
     def _apply(self, f: RemoteFile, state: _FileState, offset: int, end: int, facts: Facts) -> Plan:
         """Plan and act on it (caller holds _cond)."""
