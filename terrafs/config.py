@@ -57,9 +57,9 @@ DEFAULTS: dict[str, Any] = {
     "rate_limit_max_pause": None,  # seconds; None: the longest window, at least 60
     "catalogue_limits": {"max_pages": 1000, "max_response_size": "64MiB"},
     # Download retries: attempts in a row without progress, the first backoff (doubling, with
-    # jitter, at most 8 s) and a bound on the time one fetch spends retrying. With 8 attempts a
-    # server that faults 40% of requests fails 0.4^8 = 0.07% of fetches; one that is down gives
-    # EIO after about 30 s.
+    # jitter, at most 4 s) and a bound on the time one fetch spends retrying. With 8 attempts a
+    # server that faults 40% of requests fails 0.4^8 = 0.07% of fetches; one that answers only
+    # errors gives EIO after about 15 s, one that refuses connections at once.
     "retries": {"attempts": 8, "backoff": 0.5, "max_time": 120},
     "layout": "default",
     "collections": None,

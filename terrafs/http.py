@@ -42,7 +42,8 @@ SSO_LOGIN_MARK = "/protocol/openid-connect/auth"
 MAX_REDIRECTS = 5
 # The first few 429s are the limiter doing its job, not failures of the request.
 FREE_THROTTLES = 4
-MAX_BACKOFF = 8.0  # seconds: a server down for longer gets its Retry-After honoured, or the read fails
+MAX_BACKOFF = 4.0  # seconds: a server down for longer gets its Retry-After honoured, or the read fails
+REFUSED_TRIES = 2  # connections refused in a row before a fetch fails
 
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
@@ -50,7 +51,6 @@ _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 @dataclass(frozen=True)
 class RemoteInfo:
     """What the server says about a file."""
-
     size: int
     etag: str | None
     last_modified: str | None
@@ -113,10 +113,12 @@ class _Budget:
         self.retries = retries
         self.failures = 0
         self.throttles = 0
+        self.refused = 0
         self.deadline = time.monotonic() + max_time
 
     def progressed(self) -> None:
         self.failures = 0
+        self.refused = 0
 
 
 class Downloader:
@@ -276,6 +278,12 @@ class Downloader:
             try:
                 response = self._send(method, url, headers, urgent)
             except (requests.ConnectionError, requests.Timeout) as exc:
+                if _refused(exc):
+                    # Nobody listens (the service is down, or we are offline): a few quick
+                    # tries, then EIO at once rather than a long series of backoffs.
+                    budget.refused += 1
+                    if budget.refused > REFUSED_TRIES:
+                        raise FetchError(f"{method} {redact_url(url)} failed: connection refused") from None
                 self._failed(budget, method, url, type(exc).__name__)
                 continue
             except requests.RequestException as exc:  # invalid URL, too many redirects...
@@ -363,6 +371,11 @@ class Downloader:
     def _backoff(self, n: int) -> float:
         base = min(MAX_BACKOFF, self.backoff * 2 ** (n - 1))
         return base * (0.5 + random.random() / 2)  # jitter: don't retry in lockstep
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection error is a refusal (nothing listens); urllib3 wraps the OSError."""
+    return "Connection refused" in str(exc) or "[Errno 111]" in str(exc)
 
 
 def _body(response: requests.Response, skip: int, want: int, chunk_size: int) -> Iterator[bytes]:

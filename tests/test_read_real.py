@@ -17,11 +17,14 @@ from terrafs.blockcache import BlockCache
 from terrafs.http import Downloader
 from terrafs.read import Reader, RemoteFile
 
+from mounting import emulator_is_download_host  # noqa: F401  (a fixture: the emulator gets credentials)
+
 BS = 64 << 10
 
 
 @pytest.fixture
-def real(emulator, tmp_path: Path):
+def real(emulator_is_download_host, tmp_path: Path):
+    emulator = emulator_is_download_host
     files = [f for f in emulator.files(limit=300, min_size=300_000) if f["path"].endswith(".tif")]
     assert files, "the emulator serves no GeoTIFF over 300 kB"
     f = max(files, key=lambda f: f["size"])

@@ -138,7 +138,6 @@ class Facts:
     first_cached: bool  # the read's first block
     head_pieces_cached: bool  # pieces hold all of the read (only asked for reads at 0)
     read_cached: bool = False  # blocks or pieces hold all of the read: nothing to fetch
-    pieces_coming: bool = False  # ... some of it as pieces that another read's fetch brings
 
 
 @dataclass(frozen=True)
@@ -160,6 +159,8 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
     sequential = access.note(offset, end, bs)
     run = access.seq_end - access.run_start
     ahead = min(p.readahead, max(run, 2 * bs))
+    if access.run_start > 0:  # mid-file (a run of strips or tiles, not a copy): half the run ahead
+        ahead = min(ahead, max(bs, run // 2))
     if stream is not None:
         allow = None
         if sequential and stream.start <= access.seq_end <= stream.end:
@@ -173,7 +174,8 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
             return Plan(False, offset, end, start_stream=(0, min(size, p.head_size), size), disk_ahead_from=disk)
         return Plan(pieces_on, offset, max(end, p.head_size), disk_ahead_from=disk)
     if facts.read_cached:  # held, or another read's fetch brings it: in the units it is held in
-        return Plan(pieces_on and (run < bs or facts.pieces_coming), offset, end, disk_ahead_from=disk)
+        # Served in the units that hold it: the reader takes whole blocks where it has them.
+        return Plan(pieces_on, offset, end, disk_ahead_from=disk)
     if sequential and run >= p.stream_after and not facts.first_cached:
         stop = min(size, access.seq_end + max(p.stream_reach, 2 * run))
         return Plan(False, offset, end, start_stream=(first * bs, min(size, access.seq_end + ahead), stop),

@@ -55,10 +55,16 @@ def _debug() -> bool:
 class _FileState:
     """One file being read (guarded by Reader._cond)."""
 
+    def coming_covers(self, key: tuple[str, int], pieces: Units) -> bool:
+        return key[0] == pieces.key and self.coming[0] <= key[1] * pieces.unit < self.coming[1]
+
     def __init__(self) -> None:
         self.access = Access()
         self.planning = threading.Lock()  # one read of the file plans at a time (before _cond)
         self.stream: Stream | None = None
+        # The pieces the last planned fetch will bring: a read planned after it, before that
+        # fetch is claimed, joins it instead of planning a request of its own.
+        self.coming: tuple[int, int] = (0, 0)
         self.layout: tiff.TiffLayout | None = None
         self.layout_tries = 0  # 0..; _LAYOUT_TRIES = given up
 
@@ -211,11 +217,11 @@ class Reader:
             facts, missing = self._facts(f, offset, end)  # disk lookups, outside the reader's lock
             self._find_layout(f, state, offset)
             with self._cond:
-                if missing and all(self._fetches.in_flight(k) for k in missing):
+                pieces = pieces_of(f, self.policy.piece_size)
+                if missing and all(self._fetches.in_flight(k) or state.coming_covers(k, pieces) for k in missing):
                     # Another reader's fetch brings them (the kernel's concurrent reads of one
                     # program read): no new request, and no stream either.
-                    facts = dataclasses.replace(facts, read_cached=True,
-                                                pieces_coming=any(k[0] != f.key for k in missing))
+                    facts = dataclasses.replace(facts, read_cached=True)
                 return self._apply(f, state, offset, end, facts)
 
     def _apply(self, f: RemoteFile, state: _FileState, offset: int, end: int, facts: Facts) -> Plan:
@@ -223,6 +229,8 @@ class Reader:
         st = state.stream if state.stream is not None and state.stream.running else None
         p = plan(self.policy, state.access, f.size, offset, end, stream=st.view() if st else None,
                  facts=facts, layout=state.layout)
+        if p.pieces and p.fetch_end > end:
+            state.coming = (p.fetch_start, p.fetch_end)
         if p.allow_stream_to is not None and st is not None:
             self._streams.allow(st, p.allow_stream_to)
         if p.start_stream is not None:
@@ -309,7 +317,10 @@ class Reader:
                 got[i] = data
         deadline = time.monotonic() + _WAIT_LIMIT
         around = itertools.chain(range(fetch_first, first), range(last + 1, fetch_last + 1))
-        extra = [i for i in around if not self._held.has(u, i)] if len(got) <= last - first else []
+        # Extras are not looked up on disk: the lookups would delay this read's claim past the
+        # moment the kernel's other reads of the same program read join its batch, and one more
+        # cached piece in the same request costs bytes, not a request.
+        extra = list(around) if len(got) <= last - first else []
         while True:
             missing = [i for i in range(first, last + 1) if i not in got]
             if not missing:
