@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "layout": "default",
     "collections": None,
     "log": {"level": "INFO", "file": "~/.cache/terrafs/terrafs.log"},
+    "metrics": {"listen": None},  # HOST:PORT serves Prometheus text at /metrics (metrics.py)
 }
 
 
@@ -88,6 +89,7 @@ class Config:
     log_level: str
     log_file: Path
     source: Path | None  # the file read, for messages
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
 
 
 # ---- sizes -------------------------------------------------------------------
@@ -193,6 +195,18 @@ def _level(v: Any) -> str:
     return v.upper()
 
 
+def _listen(v: Any) -> str | None:
+    from terrafs.metrics import split_listen
+
+    if v is None:
+        return None
+    try:
+        split_listen(str(v))
+    except ValueError:
+        raise _Bad(f"must be HOST:PORT (like 127.0.0.1:9567), not {v!r}") from None
+    return str(v)
+
+
 SCHEMA: dict[str, Any] = {
     "catalogue": _choice("stac", "opensearch"),
     "endpoints": {"stac": _url, "opensearch": _url, "token": _url},
@@ -205,6 +219,7 @@ SCHEMA: dict[str, Any] = {
     "layout": _choice("default", "platform"),
     "collections": "collections",
     "log": {"level": _level, "file": _path},
+    "metrics": {"listen": _listen},
 }
 _WINDOW_KEYS = ("requests", "seconds")
 _SELECTION_KEYS = ("id", "bbox", "start", "end", "cloud_cover", "tile_ids")
@@ -538,6 +553,7 @@ def _build(
         log_level=logv["level"],
         log_file=_expand(logv["file"], home),
         source=source,
+        metrics_listen=v["metrics"]["listen"],
     )
 
 

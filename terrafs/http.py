@@ -19,6 +19,7 @@ import random
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -146,6 +147,7 @@ class Downloader:
                                      "User-Agent": f"terrafs/{__version__}"})
         self._count_lock = threading.Lock()
         self.requests_made = 0
+        self.statuses: Counter[str] = Counter()  # responses by status, for metrics (metrics.py)
         if getattr(auth, "before_resend", "absent") is None:
             # A 401 resend by BearerAuth is a request too: it passes the limiter and counts.
             auth.before_resend = self._before_resend  # type: ignore[union-attr]
@@ -299,6 +301,8 @@ class Downloader:
             t0 = time.monotonic()
             response = self.session.request(method, target, headers=headers, auth=auth,
                                             allow_redirects=False, stream=True, timeout=self.timeout)
+            with self._count_lock:  # a 401 that auth resent is in history
+                self.statuses.update(str(r.status_code) for r in (*response.history, response))
             log.debug("%s %s range=%s -> %d in %.3f s", method, redact_url(target),
                       headers.get("Range", "-"), response.status_code, time.monotonic() - t0)
             if not response.is_redirect:

@@ -23,9 +23,11 @@ from terrafs.catalogue import Catalogue, Filter
 from terrafs.catalogue.opensearch import OpenSearchCatalogue
 from terrafs.catalogue.stac import StacCatalogue
 from terrafs.config import Config
-from terrafs.errors import AuthError, CatalogueError
+from terrafs.errors import AuthError, CatalogueError, TerrafsError
 from terrafs.files import Files
 from terrafs.http import Downloader
+from terrafs.metrics import CATALOGUE_RESPONSES
+from terrafs.options import MountOptions, parse_options
 from terrafs.ratelimit import RateLimiter
 from terrafs.reader import Reader
 from terrafs.tree import ListingStore, Tree
@@ -49,6 +51,7 @@ def catalogue_session() -> requests.Session:
     session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
     session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
     session.headers["User-Agent"] = USER_AGENT
+    session.hooks["response"].append(CATALOGUE_RESPONSES.hook)  # counted for metrics
     return session
 
 
@@ -128,6 +131,9 @@ class Daemon:
     files: Files
     reader: Reader
     caches: list
+    blocks: BlockCache | None = None  # for metrics, cache stats and prefetch --check
+    downloader: Downloader | None = None
+    limiter: RateLimiter | None = None
 
     def close(self) -> None:
         self.reader.close()
@@ -191,7 +197,8 @@ def selection_of(config: Config) -> dict[str, Filter] | None:
 
 def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     config.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    downloader = Downloader(auth, make_limiter(config))
+    limiter = make_limiter(config)
+    downloader = Downloader(auth, limiter)
     blocks = open_block_cache(config)
     meta = open_meta_cache(config)
     # Blocks waiting for their cache write (and the spool's reserved space) never
@@ -202,35 +209,66 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     store = listing_store(config, meta)
     tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler)
     files = Files(downloader, reader, meta)
-    return Daemon(tree, files, reader, [blocks, meta])
+    return Daemon(tree, files, reader, [blocks, meta], blocks=blocks, downloader=downloader, limiter=limiter)
 
 
-def fuse_options(extra: str | None) -> dict:
+def fuse_options(options: MountOptions) -> dict:
+    """What libfuse gets: read-only, named, cache timeouts on libfuse 2, and the user's FUSE options."""
     opts: dict = {"ro": True, "fsname": "terrafs", "subtype": "terrafs"}
     import mfusepy
 
     if mfusepy.fuse_version_major == 2:
         # libfuse 3 takes these in init (fs.py); libfuse 2 only as options.
         opts.update(kernel_cache=True, entry_timeout=3600, attr_timeout=3600)
-    for item in (extra or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, _, value = item.partition("=")
-        opts[key] = value if value else True
+    opts.update(options.fuse)
     return opts
 
 
 def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, options: str | None = None,
         on_ready: Callable[[], None] | None = None) -> None:
-    """Mounts and serves until unmounted (blocks)."""
+    """Mounts and serves until unmounted (blocks); the cache's pending writes are on disk when it returns.
+
+    A plain umount (or fusermount -u) ends libfuse's loop like a SIGTERM does,
+    and everything after it below runs either way.
+    """
     from terrafs.fs import FUSE, TerraFS
 
+    opts = parse_options(options)
     daemon = build(config, auth)
+    control = metrics = None
     try:
-        ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready)
-        log.info("mounting %s (layout %s, catalogue %s)", mountpoint, config.layout, config.catalogue)
-        FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(options))
+        control = _start_control(daemon, config, mountpoint)
+        metrics = _start_metrics(config, daemon, auth)
+        ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready, owner=opts.ownership())
+        log.info("mounting %s (layout %s, catalogue %s, options %s)", mountpoint, config.layout,
+                 config.catalogue, options or "-")
+        FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(opts))
     finally:
+        for part in (control, metrics):
+            if part is not None:
+                part.stop()
         daemon.close()
-        log.info("unmounted %s", mountpoint)
+        log.info("unmounted %s; cache writes flushed", mountpoint)
+
+
+def _start_control(daemon: Daemon, config: Config, mountpoint: Path):
+    """The control socket, or None: a mount without one still serves files."""
+    from terrafs.control import ControlServer, handlers
+
+    try:
+        control = ControlServer(mountpoint, handlers(daemon, config, mountpoint))
+        return control if control.start() else None
+    except (OSError, TerrafsError) as exc:
+        log.warning("no control socket (terrafs prefetch and cache stats will not reach this mount): %s", exc)
+        return None
+
+
+def _start_metrics(config: Config, daemon: Daemon, auth):
+    listen = getattr(config, "metrics_listen", None)
+    if not listen:
+        return None
+    from terrafs.metrics import MetricsServer
+
+    server = MetricsServer(listen, daemon, auth)
+    server.start()
+    return server

@@ -90,6 +90,8 @@ class RateLimiter:
         self._lock = threading.Lock()  # threads of this process; flock covers processes
         self._memory = _State()
         self._urgent_waiting = 0
+        self.waiting = self.waits = 0  # callers in acquire now; acquires that slept (for metrics)
+        self.waited_seconds = 0.0
         self._horizon = max((s for _, s in self.windows), default=0.0) + margin
         if self.state_path is not None:
             self.state_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -103,9 +105,10 @@ class RateLimiter:
         """Block until one request may be sent now, and record it as sent."""
         if not self.windows:
             return
-        if urgent:
-            with self._lock:
-                self._urgent_waiting += 1
+        started = time.monotonic()
+        with self._lock:
+            self._urgent_waiting += urgent
+            self.waiting += 1
         try:
             while True:
                 if not urgent and self._urgent_waiting > 0:
@@ -116,9 +119,12 @@ class RateLimiter:
                     return
                 self._sleep(min(wait, _MAX_SLEEP))
         finally:
-            if urgent:
-                with self._lock:
-                    self._urgent_waiting -= 1
+            waited = time.monotonic() - started
+            with self._lock:
+                self._urgent_waiting -= urgent
+                self.waiting -= 1
+                self.waits += waited > 0.001
+                self.waited_seconds += waited
 
     def pause(self, seconds: float) -> None:
         """Make every caller of every process wait `seconds` from now (after a 429)."""

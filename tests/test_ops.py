@@ -1,0 +1,216 @@
+"""Running terrafs as operators do: mount -t terrafs / fstab options, metrics, prefetch and stats through a mount.
+
+Real parts only: the helper is linked at /sbin/mount.terrafs for the test and
+called by util-linux's mount(8); the emulator's request log is the reference
+for request counts; GDAL reads the windows.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from mounting import credentials_env, write_config
+from support import band, sha256, source_of
+from terrafs.blockcache import BlockCache
+from terrafs.control import cached_bytes
+from terrafs.files import file_key
+from terrafs.reader import RemoteFile
+
+HELPER_LINK = Path("/sbin/mount.terrafs")
+
+
+def bare_env(home: Path) -> dict[str, str]:
+    """No credentials anywhere: no TERRASCOPE_*, no netrc, an empty home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TERRASCOPE_", "TERRAFS_"))}
+    env.update(NETRC="/nonexistent", HOME=str(home))
+    home.mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def terrafs(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "terrafs", *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def daemons_of(mountpoint: Path) -> list[int]:
+    """Processes whose command line names the mount point (the forked daemon keeps the helper's)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.fsencode(mountpoint) in args:
+            found.append(int(entry.name))
+    return found
+
+
+def proc_mounts_line(mountpoint: Path) -> list[str]:
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == str(mountpoint):
+            return fields
+    return []
+
+
+@pytest.fixture
+def helper_link():
+    """/sbin/mount.terrafs -> this venv's helper, for the test's duration only."""
+    helper = Path(sys.executable).parent / "mount.terrafs"
+    assert helper.exists(), f"{helper} missing: pip install -e . makes it"
+    if HELPER_LINK.is_symlink() and "mount.terrafs" in os.readlink(HELPER_LINK):
+        HELPER_LINK.unlink()  # left by an interrupted run of this test
+    assert not HELPER_LINK.exists(), f"{HELPER_LINK} exists and is not ours; not touching it"
+    HELPER_LINK.symlink_to(helper)
+    try:
+        yield HELPER_LINK
+    finally:
+        HELPER_LINK.unlink()
+
+
+@pytest.fixture
+def unmount_later():
+    mounts: list[Path] = []
+    yield mounts.append
+    for m in mounts:
+        if os.path.ismount(m):
+            subprocess.run(["umount", "-l", str(m)], capture_output=True)
+
+
+def test_mount_t_terrafs_with_fstab_options_and_umount_ends_the_daemon(
+        emulator, emulator_data, helper_link, unmount_later, tmp_path):
+    cache = tmp_path / "cache"
+    (tmp_path / "etc").mkdir()
+    config = write_config(tmp_path / "etc" / "config.yaml", emulator.base_url, cache,
+                          auth={"username": "demo", "password": "demo"})
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    unmount_later(mnt)
+    options = f"config={config},allow_other,uid=1234,gid=2345,umask=027,_netdev,nofail,x-systemd.automount"
+    out = subprocess.run(["mount", "-t", "terrafs", "terrascope", str(mnt), "-o", options],
+                         env=bare_env(tmp_path / "home"), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"mount -t terrafs failed ({out.returncode}): {out.stderr}{out.stdout}"
+    assert os.path.ismount(mnt), "mount(8) returned before the mount was ready"
+
+    fields = proc_mounts_line(mnt)
+    assert fields[0] == "terrascope" and fields[2] == "fuse.terrafs", fields
+    assert "allow_other" in fields[3].split(","), f"allow_other not in /proc/mounts: {fields}"
+    assert not {"_netdev", "nofail"} & set(fields[3].split(",")), fields
+
+    f = next((mnt / "terrascope-s2-toc-v2/2020/01/01").rglob("*B04_10M*.tif"))
+    for path, mode in ((mnt, 0o550), (f.parent, 0o550), (f, 0o440)):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (1234, 2345), f"{path}: owner {st.st_uid}:{st.st_gid}"
+        assert stat.S_IMODE(st.st_mode) == mode, f"{path}: mode {stat.S_IMODE(st.st_mode):o}, want {mode:o}"
+    assert sha256(f) == sha256(source_of(emulator_data, f)), "bytes differ from the source"
+    url = os.getxattr(f, "user.terrafs.url").decode()
+    size = f.stat().st_size
+
+    pids = daemons_of(mnt)
+    assert len(pids) == 1, f"expected one daemon for {mnt}, found {pids}"
+    out = subprocess.run(["umount", str(mnt)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 60
+    while daemons_of(mnt) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemons_of(mnt) == [], "the daemon outlived a plain umount"
+    log = (tmp_path / "etc" / "terrafs.log").read_text()
+    assert "cache writes flushed" in log, log[-2000:]
+    with BlockCache(cache / "blocks", 2 << 30) as blocks:
+        cached = cached_bytes(blocks, RemoteFile(url, size, file_key(url, size)))
+    assert cached == size, f"after umount only {cached} of {size} bytes of the copied file are in the cache"
+
+
+def test_mount_helper_accepts_mount8_flags_and_fakes_with_f(tmp_path):
+    helper = Path(sys.executable).parent / "mount.terrafs"
+    out = subprocess.run([str(helper), "terrascope", str(tmp_path), "-s", "-n", "-f", "-v", "-o",
+                          "rw,config=/etc/terrafs/config.yaml,allow_other,_netdev,defaults"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "fsname=terrascope" in out.stdout and "allow_other" in out.stdout
+    bad = subprocess.run([str(helper), "terrascope", str(tmp_path), "-o", "uid=nosuchuser"],
+                         capture_output=True, text=True, timeout=60, env=bare_env(tmp_path / "home"))
+    assert bad.returncode == 32 and "no user named 'nosuchuser'" in bad.stderr, bad.stderr
+
+
+def test_prefetch_through_the_mount_needs_no_credentials_and_then_reads_cost_nothing(
+        emulator, mount_factory, tmp_path):
+    mount = mount_factory(emulator)
+    folder = next((mount.path / "terrascope-s2-toc-v2/2020/01/02").iterdir())
+    env = bare_env(tmp_path / "home")
+    out = terrafs("prefetch", str(folder), env=env)
+    assert out.returncode == 0, out.stderr
+    names = [p for p in folder.rglob("*") if p.is_file()]
+    assert f"prefetched {len(names)} files" in out.stdout, out.stdout
+
+    check = terrafs("prefetch", "--check", str(folder), env=env)
+    assert check.returncode == 0, check.stderr
+    shares = re.findall(r"^\s*([\d.]+)%", check.stdout, re.MULTILINE)
+    assert len(shares) == len(names) and all(s == "100.0" for s in shares), check.stdout
+
+    emulator.mark()
+    for p in names:
+        p.read_bytes()
+    assert emulator.requests("download") == [], "reads after a prefetch through the mount reached the server"
+    stats = terrafs("cache", "stats", "--config", str(mount.config), env=env)
+    assert stats.returncode == 0, stats.stderr
+    assert f"mounted:      {mount.path} (pid" in stats.stdout, stats.stdout
+    hits = int(re.search(r"\((\d+) hits", stats.stdout).group(1))
+    assert hits > 0, f"cache stats shows no hits while the mount reads from the cache:\n{stats.stdout}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, dict[tuple, float]]:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_download_requests_total_equals_the_emulators_count(emulator, mount_factory, tmp_path):
+    port = free_port()
+    mount = mount_factory(emulator, metrics={"listen": f"127.0.0.1:{port}"})
+
+    def counted() -> tuple[float, int]:
+        sent = sum(scrape(port).get("terrafs_download_requests_total", {}).values())
+        return sent, len(emulator.requests("download"))
+
+    f = band(mount, "B04_10M")
+    shutil.copyfile(f, tmp_path / "copy.tif")
+    sent, logged = counted()
+    assert logged > 0 and sent == logged, f"after a copy: metric {sent}, emulator {logged}"
+
+    bands = sorted((mount.path / "terrascope-s2-toc-v2/2020/01/01").rglob("*_10M*.tif"))[:4]
+    assert len(bands) >= 2
+    for i, b in enumerate(bands):
+        subprocess.run(["gdal_translate", "-q", "-srcwin", str(64 * i), "32", "128", "128", str(b),
+                        str(tmp_path / f"w{i}.tif")], check=True, capture_output=True, timeout=120)
+    sent, logged = counted()
+    assert sent == logged, f"after {len(bands)} windows: metric {sent}, emulator {logged}"
+
+    metrics = scrape(port)
+    assert metrics["terrafs_download_requests_total"].get((("status", "206"),), 0) > 0, metrics
+    assert metrics["terrafs_catalogue_requests_total"], "no catalogue requests counted"
+    assert "terrafs_token_renewals_total" in metrics and "terrafs_limiter_wait_seconds_total" in metrics
+    assert "terrafs_cache_hits_total" in metrics and "terrafs_cache_size_bytes" in metrics
