@@ -212,12 +212,16 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     return Daemon(tree, files, reader, [blocks, meta], blocks=blocks, downloader=downloader, limiter=limiter)
 
 
+def _libfuse_major() -> int:
+    import mfusepy
+
+    return mfusepy.fuse_version_major
+
+
 def fuse_options(options: MountOptions) -> dict:
     """What libfuse gets: read-only, named, cache timeouts on libfuse 2, and the user's FUSE options."""
     opts: dict = {"ro": True, "fsname": "terrafs", "subtype": "terrafs"}
-    import mfusepy
-
-    if mfusepy.fuse_version_major == 2:
+    if _libfuse_major() == 2:
         # libfuse 3 takes these in init (fs.py); libfuse 2 only as options.
         opts.update(kernel_cache=True, entry_timeout=3600, attr_timeout=3600)
     opts.update(options.fuse)
@@ -240,8 +244,8 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
         control = _start_control(daemon, config, mountpoint)
         metrics = _start_metrics(config, daemon, auth)
         ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready, owner=opts.ownership())
-        log.info("mounting %s (layout %s, catalogue %s, options %s)", mountpoint, config.layout,
-                 config.catalogue, options or "-")
+        log.info("mounting %s (libfuse %d, layout %s, catalogue %s, options %s)", mountpoint,
+                 _libfuse_major(), config.layout, config.catalogue, options or "-")
         FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(opts))
     finally:
         for part in (control, metrics):

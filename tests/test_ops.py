@@ -223,3 +223,85 @@ def test_download_requests_total_equals_the_emulators_count(emulator, mount_fact
     assert metrics["terrafs_catalogue_requests_total"], "no catalogue requests counted"
     assert "terrafs_limiter_wait_seconds_total" in metrics
     assert "terrafs_cache_hits_total" in metrics and "terrafs_cache_size_bytes" in metrics
+
+
+# libfuse 3 is the system's; scripts/setup unpacks libfuse 2 into .venv (see there why not system-wide).
+LIBFUSE = {3: None, 2: str(Path(sys.executable).parent.parent / "libfuse2" / "libfuse.so.2")}
+
+
+@pytest.fixture
+def public_dir():
+    """A folder other users can traverse (pytest's own tmp folders are 0700)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="terrafs-ops-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        for mnt in path.iterdir():
+            if os.path.ismount(mnt):
+                subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def as_user(uid: int, gid: int, *cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *cmd],
+                          capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("libfuse", [3, 2])
+def test_mount_options_on_both_libfuse_versions(libfuse, emulator, emulator_data, public_dir, tmp_path):
+    from mounting import credentials_env
+
+    library = LIBFUSE[libfuse]
+    assert library is None or Path(library).exists(), f"{library} missing: scripts/setup unpacks it"
+    env = credentials_env()
+    if library:
+        env["FUSE_LIBRARY_PATH"] = library
+    config = write_config(tmp_path / "config.yaml", emulator.base_url, tmp_path / "cache")
+    mnt = public_dir / "mnt"
+    mnt.mkdir()
+    out = terrafs("mount", "--config", str(config), "-o",
+                  "allow_other,default_permissions,uid=1234,gid=2345,umask=077,nofail", str(mnt), env=env)
+    assert out.returncode == 0, out.stderr
+    try:
+        assert f"libfuse {libfuse}," in (tmp_path / "terrafs.log").read_text()
+        opts = proc_mounts_line(mnt)[3].split(",")
+        assert {"allow_other", "default_permissions"} <= set(opts), opts
+        f = next((mnt / "terrascope-s2-toc-v2/2020/01/01").rglob("*B04_10M*.tif"))
+        st = f.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 2345, 0o400), st
+        assert stat.S_IMODE(f.parent.stat().st_mode) == 0o500
+        owner = as_user(1234, 2345, "sha256sum", str(f))
+        assert owner.returncode == 0, owner.stderr
+        assert owner.stdout.split()[0].decode() == sha256(source_of(emulator_data, f))
+        other = as_user(65534, 65534, "cat", str(f))
+        assert other.returncode != 0 and b"Permission denied" in other.stderr, \
+            "default_permissions with umask=077 let another user read"
+    finally:
+        assert terrafs("umount", str(mnt), env=env).returncode == 0
+    deadline = time.monotonic() + 30
+    while daemons_of(mnt) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert daemons_of(mnt) == []
+
+
+@pytest.mark.parametrize("libfuse", [3, 2])
+def test_allow_root_lets_root_in_and_keeps_others_out(libfuse, emulator, public_dir, tmp_path):
+    from mounting import credentials_env
+
+    env = credentials_env()
+    if LIBFUSE[libfuse]:
+        env["FUSE_LIBRARY_PATH"] = LIBFUSE[libfuse]
+    config = write_config(tmp_path / "config.yaml", emulator.base_url, tmp_path / "cache")
+    mnt = public_dir / "mnt"
+    mnt.mkdir()
+    out = terrafs("mount", "--config", str(config), "-o", "allow_root,uid=1234", str(mnt), env=env)
+    assert out.returncode == 0, out.stderr
+    try:
+        assert "terrascope-s2-toc-v2" in os.listdir(mnt)
+        other = as_user(1234, 1234, "ls", str(mnt))
+        assert other.returncode != 0, "allow_root let a user other than root in"
+    finally:
+        assert terrafs("umount", str(mnt), env=env).returncode == 0
