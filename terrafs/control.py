@@ -124,6 +124,8 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 
 
 class _Handler(socketserver.StreamRequestHandler):
+    timeout = 60.0  # a client that neither asks nor reads for this long is dropped
+
     def handle(self) -> None:
         pid, uid, _gid = _UCRED.unpack(self.request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
         if uid not in (0, os.getuid()):

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mounting import write_config
 from support import sha256, source_of
 from terrafs.blockcache import BlockCache
-from terrafs.control import cached_bytes
+from terrafs.control import cached_bytes, socket_path
 from terrafs.files import file_key
 from terrafs.reader import RemoteFile
 
@@ -128,6 +128,7 @@ def test_mount_t_terrafs_with_fstab_options_and_umount_ends_the_daemon(
     while daemons_of(mnt) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert daemons_of(mnt) == [], "the daemon outlived a plain umount"
+    assert not socket_path(mnt).exists(), "the daemon left its control socket behind"
     log = (tmp_path / "etc" / "terrafs.log").read_text()
     assert "cache writes flushed" in log, log[-2000:]
     with BlockCache(cache / "blocks", 2 << 30) as blocks:
@@ -150,6 +151,10 @@ def test_mount_helper_accepts_mount8_flags_and_fakes_with_f(tmp_path):
 def test_prefetch_through_the_mount_needs_no_credentials_and_then_reads_cost_nothing(
         emulator, mount_factory, tmp_path):
     mount = mount_factory(emulator)
+    sock = socket_path(mount.path)
+    for path, mode in ((sock.parent, 0o700), (sock, 0o600)):
+        st = path.lstat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (os.getuid(), mode), f"{path}: {st}"
     folder = next((mount.path / "terrascope-s2-toc-v2/2020/01/02").iterdir())
     env = bare_env(tmp_path / "home")
     out = terrafs("prefetch", str(folder), env=env)
