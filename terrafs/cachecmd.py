@@ -152,9 +152,9 @@ def _mounted_files(paths: list[str]):
 
 def _prefetch_here(args, paths: list[str], load) -> int:
     """No daemon answers for these paths (another user's mount, or an older terrafs): fetch in this process."""
-    from terrafs.files import file_key
+    # RemoteFile and Reader through files/mount, which name the read path's module (it moves to terrafs.read).
+    from terrafs.files import RemoteFile, file_key
     from terrafs.fs import XATTR_PREFIX
-    from terrafs.reader import RemoteFile
 
     config = load(args)
     files = []
@@ -186,8 +186,7 @@ def _check_here(config, files: list) -> int:
 
 def _fetch_here(config, files: list) -> int:
     from terrafs.http import Downloader
-    from terrafs.mount import check_auth, make_auth, make_limiter, open_block_cache
-    from terrafs.reader import Reader
+    from terrafs.mount import Reader, check_auth, make_auth, make_limiter, open_block_cache
 
     total = sum(f.size for _, f in files)
     auth = make_auth(config)

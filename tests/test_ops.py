@@ -24,8 +24,7 @@ from mounting import write_config
 from support import sha256, source_of
 from terrafs.blockcache import BlockCache
 from terrafs.control import cached_bytes, socket_path
-from terrafs.files import file_key
-from terrafs.reader import RemoteFile
+from terrafs.files import RemoteFile, file_key  # files names the read path's module, wherever it lives
 
 HELPER_LINK = Path("/sbin/mount.terrafs")
 
