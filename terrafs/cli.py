@@ -284,7 +284,8 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mount", help="mount the archive")
     common(m)
     m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr")
-    m.add_argument("-o", dest="options", help="FUSE options, comma separated (e.g. allow_other)")
+    m.add_argument("-o", dest="options", help="mount options, comma separated (allow_other, uid=, gid=, umask=, "
+                   "default_permissions, config=, layout=; see the README)")
     m.add_argument("--layout", choices=("default", "platform"), help="default: collection/YYYY/MM/DD; platform: /data paths")
     m.add_argument("--catalogue", choices=("stac", "opensearch"), help="which catalogue to use")
     m.add_argument("mountpoint")

@@ -44,6 +44,22 @@ class StatusCounts:
 CATALOGUE_RESPONSES = StatusCounts()
 
 
+def _guarded(empty: Any):
+    """A figure whose part fails is left out of this scrape (logged), not the whole scrape."""
+
+    def wrap(method):
+        def call(self: "Figures") -> Any:
+            try:
+                return method(self)
+            except Exception:
+                log.exception("metrics: %s failed", method.__name__)
+                return empty
+
+        return call
+
+    return wrap
+
+
 class Figures:
     """Plain numbers from the daemon's parts; each guarded, so that a part without a counter is skipped."""
 
@@ -51,6 +67,7 @@ class Figures:
         self.daemon = daemon
         self.auth = auth
 
+    @_guarded({})
     def downloads(self) -> dict[str, int]:
         """Download requests by status; 'none' for those that got no response (connection failures)."""
         dl = getattr(self.daemon, "downloader", None)
@@ -60,18 +77,22 @@ class Figures:
             by_status["none"] = unanswered
         return by_status
 
+    @_guarded({})
     def reader(self) -> dict[str, Any]:
         stats = getattr(self.daemon.reader, "stats", None)  # Reader.stats() comes with the read path v2
         return stats() if callable(stats) else {}
 
+    @_guarded({})
     def cache(self) -> dict[str, Any]:
         blocks = getattr(self.daemon, "blocks", None)
         return blocks.stats() if blocks is not None else {}
 
+    @_guarded({})
     def limiter(self) -> dict[str, float]:
         lim = getattr(self.daemon, "limiter", None)
         return {k: getattr(lim, k) for k in ("waited_seconds", "waits", "waiting") if hasattr(lim, k)}
 
+    @_guarded(None)
     def renewals(self) -> int | None:
         manager = getattr(self.auth, "manager", None)
         return getattr(manager, "renewals", None)
@@ -92,8 +113,8 @@ def _families(f: Figures) -> Iterator[Any]:
     if "bytes_from_network" in reader:
         yield CounterMetricFamily("terrafs_download_bytes", "Bytes received from the download service",
                                   value=reader["bytes_from_network"])
-        served = CounterMetricFamily("terrafs_served_bytes", "Bytes served to programs, by source",
-                                     labels=["source"])
+        served = CounterMetricFamily("terrafs_served_bytes", "Bytes the reader took for reads and prefetches, "
+                                     "by source: the disk cache or the network", labels=["source"])
         served.add_metric(["cache"], reader.get("bytes_from_cache", 0))
         served.add_metric(["network"], reader["bytes_from_network"])
         yield served

@@ -105,26 +105,27 @@ class RateLimiter:
         """Block until one request may be sent now, and record it as sent."""
         if not self.windows:
             return
-        started = time.monotonic()
+        started, slept = time.monotonic(), False
         with self._lock:
             self._urgent_waiting += urgent
             self.waiting += 1
         try:
             while True:
                 if not urgent and self._urgent_waiting > 0:
+                    slept = True
                     self._sleep(_YIELD_TO_URGENT)
                     continue
                 wait = self._try_take(urgent)
                 if wait <= 0:
                     return
+                slept = True
                 self._sleep(min(wait, _MAX_SLEEP))
         finally:
-            waited = time.monotonic() - started
             with self._lock:
                 self._urgent_waiting -= urgent
                 self.waiting -= 1
-                self.waits += waited > 0.001
-                self.waited_seconds += waited
+                self.waits += slept
+                self.waited_seconds += (time.monotonic() - started) if slept else 0.0
 
     def pause(self, seconds: float) -> None:
         """Make every caller of every process wait `seconds` from now (after a 429)."""
