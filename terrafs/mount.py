@@ -246,13 +246,18 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
         ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready, owner=opts.ownership())
         log.info("mounting %s (libfuse %d, layout %s, catalogue %s, options %s)", mountpoint,
                  _libfuse_major(), config.layout, config.catalogue, options or "-")
-        FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(opts))
+        try:
+            FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(opts))
+        except RuntimeError as exc:  # mfusepy's way of saying fuse_main failed; libfuse logged why
+            given = ",".join(k if v is True else f"{k}={v}" for k, v in opts.fuse.items()) or "none"
+            raise TerrafsError(f"libfuse could not mount {mountpoint} (code {exc}); an option it does not "
+                               f"know? FUSE options given: {given}; see {config.log_file}") from None
     finally:
         for part in (control, metrics):
             if part is not None:
                 part.stop()
         daemon.close()
-        log.info("unmounted %s; cache writes flushed", mountpoint)
+        log.info("stopped serving %s; cache writes flushed", mountpoint)
 
 
 def _start_control(daemon: Daemon, config: Config, mountpoint: Path):

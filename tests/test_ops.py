@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mounting import write_config
 from support import sha256, source_of
 from terrafs.blockcache import BlockCache
-from terrafs.control import cached_bytes, socket_path
+from terrafs.control import ask, cached_bytes, socket_path
 from terrafs.files import RemoteFile, file_key  # files names the read path's module, wherever it lives
 
 HELPER_LINK = Path("/sbin/mount.terrafs")
@@ -129,7 +129,7 @@ def test_mount_t_terrafs_with_fstab_options_and_umount_ends_the_daemon(
     assert daemons_of(mnt) == [], "the daemon outlived a plain umount"
     assert not socket_path(mnt).exists(), "the daemon left its control socket behind"
     log = (tmp_path / "etc" / "terrafs.log").read_text()
-    assert "cache writes flushed" in log, log[-2000:]
+    assert "stopped serving" in log and "cache writes flushed" in log, log[-2000:]
     with BlockCache(cache / "blocks", 2 << 30) as blocks:
         cached = cached_bytes(blocks, RemoteFile(url, size, file_key(url, size)))
     assert cached == size, f"after umount only {cached} of {size} bytes of the copied file are in the cache"
@@ -161,6 +161,13 @@ def test_prefetch_through_the_mount_needs_no_credentials_and_then_reads_cost_not
     names = [p for p in folder.rglob("*") if p.is_file()]
     assert f"prefetched {len(names)} files" in out.stdout, out.stdout
 
+    other = next((mount.path / "terrascope-s2-toc-v2/2020/01/01").iterdir())
+    events = list(ask(sock, {"op": "prefetch", "paths": ["/" + str(other.relative_to(mount.path))]}))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "progress" in kinds, kinds
+    progress = [e["done"] for e in events if e["event"] == "progress"]
+    assert progress == sorted(progress) and progress[-1] == events[0]["bytes"] > 0, progress
+
     check = terrafs("prefetch", "--check", str(folder), env=env)
     assert check.returncode == 0, check.stderr
     shares = re.findall(r"^\s*([\d.]+)%", check.stdout, re.MULTILINE)
@@ -175,6 +182,20 @@ def test_prefetch_through_the_mount_needs_no_credentials_and_then_reads_cost_not
     assert f"mounted:      {mount.path} (pid" in stats.stdout, stats.stdout
     hits = int(re.search(r"\((\d+) hits", stats.stdout).group(1))
     assert hits > 0, f"cache stats shows no hits while the mount reads from the cache:\n{stats.stdout}"
+
+
+def test_bad_control_requests_get_an_error_and_the_mount_stays_up(emulator, mount_factory):
+    import json
+
+    mount = mount_factory(emulator)
+    for raw in (b"not json\n", b'{"op": "format_disk"}\n', b'{"op": "prefetch", "paths": "/"}\n', b"[1]\n"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(socket_path(mount.path)))
+            s.sendall(raw)
+            answer = json.loads(s.makefile("rb").readline())
+        assert answer["event"] == "error" and answer["message"], (raw, answer)
+    assert "terrascope-s2-toc-v2" in os.listdir(mount.path)
 
 
 def free_port() -> int:
@@ -289,6 +310,19 @@ def test_mount_options_on_both_libfuse_versions(libfuse, emulator, emulator_data
     while daemons_of(mnt) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert daemons_of(mnt) == []
+
+
+def test_an_option_libfuse_does_not_know_is_one_clear_line(emulator, tmp_path):
+    from mounting import credentials_env
+
+    config = write_config(tmp_path / "config.yaml", emulator.base_url, tmp_path / "cache")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    out = terrafs("mount", "--config", str(config), "-o", "allow_other,bogus_option", str(mnt), env=credentials_env())
+    assert out.returncode == 1 and not os.path.ismount(mnt)
+    assert "libfuse could not mount" in out.stderr and "bogus_option" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert "fuse: unknown option" in (tmp_path / "terrafs.log").read_text()
 
 
 @pytest.mark.parametrize("libfuse", [3, 2])
