@@ -145,9 +145,9 @@ class Downloader:
         # Identity: a compressed body would make byte offsets meaningless.
         self.session.headers.update({"Accept-Encoding": "identity",
                                      "User-Agent": f"terrafs/{__version__}"})
+        self.statuses: Counter[str] = Counter()  # responses by status, for metrics (metrics.py)
         self._count_lock = threading.Lock()
         self.requests_made = 0
-        self.statuses: Counter[str] = Counter()  # responses by status, for metrics (metrics.py)
         if getattr(auth, "before_resend", "absent") is None:
             # A 401 resend by BearerAuth is a request too: it passes the limiter and counts.
             auth.before_resend = self._before_resend  # type: ignore[union-attr]

@@ -89,7 +89,7 @@ class Figures:
 
     @_guarded({})
     def limiter(self) -> dict[str, float]:
-        lim = getattr(self.daemon, "limiter", None)
+        lim = getattr(getattr(self.daemon, "downloader", None), "limiter", None)
         return {k: getattr(lim, k) for k in ("waited_seconds", "waits", "waiting") if hasattr(lim, k)}
 
     @_guarded(None)

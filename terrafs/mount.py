@@ -26,8 +26,6 @@ from terrafs.config import Config
 from terrafs.errors import AuthError, CatalogueError, TerrafsError
 from terrafs.files import Files
 from terrafs.http import Downloader
-from terrafs.metrics import CATALOGUE_RESPONSES
-from terrafs.options import MountOptions, parse_options
 from terrafs.ratelimit import RateLimiter
 from terrafs.reader import Reader
 from terrafs.tree import ListingStore, Tree
@@ -51,6 +49,8 @@ def catalogue_session() -> requests.Session:
     session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
     session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
     session.headers["User-Agent"] = USER_AGENT
+    from terrafs.metrics import CATALOGUE_RESPONSES
+
     session.hooks["response"].append(CATALOGUE_RESPONSES.hook)  # counted for metrics
     return session
 
@@ -132,8 +132,7 @@ class Daemon:
     reader: Reader
     caches: list
     blocks: BlockCache | None = None  # for metrics, cache stats and prefetch --check
-    downloader: Downloader | None = None
-    limiter: RateLimiter | None = None
+    downloader: Downloader | None = None  # for metrics (its and its limiter's counters)
 
     def close(self) -> None:
         self.reader.close()
@@ -197,8 +196,7 @@ def selection_of(config: Config) -> dict[str, Filter] | None:
 
 def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     config.cache_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    limiter = make_limiter(config)
-    downloader = Downloader(auth, limiter)
+    downloader = Downloader(auth, make_limiter(config))
     blocks = open_block_cache(config)
     meta = open_meta_cache(config)
     # Blocks waiting for their cache write (and the spool's reserved space) never
@@ -209,23 +207,29 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     store = listing_store(config, meta)
     tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler)
     files = Files(downloader, reader, meta)
-    return Daemon(tree, files, reader, [blocks, meta], blocks=blocks, downloader=downloader, limiter=limiter)
+    return Daemon(tree, files, reader, [blocks, meta], blocks=blocks, downloader=downloader)
+
+
+def fuse_options(extra: str | None) -> dict:
+    opts: dict = {"ro": True, "fsname": "terrafs", "subtype": "terrafs"}
+    import mfusepy
+
+    if mfusepy.fuse_version_major == 2:
+        # libfuse 3 takes these in init (fs.py); libfuse 2 only as options.
+        opts.update(kernel_cache=True, entry_timeout=3600, attr_timeout=3600)
+    for item in (extra or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        opts[key] = value if value else True
+    return opts
 
 
 def _libfuse_major() -> int:
     import mfusepy
 
     return mfusepy.fuse_version_major
-
-
-def fuse_options(options: MountOptions) -> dict:
-    """What libfuse gets: read-only, named, cache timeouts on libfuse 2, and the user's FUSE options."""
-    opts: dict = {"ro": True, "fsname": "terrafs", "subtype": "terrafs"}
-    if _libfuse_major() == 2:
-        # libfuse 3 takes these in init (fs.py); libfuse 2 only as options.
-        opts.update(kernel_cache=True, entry_timeout=3600, attr_timeout=3600)
-    opts.update(options.fuse)
-    return opts
 
 
 def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, options: str | None = None,
@@ -236,8 +240,9 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
     and everything after it below runs either way.
     """
     from terrafs.fs import FUSE, TerraFS
+    from terrafs.options import parse_options
 
-    opts = parse_options(options)
+    opts = parse_options(options)  # only its FUSE options reach libfuse (uid=, _netdev, config= ... do not)
     daemon = build(config, auth)
     control = metrics = None
     try:
@@ -247,9 +252,9 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
         log.info("mounting %s (libfuse %d, layout %s, catalogue %s, options %s)", mountpoint,
                  _libfuse_major(), config.layout, config.catalogue, options or "-")
         try:
-            FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(opts))
+            FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(opts.fuse_text()))
         except RuntimeError as exc:  # mfusepy's way of saying fuse_main failed; libfuse logged why
-            given = ",".join(k if v is True else f"{k}={v}" for k, v in opts.fuse.items()) or "none"
+            given = opts.fuse_text() or "none"
             raise TerrafsError(f"libfuse could not mount {mountpoint} (code {exc}); an option it does not "
                                f"know? FUSE options given: {given}; see {config.log_file}") from None
     finally:

@@ -50,6 +50,10 @@ class MountOptions:
     layout: str | None = None
     ignored: tuple[str, ...] = ()  # mount(8)/systemd options, accepted and not passed on
 
+    def fuse_text(self) -> str:
+        """The options for libfuse, as a list again."""
+        return ",".join(k if v is True else f"{k}={v}" for k, v in self.fuse.items())
+
     def ownership(self) -> Ownership:
         """Owner and modes: the caller's by default; umask only takes bits away (the mount is read-only)."""
         mask = self.umask or 0
