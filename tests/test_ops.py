@@ -67,17 +67,27 @@ def proc_mounts_line(mountpoint: Path) -> list[str]:
 
 @pytest.fixture
 def helper_link():
-    """/sbin/mount.terrafs -> this venv's helper, for the test's duration only."""
+    """/sbin/mount.terrafs -> this venv's helper, for the test's duration only.
+
+    Test sessions of other checkouts on the machine may want the same path:
+    they take turns under a lock, and a link left by a killed session (to
+    some mount.terrafs) is replaced; anything else there is not ours to touch.
+    """
+    import fcntl
+
     helper = Path(sys.executable).parent / "mount.terrafs"
     assert helper.exists(), f"{helper} missing: pip install -e . makes it"
-    if HELPER_LINK.is_symlink() and "mount.terrafs" in os.readlink(HELPER_LINK):
-        HELPER_LINK.unlink()  # left by an interrupted run of this test
-    assert not HELPER_LINK.exists(), f"{HELPER_LINK} exists and is not ours; not touching it"
-    HELPER_LINK.symlink_to(helper)
-    try:
-        yield HELPER_LINK
-    finally:
-        HELPER_LINK.unlink()
+    fd = os.open("/tmp/terrafs-mount-helper-test.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if HELPER_LINK.is_symlink() and os.readlink(HELPER_LINK).endswith("/mount.terrafs"):
+            HELPER_LINK.unlink()
+        assert not HELPER_LINK.exists(), f"{HELPER_LINK} exists and is not a test's link; not touching it"
+        HELPER_LINK.symlink_to(helper)
+        try:
+            yield HELPER_LINK
+        finally:
+            HELPER_LINK.unlink()
 
 
 @pytest.fixture
