@@ -98,7 +98,8 @@ def cmd_prefetch(args, load) -> int:
         if sock is None:
             local.append(real)
         else:
-            by_daemon.setdefault(sock, []).append("/" + os.path.relpath(real, root).removeprefix("."))
+            rel = os.path.relpath(real, root)
+            by_daemon.setdefault(sock, []).append("/" if rel == "." else "/" + rel)
     code = 0
     for sock, paths in by_daemon.items():
         code = max(code, _prefetch_through(sock, paths, args.check))
