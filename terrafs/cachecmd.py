@@ -86,7 +86,7 @@ def cmd_prefetch(args, load) -> int:
     """Through each path's mount daemon where one answers; else in this process with our own credentials."""
     from terrafs.control import daemon_socket, mount_root
 
-    by_daemon: dict[Path, list[str]] = {}
+    by_daemon: dict[tuple[Path, Path], list[str]] = {}  # (socket, mount point) -> paths in the mount
     local: list[str] = []
     for p in args.paths:
         real = os.path.realpath(p)
@@ -99,20 +99,21 @@ def cmd_prefetch(args, load) -> int:
             local.append(real)
         else:
             rel = os.path.relpath(real, root)
-            by_daemon.setdefault(sock, []).append("/" if rel == "." else "/" + rel)
+            by_daemon.setdefault((sock, root), []).append("/" if rel == "." else "/" + rel)
     code = 0
-    for sock, paths in by_daemon.items():
-        code = max(code, _prefetch_through(sock, paths, args.check))
+    for (sock, root), paths in by_daemon.items():
+        code = max(code, _prefetch_through(sock, root, paths, args.check))
     if local:
         code = max(code, _prefetch_here(args, local, load))
     return code
 
 
-def _prefetch_through(sock: Path, paths: list[str], check: bool) -> int:
+def _prefetch_through(sock: Path, root: Path, paths: list[str], check: bool) -> int:
     from terrafs.control import ask
 
     bar: _Progress | None = None
     failed = 0
+    finished = False
     try:
         for event in ask(sock, {"op": "prefetch", "paths": paths, "check": check}, timeout=None):
             kind = event.get("event")
@@ -121,16 +122,21 @@ def _prefetch_through(sock: Path, paths: list[str], check: bool) -> int:
             elif kind == "progress" and bar is not None:
                 bar.set(event["done"])
             elif kind == "check":
-                _print_check(event["path"], event["size"], event["cached"])
+                _print_check(str(root) + event["path"], event["size"], event["cached"])
             elif kind == "error":
                 failed += 1
-                print(f"\nterrafs: {event.get('path')}: {event.get('message')}", file=sys.stderr)
-            elif kind == "done" and not check:
+                print(f"\nterrafs: {root}{event.get('path')}: {event.get('message')}", file=sys.stderr)
+            elif kind == "done":
+                finished = True
                 if bar is not None:
                     bar.finish()
-                print(f"prefetched {event['files']} files, {_human(event['bytes'])}")
+                if not check:
+                    print(f"prefetched {event['files']} files, {_human(event['bytes'])}")
     except OSError as exc:
-        print(f"terrafs: the mount's daemon stopped answering ({exc})", file=sys.stderr)
+        print(f"terrafs: the daemon of {root} stopped answering ({exc})", file=sys.stderr)
+        return EXIT_ERROR
+    if not finished:
+        print(f"terrafs: the daemon of {root} stopped before the prefetch was done; see its log", file=sys.stderr)
         return EXIT_ERROR
     return EXIT_ERROR if failed else 0
 

@@ -208,6 +208,18 @@ def test_bad_control_requests_get_an_error_and_the_mount_stays_up(emulator, moun
     assert "terrascope-s2-toc-v2" in os.listdir(mount.path)
 
 
+def test_prefetch_says_so_when_the_daemon_dies_midway(emulator, mount_factory, tmp_path):
+    mount = mount_factory(emulator)
+    folder = next((mount.path / "terrascope-s2-toc-v2/2020/01/02").iterdir())
+    emulator.set(bandwidth=100_000)  # the folder's ~3 MB take half a minute
+    proc = subprocess.Popen([sys.executable, "-m", "terrafs", "prefetch", str(folder)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=bare_env(tmp_path / "home"))
+    time.sleep(2)
+    mount.kill9()
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "stopped" in err, err
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
