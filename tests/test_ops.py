@@ -208,7 +208,9 @@ def test_bad_control_requests_get_an_error_and_the_mount_stays_up(emulator, moun
     assert "terrascope-s2-toc-v2" in os.listdir(mount.path)
 
 
-def test_prefetch_says_so_when_the_daemon_dies_midway(emulator, mount_factory, tmp_path):
+def test_prefetch_says_so_when_the_daemon_dies_midway(emulator_factory, mount_factory, tmp_path):
+    # An emulator of its own: the killed daemon's slow response ends (and is logged) after this test.
+    emulator = emulator_factory()
     mount = mount_factory(emulator)
     folder = next((mount.path / "terrascope-s2-toc-v2/2020/01/02").iterdir())
     emulator.set(bandwidth=100_000)  # the folder's ~3 MB take half a minute
@@ -242,8 +244,15 @@ def test_download_requests_total_equals_the_emulators_count(emulator, mount_fact
     emulator.set(error_rate=0.2)  # retries must be counted too
 
     def counted() -> tuple[float, int]:
-        sent = sum(scrape(port).get("terrafs_download_requests_total", {}).values())
-        return sent, len(emulator.requests("download"))
+        """(metric, emulator's count), once they agree or after 10 s: the emulator logs a
+        request when its body is sent, the daemon counts it when it is sent."""
+        deadline = time.monotonic() + 10
+        while True:
+            sent = sum(scrape(port).get("terrafs_download_requests_total", {}).values())
+            logged = len(emulator.requests("download"))
+            if sent == logged or time.monotonic() > deadline:
+                return sent, logged
+            time.sleep(0.2)
 
     product = next((mount.path / "terrascope-s2-toc-v2/2020/01/02").iterdir())
     shutil.copytree(product, tmp_path / "copy")
