@@ -93,7 +93,11 @@ def _check_mountpoint(path: Path) -> None:
 
 def cmd_mount(args) -> int:
     from terrafs.mount import check_auth, check_catalogue, make_auth, run
+    from terrafs.options import parse_options
 
+    opts = parse_options(args.options)  # a bad option stops here, before anything else
+    args.config = args.config or opts.config  # -o config=, layout= as mount(8) and fstab give them
+    args.layout = args.layout or opts.layout
     config = _load(args, layout=args.layout, catalogue=args.catalogue)
     mountpoint = Path(args.mountpoint).expanduser().resolve()
     _check_mountpoint(mountpoint)
@@ -235,103 +239,16 @@ def cmd_login(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from terrafs.mount import open_block_cache, open_meta_cache
+    from terrafs.cachecmd import cmd_cache as run_cache
 
-    config = _load(args)
-    blocks = open_block_cache(config)
-    meta = open_meta_cache(config)
-    try:
-        if args.action == "clear":
-            blocks.clear()
-            meta.clear()
-            print(f"cache cleared: {config.cache_dir}")
-            return 0
-        s = blocks.stats()
-        print(f"cache folder: {config.cache_dir}")
-        print(f"size:         {_human(s['size'])} of {_human(config.cache_size)}")
-        print(f"blocks:       {s['entries']}")
-        print(f"hit rate:     {s['hit_rate'] * 100:.1f}% ({s['hits']} hits, {s['misses']} misses)")
-        print(f"listings:     {len(meta)} entries")
-        return 0
-    finally:
-        blocks.close()
-        meta.close()
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return str(n)
-
-
-def _mounted_files(paths: list[str]):
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            for dirpath, _dirs, names in os.walk(path):
-                for name in sorted(names):
-                    yield Path(dirpath) / name
-        else:
-            yield path
+    return run_cache(args, _load)
 
 
 def cmd_prefetch(args) -> int:
-    from terrafs.files import file_key
-    from terrafs.fs import XATTR_PREFIX
-    from terrafs.mount import check_auth, make_auth, make_downloader, open_block_cache
-    from terrafs.read import Reader, RemoteFile
+    from terrafs.cachecmd import cmd_prefetch as run_prefetch
 
-    config = _load(args)
-    setup_logging(_level(args, config))
-    files = []
-    for path in _mounted_files(args.paths):
-        try:
-            url = os.getxattr(path, XATTR_PREFIX + "url").decode()
-        except OSError:
-            print(f"terrafs: {path} is not a file of a terrafs mount", file=sys.stderr)
-            return EXIT_ERROR
-        size = path.stat().st_size
-        files.append((path, RemoteFile(url=url, size=size, key=file_key(url, size))))
-    total = sum(f.size for _, f in files)
-    auth = make_auth(config)
-    check_auth(auth, config)
-    blocks = open_block_cache(config)
-    reader = Reader(make_downloader(config, auth), blocks, block_size=config.block_size)
-    done = 0
-    bar = _Progress(total)
-    try:
-        for path, remote in files:
-            reader.prefetch(remote, progress=lambda n: bar.add(n))
-            done += 1
-    finally:
-        bar.finish()
-        reader.close()
-        blocks.close()
-    print(f"prefetched {done} files, {_human(total)}")
-    return 0
-
-
-class _Progress:
-    def __init__(self, total: int):
-        self.total = max(total, 1)
-        self.done = 0
-        self.start = time.monotonic()
-        self.tty = sys.stderr.isatty()
-
-    def add(self, n: int) -> None:
-        self.done += n
-        if self.tty:
-            frac = min(self.done / self.total, 1.0)
-            rate = self.done / max(time.monotonic() - self.start, 1e-6)
-            bar = "#" * int(frac * 30)
-            sys.stderr.write(f"\r[{bar:<30}] {frac * 100:5.1f}% {_human(self.done)} {_human(rate)}/s")
-            sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
+    setup_logging(_level(args))
+    return run_prefetch(args, _load)
 
 
 def cmd_resolve(args) -> int:
@@ -371,7 +288,8 @@ def parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mount", help="mount the archive")
     common(m)
     m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground, log to stderr")
-    m.add_argument("-o", dest="options", help="FUSE options, comma separated (e.g. allow_other)")
+    m.add_argument("-o", dest="options", help="mount options, comma separated (allow_other, uid=, gid=, umask=, "
+                   "default_permissions, config=, layout=; see the README)")
     m.add_argument("--layout", choices=("default", "platform"), help="default: collection/YYYY/MM/DD; platform: /data paths")
     m.add_argument("--catalogue", choices=("stac", "opensearch"), help="which catalogue to use")
     m.add_argument("mountpoint")
@@ -388,6 +306,7 @@ def parser() -> argparse.ArgumentParser:
 
     pf = sub.add_parser("prefetch", help="warm the cache for files or folders of a mount")
     common(pf)
+    pf.add_argument("--check", action="store_true", help="report what is cached, fetch nothing")
     pf.add_argument("paths", nargs="+")
 
     r = sub.add_parser("resolve", help="where a platform path or file:// URL is under a mount")

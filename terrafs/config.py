@@ -64,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "layout": "default",
     "collections": None,
     "log": {"level": "INFO", "file": "~/.cache/terrafs/terrafs.log"},
+    "metrics": {"listen": None},  # HOST:PORT serves Prometheus text at /metrics (metrics.py)
 }
 
 
@@ -104,6 +105,7 @@ class Config:
     log_level: str
     log_file: Path
     source: Path | None  # the file read, for messages
+    metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
 
 
 # ---- loading -------------------------------------------------------------------
@@ -295,6 +297,7 @@ def _build(
         log_level=logv["level"],
         log_file=_expand(logv["file"], home),
         source=source,
+        metrics_listen=v["metrics"]["listen"],
     )
 
 

@@ -127,6 +127,18 @@ def check_level(v: Any) -> str:
     return v.upper()
 
 
+def _listen(v: Any) -> str | None:
+    from terrafs.metrics import split_listen
+
+    if v is None:
+        return None
+    try:
+        split_listen(str(v))
+    except ValueError:
+        raise BadValue(f"must be HOST:PORT (like 127.0.0.1:9567), not {v!r}") from None
+    return str(v)
+
+
 SCHEMA: dict[str, Any] = {
     "catalogue": _choice("stac", "opensearch"),
     "endpoints": {"stac": _url, "opensearch": _url, "token": _url},
@@ -142,6 +154,7 @@ SCHEMA: dict[str, Any] = {
     "layout": _choice("default", "platform"),
     "collections": "collections",
     "log": {"level": check_level, "file": _path},
+    "metrics": {"listen": _listen},
 }
 _WINDOW_KEYS = ("requests", "seconds")
 _SELECTION_KEYS = ("id", "bbox", "start", "end", "cloud_cover", "tile_ids")

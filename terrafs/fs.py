@@ -17,6 +17,7 @@ import mfusepy as fuse
 
 from terrafs.errors import AuthError, TerrafsError
 from terrafs.files import Files
+from terrafs.options import Ownership
 from terrafs.tree import DirNode, FileNode, NotFound, Tree
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,19 @@ def _ns(seconds: float) -> int:
 class TerraFS(fuse.Operations):
     use_ns = True
 
-    def __init__(self, tree: Tree, files: Files, *, on_ready=None):
+    def __init__(self, tree: Tree, files: Files, *, on_ready=None, owner: Ownership | None = None):
         self.tree = tree
         self.files = files
         self._on_ready = on_ready
         self._handles: dict[int, object] = {}
         self._next_fh = count(1)
         self._lock = threading.Lock()
-        self._uid = os.getuid()
-        self._gid = os.getgid()
+        # uid=, gid=, umask= are applied here rather than by libfuse: libfuse 2
+        # and 3 parse them differently (and 3 only in its high-level options).
+        owner = owner or Ownership(os.getuid(), os.getgid())
+        self._uid, self._gid = owner.uid, owner.gid
+        self._dir_mode = stat.S_IFDIR | owner.dir_mode
+        self._file_mode = stat.S_IFREG | owner.file_mode
 
     # ---- life cycle --------------------------------------------------
     def init_with_config(self, conn_info, config_3) -> None:
@@ -98,7 +103,7 @@ class TerraFS(fuse.Operations):
         node = self.tree.lookup(path)
         if isinstance(node, DirNode):
             return {
-                "st_mode": stat.S_IFDIR | 0o555,
+                "st_mode": self._dir_mode,
                 "st_nlink": 2,
                 "st_uid": self._uid,
                 "st_gid": self._gid,
@@ -108,7 +113,7 @@ class TerraFS(fuse.Operations):
             }
         size = self.files.size(node)
         return {
-            "st_mode": stat.S_IFREG | 0o444,
+            "st_mode": self._file_mode,
             "st_nlink": 1,
             "st_size": size,
             "st_blocks": (size + 511) // 512,

@@ -19,6 +19,7 @@ import random
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -150,17 +151,17 @@ class Downloader:
         # max_retries=0: no urllib3 Retry. We run the retry loop ourselves so that
         # every attempt passes the shared rate limiter and a 429 pauses all processes.
         adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        for prefix in ("http://", "https://"):
+            self.session.mount(prefix, adapter)
         # Identity: a compressed body would make byte offsets meaningless.
         self.session.headers.update({"Accept-Encoding": "identity",
                                      "User-Agent": f"terrafs/{__version__}"})
+        self.statuses: Counter[str] = Counter()  # responses by status, for metrics (metrics.py)
         self._count_lock = threading.Lock()
         self.requests_made = 0
 
     def __repr__(self) -> str:
         return f"Downloader(auth={self.auth!r}, limiter={self.limiter!r})"
-
     def close(self) -> None:
         self.session.close()
 
@@ -318,6 +319,8 @@ class Downloader:
             t0 = time.monotonic()
             response = self.session.request(method, target, headers=headers, auth=auth,
                                             allow_redirects=False, stream=True, timeout=self.timeout)
+            with self._count_lock:  # a 401 that auth resent is in history
+                self.statuses.update(str(r.status_code) for r in (*response.history, response))
             log.debug("%s %s range=%s -> %d in %.3f s", method, redact_url(target),
                       headers.get("Range", "-"), response.status_code, time.monotonic() - t0)
             if not response.is_redirect:

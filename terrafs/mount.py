@@ -25,7 +25,7 @@ from terrafs.catalogue import Catalogue, Filter
 from terrafs.catalogue.opensearch import OpenSearchCatalogue
 from terrafs.catalogue.stac import StacCatalogue
 from terrafs.config import Config
-from terrafs.errors import AuthError, CatalogueError
+from terrafs.errors import AuthError, CatalogueError, TerrafsError
 from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.listings import ListingStore, NoPickleDisk
@@ -66,6 +66,9 @@ def catalogue_session() -> requests.Session:
     session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
     session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
     session.headers["User-Agent"] = USER_AGENT
+    from terrafs.metrics import CATALOGUE_RESPONSES
+
+    session.hooks["response"].append(CATALOGUE_RESPONSES.hook)  # counted for metrics
     return session
 
 
@@ -162,6 +165,8 @@ class Daemon:
     files: Files
     reader: Reader
     caches: list
+    blocks: BlockCache | None = None  # for metrics, cache stats and prefetch --check
+    downloader: Downloader | None = None  # for metrics (its and its limiter's counters)
 
     def close(self) -> None:
         self.reader.close()
@@ -259,7 +264,7 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     store = listing_store(config, meta)
     tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler)
     files = Files(downloader, reader, meta)
-    return Daemon(tree, files, reader, [blocks, meta])
+    return Daemon(tree, files, reader, [blocks, meta], blocks=blocks, downloader=downloader)
 
 
 def fuse_options(extra: str | None) -> dict:
@@ -279,16 +284,63 @@ def fuse_options(extra: str | None) -> dict:
     return opts
 
 
+def _libfuse_major() -> int:
+    import mfusepy
+
+    return mfusepy.fuse_version_major
+
+
 def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, options: str | None = None,
         on_ready: Callable[[], None] | None = None) -> None:
-    """Mounts and serves until unmounted (blocks)."""
-    from terrafs.fs import FUSE, TerraFS
+    """Mounts and serves until unmounted (blocks); the cache's pending writes are on disk when it returns.
 
+    A plain umount (or fusermount -u) ends libfuse's loop like a SIGTERM does,
+    and everything after it below runs either way.
+    """
+    from terrafs.fs import FUSE, TerraFS
+    from terrafs.options import parse_options
+
+    opts = parse_options(options)  # only its FUSE options reach libfuse (uid=, _netdev, config= ... do not)
     daemon = build(config, auth)
+    control = metrics = None
     try:
-        ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready)
-        log.info("mounting %s (layout %s, catalogue %s)", mountpoint, config.layout, config.catalogue)
-        FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(options))
+        control = _start_control(daemon, config, mountpoint)
+        metrics = _start_metrics(config, daemon, auth)
+        ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready, owner=opts.ownership())
+        log.info("mounting %s (libfuse %d, layout %s, catalogue %s, options %s)", mountpoint,
+                 _libfuse_major(), config.layout, config.catalogue, options or "-")
+        try:
+            FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(opts.fuse_text()))
+        except RuntimeError as exc:  # mfusepy's way of saying fuse_main failed; libfuse logged why
+            given = opts.fuse_text() or "none"
+            raise TerrafsError(f"libfuse could not mount {mountpoint} (code {exc}); an option it does not "
+                               f"know? FUSE options given: {given}; see {config.log_file}") from None
     finally:
+        for part in (control, metrics):
+            if part is not None:
+                part.stop()
         daemon.close()
-        log.info("unmounted %s", mountpoint)
+        log.info("stopped serving %s; cache writes flushed", mountpoint)
+
+
+def _start_control(daemon: Daemon, config: Config, mountpoint: Path):
+    """The control socket, or None: a mount without one still serves files."""
+    from terrafs.control import ControlServer, handlers
+
+    try:
+        control = ControlServer(mountpoint, handlers(daemon, config, mountpoint))
+        return control if control.start() else None
+    except (OSError, TerrafsError) as exc:
+        log.warning("no control socket (terrafs prefetch and cache stats will not reach this mount): %s", exc)
+        return None
+
+
+def _start_metrics(config: Config, daemon: Daemon, auth):
+    listen = getattr(config, "metrics_listen", None)
+    if not listen:
+        return None
+    from terrafs.metrics import MetricsServer
+
+    server = MetricsServer(listen, daemon, auth)
+    server.start()
+    return server

@@ -104,6 +104,8 @@ class RateLimiter:
         self._lock = threading.Lock()  # threads of this process; flock covers processes
         self._memory = _State()
         self._urgent_waiting = 0
+        self.waiting = self.waits = 0  # callers in acquire now; acquires that slept (for metrics)
+        self.waited_seconds = 0.0
         self._horizon = max((s for _, s in self.windows), default=0.0) + margin
         longest = max((s for _, s in self.windows), default=0.0)
         self.max_pause = float(max_pause) if max_pause is not None else max(longest, DEFAULT_MAX_PAUSE)
@@ -120,22 +122,27 @@ class RateLimiter:
         """Block until one request may be sent now, and record it as sent."""
         if not self.windows:
             return
-        if urgent:
-            with self._lock:
-                self._urgent_waiting += 1
+        started, slept = time.monotonic(), False
+        with self._lock:
+            self._urgent_waiting += urgent
+            self.waiting += 1
         try:
             while True:
                 if not urgent and self._urgent_waiting > 0:
+                    slept = True
                     self._sleep(_YIELD_TO_URGENT)
                     continue
                 wait = self._try_take(urgent)
                 if wait <= 0:
                     return
+                slept = True
                 self._sleep(min(wait, _MAX_SLEEP))
         finally:
-            if urgent:
-                with self._lock:
-                    self._urgent_waiting -= 1
+            with self._lock:
+                self._urgent_waiting -= urgent
+                self.waiting -= 1
+                self.waits += slept
+                self.waited_seconds += (time.monotonic() - started) if slept else 0.0
 
     def pause(self, seconds: float) -> None:
         """Make every caller of every process wait `seconds` from now (after a 429)."""

@@ -1,0 +1,208 @@
+"""Prometheus metrics of a running mount (`metrics: {listen: HOST:PORT}` in the config).
+
+The figures are read at scrape time from the counters the components keep
+anyway (a custom collector): the downloader's requests by status, the
+reader's bytes and hits, the block cache, the limiter's waits, the token
+manager's renewals, the catalogue session's responses. Nothing here runs
+per read, so the read path carries no metrics code.
+
+Must not: label a series with a URL, a path or anything from a credential;
+fail the mount when a component lacks a counter (older parts: the figure is
+left out). prometheus_client is imported only when metrics are switched on.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from typing import Any, Iterator
+
+from terrafs.errors import TerrafsError
+
+log = logging.getLogger(__name__)
+
+
+class StatusCounts:
+    """Responses by HTTP status, as a requests response hook (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self._counts[str(response.status_code)] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+# The catalogue sessions are made deep inside mount.build, one per catalogue
+# object; like prometheus_client's own default registry, one count per process
+# is the simple way to see them all (mount.catalogue_session registers the hook).
+CATALOGUE_RESPONSES = StatusCounts()
+
+
+def _guarded(empty: Any):
+    """A figure whose part fails is left out of this scrape (logged), not the whole scrape."""
+
+    def wrap(method):
+        def call(self: "Figures") -> Any:
+            try:
+                return method(self)
+            except Exception:
+                log.exception("metrics: %s failed", method.__name__)
+                return empty
+
+        return call
+
+    return wrap
+
+
+class Figures:
+    """Plain numbers from the daemon's parts; each guarded, so that a part without a counter is skipped."""
+
+    def __init__(self, daemon: Any, auth: Any) -> None:
+        self.daemon = daemon
+        self.auth = auth
+
+    @_guarded({})
+    def downloads(self) -> dict[str, int]:
+        """Download requests by status; 'none' for those that got no response (connection failures)."""
+        dl = getattr(self.daemon, "downloader", None)
+        by_status = dict(getattr(dl, "statuses", {}) or {})
+        unanswered = getattr(dl, "requests_made", 0) - sum(by_status.values())
+        if unanswered > 0:
+            by_status["none"] = unanswered
+        return by_status
+
+    @_guarded({})
+    def reader(self) -> dict[str, Any]:
+        stats = getattr(self.daemon.reader, "stats", None)  # Reader.stats() comes with the read path v2
+        return stats() if callable(stats) else {}
+
+    @_guarded({})
+    def cache(self) -> dict[str, Any]:
+        blocks = getattr(self.daemon, "blocks", None)
+        return blocks.stats() if blocks is not None else {}
+
+    @_guarded({})
+    def limiter(self) -> dict[str, float]:
+        lim = getattr(getattr(self.daemon, "downloader", None), "limiter", None)
+        return {k: getattr(lim, k) for k in ("waited_seconds", "waits", "waiting") if hasattr(lim, k)}
+
+    @_guarded(None)
+    def renewals(self) -> int | None:
+        manager = getattr(self.auth, "manager", None)
+        return getattr(manager, "renewals", None)
+
+
+def _families(f: Figures) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    downloads = f.downloads()
+    c = CounterMetricFamily("terrafs_download_requests", "Download requests sent (retries, redirects "
+                            "and resends included), by HTTP status", labels=["status"])
+    for status, n in sorted(downloads.items()):
+        c.add_metric([status], n)
+    yield c
+    yield CounterMetricFamily("terrafs_download_throttled", "Download responses with HTTP 429",
+                              value=downloads.get("429", 0))
+    reader = f.reader()
+    if "bytes_from_network" in reader:
+        yield CounterMetricFamily("terrafs_download_bytes", "Bytes received from the download service",
+                                  value=reader["bytes_from_network"])
+        served = CounterMetricFamily("terrafs_served_bytes", "Bytes the reader took for reads and prefetches, "
+                                     "by source: the disk cache or the network", labels=["source"])
+        served.add_metric(["cache"], reader.get("bytes_from_cache", 0))
+        served.add_metric(["network"], reader["bytes_from_network"])
+        yield served
+    if "open_streams" in reader:
+        yield GaugeMetricFamily("terrafs_open_streams", "Download streams open now", value=reader["open_streams"])
+    cache = f.cache()
+    hits = reader.get("hits", cache.get("hits"))
+    misses = reader.get("misses", cache.get("misses"))
+    if hits is not None:
+        yield CounterMetricFamily("terrafs_cache_hits", "Block cache hits", value=hits)
+        yield CounterMetricFamily("terrafs_cache_misses", "Block cache misses", value=misses or 0)
+    if "size" in cache:
+        yield GaugeMetricFamily("terrafs_cache_size_bytes", "Bytes in the disk cache", value=cache["size"])
+        yield GaugeMetricFamily("terrafs_cache_blocks", "Blocks in the disk cache", value=cache["entries"])
+    yield from _limiter_families(f.limiter())
+    renewals = f.renewals()
+    if renewals is not None:
+        yield CounterMetricFamily("terrafs_token_renewals", "Access tokens obtained from the token endpoint",
+                                  value=renewals)
+    cat = CounterMetricFamily("terrafs_catalogue_requests", "Catalogue responses, by HTTP status",
+                              labels=["status"])
+    for status, n in sorted(CATALOGUE_RESPONSES.snapshot().items()):
+        cat.add_metric([status], n)
+    yield cat
+
+
+def _limiter_families(lim: dict[str, float]) -> Iterator[Any]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if "waited_seconds" in lim:
+        yield CounterMetricFamily("terrafs_limiter_wait_seconds", "Time download requests waited for the "
+                                  "rate limiter", value=lim["waited_seconds"])
+    if "waits" in lim:
+        yield CounterMetricFamily("terrafs_limiter_waits", "Download requests that had to wait", value=lim["waits"])
+    if "waiting" in lim:
+        yield GaugeMetricFamily("terrafs_limiter_queue", "Download requests waiting for the limiter now",
+                                value=lim["waiting"])
+
+
+class Collector:
+    """A prometheus_client collector over the daemon's figures."""
+
+    def __init__(self, figures: Figures) -> None:
+        self.figures = figures
+
+    def describe(self) -> list:
+        return []  # the series depend on which parts keep counters; found at scrape time
+
+    def collect(self) -> Iterator[Any]:
+        try:
+            yield from _families(self.figures)
+        except Exception:  # a scrape must never take the mount down
+            log.exception("collecting metrics failed")
+
+
+class MetricsServer:
+    """Serves /metrics (and /) over HTTP on `listen` (host:port) until stop()."""
+
+    def __init__(self, listen: str, daemon: Any, auth: Any) -> None:
+        self.host, self.port = split_listen(listen)
+        self.figures = Figures(daemon, auth)
+        self._httpd: Any = None
+
+    def start(self) -> None:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.process_collector import ProcessCollector
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Collector(self.figures))
+        ProcessCollector(registry=registry)
+        try:
+            self._httpd, _thread = start_http_server(self.port, addr=self.host, registry=registry)
+        except OSError as exc:
+            raise TerrafsError(f"metrics.listen {self.host}:{self.port}: cannot listen ({exc.strerror})") from None
+        self.port = self._httpd.server_port  # port 0: the one the system chose
+        log.info("metrics at http://%s:%d/metrics", self.host, self.port)
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9567' or '[::1]:9567' -> (host, port); ValueError when malformed."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"not HOST:PORT: {listen!r}")
+    return host, int(port)
