@@ -1,14 +1,11 @@
 """Fetching byte ranges of download-service files: session, validation, retries.
 
-`Downloader` is the one place that sends download requests. Each request (HEAD
-included, redirect hops and 401 resends too) first passes the rate limiter; 429s
-pause every process through the limiter; 5xx and broken connections are retried
-with exponential backoff and jitter; every response is checked (status,
-Content-Range, length) so the caller gets exactly the bytes it asked for or a
-FetchError, never wrong bytes.
-
-Must not: decide which ranges to fetch or cache anything (reader.py and
-blockcache.py do); log or put in an error message any header (Authorization!).
+`Downloader` is the one place that sends download requests. Each request (HEAD, redirect
+hops and 401 resends too) passes the rate limiter; 429s pause every process through it;
+5xx and broken connections are retried with backoff and jitter; every response is checked
+(status, Content-Range, length): the caller gets exactly its bytes or a FetchError.
+Must not: decide which ranges to fetch or cache anything (read/ and blockcache.py do);
+log or put in an error message any header (Authorization!).
 """
 
 from __future__ import annotations
