@@ -45,8 +45,14 @@ def cmd_cache(args, load) -> int:
         print(f"blocks:       {s['entries']}")
         print(f"hit rate:     {s['hit_rate'] * 100:.1f}% ({s['hits']} hits, {s['misses']} misses)")
         print(f"listings:     {len(meta)} entries")
+        if s.get("degraded"):
+            print(f"degraded:     {s['degraded']}")
         for d in live:
-            print(f"mounted:      {d['mountpoint']} (pid {d['pid']}){_served(d.get('reader') or {})}")
+            reader = d.get("reader") or {}
+            print(f"mounted:      {d['mountpoint']} (pid {d['pid']}){_served(reader)}")
+            why = reader.get("cache_degraded") or (d.get("cache") or {}).get("degraded")
+            if why:
+                print(f"degraded:     {why}")
         if not live:
             print("mounted:      no running mount uses this cache")
         return 0

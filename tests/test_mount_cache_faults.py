@@ -65,3 +65,19 @@ def test_a_copy_with_a_read_only_cache_folder_is_exact(emulator, emulator_data, 
         _copy_all_exact(m, emulator, emulator_data, at_least=32 << 20)
     finally:
         subprocess.run(["umount", "-l", str(cache)], check=False)
+
+
+def test_cache_stats_says_a_running_mount_s_cache_is_degraded_and_why(
+        emulator, emulator_data, mount_factory, tmpfs, tmp_path):
+    import os
+    import sys
+
+    tiny = tmpfs("tiny", "16m")
+    m = mount_factory(emulator, cache_dir=tiny / "cache")
+    _copy_all_exact(m, emulator, emulator_data, at_least=32 << 20)
+    out = subprocess.run([sys.executable, "-m", "terrafs", "cache", "stats", "--config", str(m.config)],
+                         capture_output=True, text=True, timeout=60, env=m.env)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("degraded:")]
+    assert lines and str(tiny) in lines[0], out.stdout
+    assert os.path.ismount(m.path)
