@@ -82,7 +82,7 @@ class Config:
     listing_ttl: float
     recent_listing_ttl: float
     rate_limits: tuple[tuple[int, float], ...]
-    rate_limit_state: Path
+    rate_limit_state: Path | str  # a file, or a redis(s):// URL naming a budget shared through Redis [cluster]
     layout: str  # "default" | "platform"
     collections: tuple[CollectionSelection, ...] | None  # None: every collection
     log_level: str
@@ -187,6 +187,17 @@ def _path(v: Any) -> str:
     return str(v)
 
 
+def _state(v: Any) -> str:
+    # [cluster] A redis(s):// URL shares the budget through Redis (ratelimit_redis.py); the
+    # value may hold a password, so it is never echoed.
+    if isinstance(v, str) and "://" in v:
+        parts = urlsplit(v)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname or not re.fullmatch(r"/?\d*", parts.path):
+            raise _Bad("must be a file path or a redis://[:PASSWORD@]HOST[:PORT][/DB] URL (rediss:// for TLS)")
+        return v
+    return _path(v)
+
+
 def _level(v: Any) -> str:
     if not isinstance(v, str) or v.upper() not in LOG_LEVELS:
         raise _Bad(f"must be one of {', '.join(LOG_LEVELS)}, not {v!r}")
@@ -201,7 +212,7 @@ SCHEMA: dict[str, Any] = {
     "cache": {"dir": _path, "size": _positive_size, "listing_ttl": _seconds,
               "recent_listing_ttl": _seconds, "block_size": _positive_size},
     "rate_limits": "rate_limits",
-    "rate_limit_state": _path,
+    "rate_limit_state": _state,
     "layout": _choice("default", "platform"),
     "collections": "collections",
     "log": {"level": _level, "file": _path},
@@ -532,7 +543,8 @@ def _build(
         listing_ttl=cache["listing_ttl"],
         recent_listing_ttl=cache["recent_listing_ttl"],
         rate_limits=v["rate_limits"],
-        rate_limit_state=_expand(v["rate_limit_state"], home),
+        rate_limit_state=(v["rate_limit_state"] if "://" in v["rate_limit_state"]  # [cluster] a Redis URL
+                          else _expand(v["rate_limit_state"], home)),
         layout=v["layout"],
         collections=v["collections"],
         log_level=logv["level"],

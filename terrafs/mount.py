@@ -23,7 +23,7 @@ from terrafs.catalogue import Catalogue, Filter
 from terrafs.catalogue.opensearch import OpenSearchCatalogue
 from terrafs.catalogue.stac import StacCatalogue
 from terrafs.config import Config
-from terrafs.errors import AuthError, CatalogueError
+from terrafs.errors import AuthError, CatalogueError, ConfigError
 from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.ratelimit import RateLimiter
@@ -179,8 +179,27 @@ def open_block_cache(config: Config) -> BlockCache:
 
 
 def make_limiter(config: Config) -> RateLimiter:
+    if isinstance(config.rate_limit_state, str):
+        return make_redis_limiter(config)
     config.rate_limit_state.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return RateLimiter(config.rate_limits, state_path=config.rate_limit_state)
+
+
+# The file the local budget lives in when no Redis is named, and while a named one is away.
+LOCAL_STATE = Path("~/.cache/terrafs/ratelimit.state")
+
+
+def make_redis_limiter(config: Config) -> RateLimiter:
+    """One budget for every process that names the same Redis (rate_limit_state: redis://...)."""
+    try:
+        from terrafs.ratelimit_redis import RedisRateLimiter
+    except ImportError as exc:
+        raise ConfigError(f"rate_limit_state names a Redis server, which needs the cluster extra "
+                          f"(pip install 'terrafs[cluster]'): {exc}") from None
+    fallback = LOCAL_STATE.expanduser()
+    fallback.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return RedisRateLimiter(config.rate_limits, str(config.rate_limit_state),  # type: ignore[return-value]
+                            fallback_path=fallback)
 
 
 def selection_of(config: Config) -> dict[str, Filter] | None:
