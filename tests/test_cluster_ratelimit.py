@@ -130,11 +130,11 @@ def test_config_names_redis_and_hides_its_password(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("rate_limit_state: redis://:s3cret@127.0.0.1:6399/2\n")
     cfg.chmod(0o600)
-    config = load_config(cfg, home=tmp_path, env={})
+    config = load_config(cfg, env={"HOME": str(tmp_path)})
     lim = make_limiter(config)
     assert isinstance(lim, RedisRateLimiter)
     assert "s3cret" not in repr(lim) and lim.where == "redis://127.0.0.1:6399/2"
     cfg.write_text("rate_limit_state: http://:s3cret@127.0.0.1:6399/2\n")
     with pytest.raises(ConfigError) as err:
-        load_config(cfg, home=tmp_path, env={})
+        load_config(cfg, env={"HOME": str(tmp_path)})
     assert "s3cret" not in str(err.value) and "redis://" in str(err.value)
