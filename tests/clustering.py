@@ -73,3 +73,44 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# The emulator's limits tightened for the cluster tests (POST /_emulator/settings), and the same in the config.
+TIGHT = [[20, 5.0], [60, 30.0]]
+TIGHT_CONFIG = [{"requests": n, "seconds": s} for n, s in TIGHT]
+
+
+def budget_bound(duration: float, windows=TIGHT) -> int:
+    """Most requests that every window together allows in `duration` seconds from an unused budget."""
+    return min(int(n * (duration // s + 1)) for n, s in windows)
+
+
+def budget_report(downloads: list[dict]) -> tuple[int, float, float, int]:
+    """(requests, seconds from first to last, share of the bound used, 429s) of logged download requests."""
+    times = [r["time"] for r in downloads]
+    duration = max(times) - min(times) if times else 0.0
+    use = len(downloads) / budget_bound(duration) if times else 0.0
+    return len(downloads), duration, use, sum(1 for r in downloads if r["status"] == 429)
+
+
+def fs_config(emulator, cache_dir: Path, rate_limit_state: str, **overrides) -> dict:
+    """A config dict for the terrascope filesystem against the emulator (credentials in it, as a worker would get)."""
+    config = {
+        "catalogue": "stac",
+        "endpoints": {"stac": f"{emulator.base_url}/stac/", "opensearch": f"{emulator.base_url}/catalogue/",
+                      "token": emulator.token_url},
+        "auth": {"username": "demo", "password": "demo"},
+        "cache": {"dir": str(cache_dir)},
+        "rate_limit_state": rate_limit_state,
+        "log": {"file": str(cache_dir.parent / "terrafs.log")},
+    }
+    config.update(overrides)
+    return config
+
+
+def source_file(emulator_data: Path, fs, path: str) -> Path:
+    """The emulator's file on disk behind a path of the terrascope filesystem."""
+    node = fs.daemon.tree.lookup("/" + fs._strip_protocol(path))
+    local = node.file.local_path
+    assert local and local.startswith("/data/MTDA/"), f"{path}: no platform path in the catalogue ({local!r})"
+    return emulator_data / "small" / local[len("/data/MTDA/"):]
