@@ -24,7 +24,8 @@ What it keeps of the local limiter, across hosts:
 - Redis unreachable: one warning, then the local file limiter with each
   window divided among the processes that shared Redis lately (so the hosts
   together stay within the budget); every RETRY_EVERY seconds a PING, and the
-  shared budget again once Redis answers.
+  shared budget again once Redis answers, with the sends made meanwhile
+  entered in its windows (at their times on Redis's clock).
 
 Must not: know HTTP; put the URL's password in any message; stop a read
 because Redis is slow or away (timeouts are short and end in the fallback).
@@ -38,6 +39,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from itertools import count
 from pathlib import Path
@@ -135,6 +137,7 @@ class RedisRateLimiter:
         self._down_until: float | None = None  # time.monotonic() of the next attempt while away
         self._peers = 1
         self._noted = 0  # server ms when this process last noted itself as a sharer
+        self._away_sends: deque[float] = deque()  # time.monotonic() of sends made while Redis was away
         self._longest_ms = self._ms(max((s for _, s in self.windows), default=0.0))
 
     def __repr__(self) -> str:
@@ -155,7 +158,7 @@ class RedisRateLimiter:
         if not self.windows:
             return
         if self._away():
-            self._fallback.acquire(urgent)
+            self._local_acquire(urgent)
             return
         with self._lock:
             self._urgent_waiting += urgent
@@ -168,7 +171,7 @@ class RedisRateLimiter:
                     wait = self._run("take", urgent)
                 except redis.RedisError as exc:
                     self._lost(exc)
-                    self._fallback.acquire(urgent)
+                    self._local_acquire(urgent)
                     return
                 if wait <= 0:
                     return
@@ -238,6 +241,25 @@ class RedisRateLimiter:
 
     # -- away and back ----------------------------------------------------------
 
+    def _local_acquire(self, urgent: bool) -> None:
+        self._fallback.acquire(urgent)
+        with self._lock:
+            # Kept to be counted in Redis on its return: the server counted them too.
+            self._away_sends.append(time.monotonic())
+            while self._away_sends and self._away_sends[0] < time.monotonic() - self._longest_ms / 1000:
+                self._away_sends.popleft()
+
+    def _rejoin(self) -> None:
+        """Put the sends made while Redis was away into its windows, at their times on its clock."""
+        secs, micros = self._client.time()  # raises while Redis is still away
+        now_ms, now_mono = secs * 1000 + micros // 1000, time.monotonic()
+        with self._lock:
+            sends, self._away_sends = list(self._away_sends), deque()
+        if not sends:
+            return
+        self._client.zadd(self._keys[0], {f"{self._member}:{next(self._serial)}": now_ms - int((now_mono - t) * 1000)
+                                          for t in sends})
+
     def _away(self) -> bool:
         """True while the local budget stands in for Redis; tries Redis again every RETRY_EVERY seconds."""
         with self._lock:
@@ -245,7 +267,7 @@ class RedisRateLimiter:
                 return self._down_until is not None
             self._down_until = time.monotonic() + self._retry_every  # one prober at a time
         try:
-            self._client.ping()
+            self._rejoin()
         except redis.RedisError:
             return True
         with self._lock:
