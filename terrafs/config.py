@@ -82,7 +82,7 @@ class Config:
     listing_ttl: float
     recent_listing_ttl: float
     rate_limits: tuple[tuple[int, float], ...]
-    rate_limit_state: Path | str  # a file, or a redis(s):// URL naming a budget shared through Redis [cluster]
+    rate_limit_state: Path | str = field(repr=False)  # a file, or a redis(s):// URL (may hold a password) [cluster]
     layout: str  # "default" | "platform"
     collections: tuple[CollectionSelection, ...] | None  # None: every collection
     log_level: str
