@@ -138,6 +138,7 @@ class RedisRateLimiter:
         self._peers = 1
         self._noted = 0  # server ms when this process last noted itself as a sharer
         self._away_sends: deque[float] = deque()  # time.monotonic() of sends made while Redis was away
+        self._shared_sends: deque[float] = deque()  # ... and through Redis, for the local budget if it goes
         self._longest_ms = self._ms(max((s for _, s in self.windows), default=0.0))
 
     def __repr__(self) -> str:
@@ -219,6 +220,8 @@ class RedisRateLimiter:
         for limit, seconds in self.windows:
             args += [limit if urgent else max(1, limit - _reserve(limit)), self._ms(seconds)]
         wait, now = self._script(keys=self._keys, args=args)
+        if mode == "take" and wait == 0:
+            self._remember(self._shared_sends)
         if now - self._noted >= _MEMBER_EVERY_MS:
             self._note_member(now)
         return wait / 1000
@@ -236,18 +239,24 @@ class RedisRateLimiter:
         pipe.zadd(self._members_key, {self._member: now})
         pipe.zremrangebyscore(self._members_key, "-inf", now - keep)
         pipe.pexpire(self._members_key, keep)
-        pipe.zcount(self._members_key, now - self._longest_ms - 2 * _MEMBER_EVERY_MS, "+inf")
-        self._peers = max(1, int(pipe.execute()[-1]))
+        pipe.zrangebyscore(self._members_key, now - self._longest_ms - 2 * _MEMBER_EVERY_MS, "+inf")
+        # Hosts, not processes: the processes of one host share the local budget's file.
+        self._peers = max(1, len({m.rsplit(b":", 2)[0] for m in pipe.execute()[-1]}))
 
     # -- away and back ----------------------------------------------------------
 
     def _local_acquire(self, urgent: bool) -> None:
         self._fallback.acquire(urgent)
+        # Kept to be counted in Redis on its return: the server counted them too.
+        self._remember(self._away_sends)
+
+    def _remember(self, sends: deque[float]) -> None:
+        """Note a send now in `sends`, which keeps the longest window's worth."""
+        now = time.monotonic()
         with self._lock:
-            # Kept to be counted in Redis on its return: the server counted them too.
-            self._away_sends.append(time.monotonic())
-            while self._away_sends and self._away_sends[0] < time.monotonic() - self._longest_ms / 1000:
-                self._away_sends.popleft()
+            sends.append(now)
+            while sends and sends[0] < now - self._longest_ms / 1000:
+                sends.popleft()
 
     def _rejoin(self) -> None:
         """Put the sends made while Redis was away into its windows, at their times on its clock."""
@@ -285,5 +294,21 @@ class RedisRateLimiter:
         share = tuple((max(1, math.floor(limit / peers)), seconds) for limit, seconds in self.windows)
         if share != self._fallback.windows:
             self._fallback = RateLimiter(share, self._fallback_path, margin=self.margin)
+        with self._lock:
+            recent, self._shared_sends = list(self._shared_sends), deque()
+        _enter_local(self._fallback, recent)
         log.warning("Redis at %s cannot be reached (%s: %s); using the local download budget %s until it answers",
                     self.where, type(exc).__name__, exc, f"{list(share)} ({peers} sharing processes)")
+
+
+def _enter_local(limiter: RateLimiter, sends: list[float]) -> None:
+    """Put this process's recent sends (time.monotonic()) in the local budget, at their wall-clock times.
+
+    The local budget would otherwise start empty although the server counted
+    them: each process of the host adds its own as it falls back. (Through
+    RateLimiter's state hook: it has no public call that records a past send.)
+    """
+    if not sends:
+        return
+    offset = time.time() - time.monotonic()
+    limiter._with_state(lambda state: state.sends.extend(t + offset for t in sends))

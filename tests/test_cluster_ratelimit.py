@@ -115,16 +115,26 @@ def test_redis_away_local_budget_with_one_warning_then_shared_again(redis_server
     assert redis_server.client().zcard("terrafs:ratelimit:sends") == 22
 
 
-def test_redis_away_each_sharer_keeps_its_part(redis_server, tmp_path):
-    """With 3 processes sharing Redis, each falls back to a third of every window."""
+def test_redis_away_each_host_keeps_its_part(redis_server, tmp_path):
+    """With 3 hosts sharing Redis, each falls back to a third of every window."""
     lims = [limiter(redis_server, [(30, 10.0), (90, 60.0)], tmp_path) for _ in range(3)]
-    for lim in lims:
+    for i, lim in enumerate(lims):
+        lim._member = f"host{i}:{lim._member}"  # as if each ran on a host of its own
         lim.acquire()  # the first send notes each process as a sharer
     lims[0]._noted = 0  # as if 5 s had passed: the next send counts the sharers again
     lims[0].acquire()
     redis_server.stop()
     lims[0].acquire()
     assert lims[0]._fallback.windows == ((10, 10.0), (30, 60.0))
+
+
+def test_redis_away_the_local_budget_knows_the_sends_just_made(redis_server, tmp_path):
+    """Falling back, the local budget starts with the sends this process made through Redis."""
+    lim = limiter(redis_server, [(5, 30.0)], tmp_path)
+    for _ in range(5):
+        lim.acquire()
+    redis_server.stop()
+    assert lim.wait_time() > 25, "the local budget started empty: a 429 right after Redis went away"
 
 
 def test_config_names_redis_and_hides_its_password(tmp_path):
