@@ -41,6 +41,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -91,6 +92,13 @@ return {0, now}
 """
 
 
+@dataclass(frozen=True)
+class _Send:
+    at: float  # time.monotonic()
+    name: str  # its member in Redis's sorted set
+    shared: bool  # counted in Redis (else in the local budget)
+
+
 def redact_redis_url(url: str) -> str:
     """scheme://host:port/db, without user or password: the only form that goes in a message."""
     parts = urlsplit(url)
@@ -137,8 +145,8 @@ class RedisRateLimiter:
         self._down_until: float | None = None  # time.monotonic() of the next attempt while away
         self._peers = 1
         self._noted = 0  # server ms when this process last noted itself as a sharer
-        self._away_sends: deque[float] = deque()  # time.monotonic() of sends made while Redis was away
-        self._shared_sends: deque[float] = deque()  # ... and through Redis, for the local budget if it goes
+        self._recent: deque[_Send] = deque()  # this process's sends within the longest window
+        self._entered_until = 0.0  # time.monotonic() up to which they are in the local budget
         self._longest_ms = self._ms(max((s for _, s in self.windows), default=0.0))
 
     def __repr__(self) -> str:
@@ -216,12 +224,13 @@ class RedisRateLimiter:
 
     def _run(self, mode: str, urgent: bool) -> float:
         """The script in mode take/peek: seconds to wait, 0 when sent (take) or sendable (peek)."""
-        args: list = [mode, f"{self._member}:{next(self._serial)}"]
+        name = f"{self._member}:{next(self._serial)}"
+        args: list = [mode, name]
         for limit, seconds in self.windows:
             args += [limit if urgent else max(1, limit - _reserve(limit)), self._ms(seconds)]
         wait, now = self._script(keys=self._keys, args=args)
         if mode == "take" and wait == 0:
-            self._remember(self._shared_sends)
+            self._remember(name, shared=True)
         if now - self._noted >= _MEMBER_EVERY_MS:
             self._note_member(now)
         return wait / 1000
@@ -247,27 +256,29 @@ class RedisRateLimiter:
 
     def _local_acquire(self, urgent: bool) -> None:
         self._fallback.acquire(urgent)
-        # Kept to be counted in Redis on its return: the server counted them too.
-        self._remember(self._away_sends)
+        self._remember(f"{self._member}:{next(self._serial)}", shared=False)
 
-    def _remember(self, sends: deque[float]) -> None:
-        """Note a send now in `sends`, which keeps the longest window's worth."""
+    def _remember(self, name: str, shared: bool) -> None:
+        """Keep the longest window's worth of this process's sends, for the moves between the budgets."""
         now = time.monotonic()
         with self._lock:
-            sends.append(now)
-            while sends and sends[0] < now - self._longest_ms / 1000:
-                sends.popleft()
+            self._recent.append(_Send(now, name, shared))
+            while self._recent and self._recent[0].at < now - self._longest_ms / 1000:
+                self._recent.popleft()
 
     def _rejoin(self) -> None:
-        """Put the sends made while Redis was away into its windows, at their times on its clock."""
+        """Put this process's recent sends in Redis's windows, at their times on its clock.
+
+        Those made while it was away, and those it had counted before, should
+        Redis have restarted empty (each under its own name: nothing counts twice).
+        """
         secs, micros = self._client.time()  # raises while Redis is still away
         now_ms, now_mono = secs * 1000 + micros // 1000, time.monotonic()
         with self._lock:
-            sends, self._away_sends = list(self._away_sends), deque()
-        if not sends:
-            return
-        self._client.zadd(self._keys[0], {f"{self._member}:{next(self._serial)}": now_ms - int((now_mono - t) * 1000)
-                                          for t in sends})
+            recent = list(self._recent)
+        if recent:
+            self._client.zadd(self._keys[0], {s.name: now_ms - int((now_mono - s.at) * 1000) for s in recent},
+                              nx=True)
 
     def _away(self) -> bool:
         """True while the local budget stands in for Redis; tries Redis again every RETRY_EVERY seconds."""
@@ -295,7 +306,9 @@ class RedisRateLimiter:
         if share != self._fallback.windows:
             self._fallback = RateLimiter(share, self._fallback_path, margin=self.margin)
         with self._lock:
-            recent, self._shared_sends = list(self._shared_sends), deque()
+            # Sends counted in Redis since the last fall-back: the local budget has not seen them.
+            recent = [s.at for s in self._recent if s.shared and s.at > self._entered_until]
+            self._entered_until = time.monotonic()
         _enter_local(self._fallback, recent)
         log.warning("Redis at %s cannot be reached (%s: %s); using the local download budget %s until it answers",
                     self.where, type(exc).__name__, exc, f"{list(share)} ({peers} sharing processes)")
