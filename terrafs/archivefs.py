@@ -27,6 +27,8 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,17 @@ def _daemon_for(config: str | os.PathLike | dict | None):
         return daemon
 
 
+@contextmanager
+def _as_oserror(path: str) -> Iterator[None]:
+    """Our errors as the OSErrors fsspec's callers expect (the message names the path, never a secret)."""
+    try:
+        yield
+    except NotFound:
+        raise FileNotFoundError(path) from None
+    except TerrafsError as exc:
+        raise OSError(f"{path}: {exc}") from None
+
+
 @atexit.register
 def _close_daemons() -> None:
     """Cache writes still queued go to disk before the process ends."""
@@ -108,17 +121,15 @@ class TerrascopeFileSystem(AbstractFileSystem):
     # -- metadata ---------------------------------------------------------------
 
     def _node(self, path: str):
-        try:
+        with _as_oserror(path):
             return self.daemon.tree.lookup("/" + self._strip_protocol(path))
-        except NotFound:
-            raise FileNotFoundError(path) from None
-        except TerrafsError as exc:
-            raise OSError(f"{path}: {exc}") from None
 
     def _entry(self, path: str, node) -> dict[str, Any]:
         if isinstance(node, DirNode):
             return {"name": path, "size": 0, "type": "directory", "mtime": node.mtime}
-        return {"name": path, "size": self.daemon.files.size(node), "type": "file", "mtime": node.mtime}
+        with _as_oserror(path):
+            size = self.daemon.files.size(node)
+        return {"name": path, "size": size, "type": "file", "mtime": node.mtime}
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         path = self._strip_protocol(path)
@@ -130,7 +141,8 @@ class TerrascopeFileSystem(AbstractFileSystem):
         if isinstance(node, FileNode):
             entries = [self._entry(path, node)]
         else:
-            names = self.daemon.tree.listdir("/" + path)
+            with _as_oserror(path):
+                names = self.daemon.tree.listdir("/" + path)
             entries = [self.info(f"{path}/{name}" if path else name) for name in names]
         return entries if detail else [e["name"] for e in entries]
 
@@ -183,10 +195,8 @@ class TerrascopeFile(AbstractBufferedFile):
             _opened[self._remote.key] = _opened.get(self._remote.key, 0) + 1
 
     def _fetch_range(self, start: int, end: int) -> bytes:
-        try:
+        with _as_oserror(self.path):
             return self._files.read(self._remote, start, end - start)
-        except TerrafsError as exc:
-            raise OSError(f"{self.path}: {exc}") from None
 
     def read_range(self, start: int, end: int) -> bytes:
         return self._fetch_range(start, min(end, self.size)) if end > start else b""

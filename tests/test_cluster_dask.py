@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fsspec
 import numpy as np
-import pytest
 import rasterio
 from rasterio.windows import Window
 

@@ -142,3 +142,15 @@ def test_pickled_filesystem_reads_in_another_process(fs, emulator_data):
         pid, data = pool.apply(_read_in_child, (fs, path))
     assert pid != os.getpid()
     assert data == source_file(emulator_data, fs, path).read_bytes()
+
+
+def test_no_credentials_is_one_clear_oserror(emulator, tmp_path, monkeypatch):
+    for name in ("TERRASCOPE_USERNAME", "TERRASCOPE_PASSWORD", "TERRAFS_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = fs_config(emulator, tmp_path / "fscache", str(tmp_path / "ratelimit.state"))
+    del config["auth"]
+    fs = fsspec.filesystem("terrascope", config=config, skip_instance_cache=True)
+    with pytest.raises(OSError, match="no credentials"):
+        fs.ls(COLLECTION)
