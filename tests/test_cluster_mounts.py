@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clustering import TIGHT, TIGHT_CONFIG, redis_server  # noqa: F401  (fixture)
+from clustering import TIGHT, TIGHT_CONFIG, budget_report, redis_server  # noqa: F401  (fixture)
 from mounting import credentials_env
 from support import downloads, log_mark, sha256, source_of
 
@@ -78,8 +78,10 @@ def test_three_mounts_share_one_budget(emulator, emulator_data, redis_server, mo
     reqs = downloads(emulator, mark)
     throttled = [r for r in reqs if r["status"] == 429]
     use = tightest_window_use(reqs)
+    _, span, of_bound, _ = budget_report(reqs)
     print(f"three mounts: {len(jobs)} files, {len(reqs)} requests in {elapsed:.1f} s, {len(throttled)} x 429, "
-          f"tightest window {use:.0%} full on average")
+          f"tightest window {use:.0%} full on average, {of_bound:.0%} of the most the windows allow "
+          f"in {span:.1f} s")
     assert not throttled, f"{len(throttled)} x 429 with one shared budget"
     assert exact(emulator_data, jobs) == []
     assert use >= 0.8, f"the budget was used at {use:.0%} only"
