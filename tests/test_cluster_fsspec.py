@@ -154,3 +154,17 @@ def test_no_credentials_is_one_clear_oserror(emulator, tmp_path, monkeypatch):
     fs = fsspec.filesystem("terrascope", config=config, skip_instance_cache=True)
     with pytest.raises(OSError, match="no credentials"):
         fs.ls(COLLECTION)
+
+
+def test_config_from_a_file_and_by_url(fs, emulator, emulator_data, tmp_path):
+    """fsspec.open("terrascope://...", config=PATH) as a user who never names the class."""
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(fs.config))
+    path.chmod(0o600)  # it holds a password
+    name = fs.ls(a_product(fs), detail=False)[0]
+    with fsspec.open(f"terrascope://{name}", config=str(path)) as f:
+        assert f.read() == source_file(emulator_data, fs, name).read_bytes()
+    with pytest.raises(IsADirectoryError):
+        fsspec.open(f"terrascope://{a_product(fs)}", config=str(path)).open()
