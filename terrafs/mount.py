@@ -199,7 +199,9 @@ def make_redis_limiter(config: Config) -> RateLimiter:
     fallback = LOCAL_STATE.expanduser()
     fallback.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     return RedisRateLimiter(config.rate_limits, str(config.rate_limit_state),  # type: ignore[return-value]
-                            fallback_path=fallback)
+                            fallback_path=fallback,
+                            # a config without the key (before rate_limit_max_pause): the longest window
+                            max_pause=getattr(config, "rate_limit_max_pause", None))
 
 
 def selection_of(config: Config) -> dict[str, Filter] | None:

@@ -19,13 +19,16 @@ What it keeps of the local limiter, across hosts:
 - Priorities: reads a program waits on may fill every window; read-ahead and
   prefetch only up to the window minus the urgent reserve (the script takes
   the capacities), so every host's urgent reads find room.
-- A 429 pauses everyone: a pause deadline in server time, bounded by the
-  longest window, that the same script checks before every send.
+- A 429 pauses everyone: a pause deadline in server time, bounded as the
+  local limiter bounds it (rate_limit_max_pause, else the longest window),
+  that the same script checks before every send.
 - Redis unreachable: one warning, then the local file limiter with each
-  window divided among the processes that shared Redis lately (so the hosts
-  together stay within the budget); every RETRY_EVERY seconds a PING, and the
-  shared budget again once Redis answers, with the sends made meanwhile
-  entered in its windows (at their times on Redis's clock).
+  window divided among the hosts that shared Redis lately (so the hosts
+  together stay within the budget), starting with this process's sends just
+  counted in Redis; every RETRY_EVERY seconds a try, and the shared budget
+  again once Redis answers, with the process's sends of the last window
+  entered in its windows under their own names (at their times on Redis's
+  clock: a Redis restarted empty counts them, none is counted twice).
 
 Must not: know HTTP; put the URL's password in any message; stop a read
 because Redis is slow or away (timeouts are short and end in the fallback).
@@ -125,9 +128,11 @@ class RedisRateLimiter:
         key: str = KEY_PREFIX,
         retry_every: float = RETRY_EVERY,
         sleep: Callable[[float], None] = time.sleep,
+        max_pause: float | None = None,
     ) -> None:
         self._fallback_path = fallback_path
-        self._fallback = RateLimiter(windows, fallback_path, margin=margin)  # also validates the windows
+        self._fallback_options = {} if max_pause is None else {"max_pause": max_pause}
+        self._fallback = self._local(windows, margin)  # also validates the windows
         self.windows = self._fallback.windows
         self.margin = margin
         self.where = redact_redis_url(url)
@@ -148,6 +153,9 @@ class RedisRateLimiter:
         self._recent: deque[_Send] = deque()  # this process's sends within the longest window
         self._entered_until = 0.0  # time.monotonic() up to which they are in the local budget
         self._longest_ms = self._ms(max((s for _, s in self.windows), default=0.0))
+        # The longest pause a 429 may impose: the local limiter's bound where it has one
+        # (rate_limit_max_pause), else the longest window.
+        self.max_pause: float = getattr(self._fallback, "max_pause", self._longest_ms / 1000)
 
     def __repr__(self) -> str:
         return f"RedisRateLimiter(windows={self.windows!r}, redis={self.where!r})"
@@ -192,17 +200,18 @@ class RedisRateLimiter:
     def pause(self, seconds: float) -> None:
         """Make every caller of every process on every host wait `seconds` from now (after a 429).
 
-        Bounded by the longest window: a server that asks for more may not stop
-        the cluster for longer than the budget needs to refill.
+        Bounded by max_pause (the longest window unless configured): a server
+        that asks for more may not stop the whole cluster for longer.
         """
-        seconds = min(seconds, self._longest_ms / 1000)
+        seconds = min(seconds, self.max_pause)
         if seconds <= 0:
             return
         self._fallback.pause(seconds)  # in force here too, should Redis go away now
         if self._away():
             return
         try:
-            self._script(keys=self._keys, args=["pause", self._ms(seconds), 2 * self._longest_ms])
+            expire = self._ms(self.max_pause) + self._longest_ms
+            self._script(keys=self._keys, args=["pause", self._ms(seconds), expire])
         except redis.RedisError as exc:
             self._lost(exc)
 
@@ -254,6 +263,9 @@ class RedisRateLimiter:
 
     # -- away and back ----------------------------------------------------------
 
+    def _local(self, windows: Sequence[tuple[int, float]], margin: float) -> RateLimiter:
+        return RateLimiter(windows, self._fallback_path, margin=margin, **self._fallback_options)
+
     def _local_acquire(self, urgent: bool) -> None:
         self._fallback.acquire(urgent)
         self._remember(f"{self._member}:{next(self._serial)}", shared=False)
@@ -304,7 +316,7 @@ class RedisRateLimiter:
         # The other sharers fall back too: each keeps its part of the budget.
         share = tuple((max(1, math.floor(limit / peers)), seconds) for limit, seconds in self.windows)
         if share != self._fallback.windows:
-            self._fallback = RateLimiter(share, self._fallback_path, margin=self.margin)
+            self._fallback = self._local(share, self.margin)
         with self._lock:
             # Sends counted in Redis since the last fall-back: the local budget has not seen them.
             recent = [s.at for s in self._recent if s.shared and s.at > self._entered_until]
