@@ -196,10 +196,9 @@ def make_redis_limiter(config: Config) -> RateLimiter:
     except ImportError as exc:
         raise ConfigError(f"rate_limit_state names a Redis server, which needs the cluster extra "
                           f"(pip install 'terrafs[cluster]'): {exc}") from None
-    fallback = LOCAL_STATE.expanduser()
-    fallback.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # (RateLimiter makes the state file's folder, as for a local budget.)
     return RedisRateLimiter(config.rate_limits, str(config.rate_limit_state),  # type: ignore[return-value]
-                            fallback_path=fallback,
+                            fallback_path=LOCAL_STATE.expanduser(),
                             # a config without the key (before rate_limit_max_pause): the longest window
                             max_pause=getattr(config, "rate_limit_max_pause", None))
 
