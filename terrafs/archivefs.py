@@ -183,20 +183,31 @@ class TerrascopeFileSystem(AbstractFileSystem):
     mkdir = makedirs = rmdir = rm_file = _rm = rm = cp_file = mv = put_file = pipe_file = touch = _read_only
 
 
+def _open_file(files, node: FileNode) -> tuple[Any, Any]:
+    """What Files reads through (its open handle, where Files has open(): an open that served
+    one version of a file fails on another, as a mount's open does) and the remote file."""
+    opener = getattr(files, "open", None)
+    if opener is None:
+        remote = files.remote(node)
+        return remote, remote
+    handle, _keep_cache = opener(node)
+    return handle, handle.remote
+
+
 class TerrascopeFile(AbstractBufferedFile):
     """A seekable read-only file whose reads go straight to Files.read (no fsspec cache on top)."""
 
     def __init__(self, fs: TerrascopeFileSystem, path: str, node: FileNode, block_size: int | None = None) -> None:
         files = fs.daemon.files
         self._files = files
-        self._remote = files.remote(node)
+        self._handle, self._remote = _open_file(files, node)
         super().__init__(fs, path, mode="rb", block_size=block_size, cache_type="none", size=self._remote.size)
         with _daemons_lock:
             _opened[self._remote.key] = _opened.get(self._remote.key, 0) + 1
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         with _as_oserror(self.path):
-            return self._files.read(self._remote, start, end - start)
+            return self._files.read(self._handle, start, end - start)
 
     def read_range(self, start: int, end: int) -> bytes:
         return self._fetch_range(start, min(end, self.size)) if end > start else b""
@@ -210,5 +221,5 @@ class TerrascopeFile(AbstractBufferedFile):
                 else:
                     _opened.pop(self._remote.key, None)
             if not left:
-                self._files.release(self._remote)
+                self._files.release(self._handle)
         super().close()

@@ -94,17 +94,18 @@ def budget_report(downloads: list[dict]) -> tuple[int, float, float, int]:
 
 
 def fs_config(emulator, cache_dir: Path, rate_limit_state: str, **overrides) -> dict:
-    """A config dict for the terrascope filesystem against the emulator (credentials in it, as a worker would get)."""
-    config = {
-        "catalogue": "stac",
-        "endpoints": {"stac": f"{emulator.base_url}/stac/", "opensearch": f"{emulator.base_url}/catalogue/",
-                      "token": emulator.token_url},
-        "auth": {"username": "demo", "password": "demo"},
-        "cache": {"dir": str(cache_dir)},
-        "rate_limit_state": rate_limit_state,
-        "log": {"file": str(cache_dir.parent / "terrafs.log")},
-    }
-    config.update(overrides)
+    """A config dict for the terrascope filesystem against the emulator: the mount tests' config
+    (mounting.write_config), with credentials in it, as a worker would get them."""
+    import yaml
+
+    from mounting import write_config
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = write_config(cache_dir.parent / "fs-config.yaml", emulator.base_url, cache_dir,
+                        rate_limit_state=rate_limit_state, log={"file": str(cache_dir.parent / "terrafs.log")},
+                        **overrides)
+    config = yaml.safe_load(path.read_text())
+    config["auth"] = {**config.get("auth", {}), "username": "demo", "password": "demo"}
     return config
 
 
