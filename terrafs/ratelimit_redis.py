@@ -24,11 +24,13 @@ What it keeps of the local limiter, across hosts:
   that the same script checks before every send.
 - Redis unreachable: one warning, then the local file limiter with each
   window divided among the hosts that shared Redis lately (so the hosts
-  together stay within the budget), starting with this process's sends just
-  counted in Redis; every RETRY_EVERY seconds a try, and the shared budget
-  again once Redis answers, with the process's sends of the last window
-  entered in its windows under their own names (at their times on Redis's
-  clock: a Redis restarted empty counts them, none is counted twice).
+  together stay within the budget). Every send counted in Redis is entered in
+  the host's local file too, so that budget is complete when Redis goes.
+  Every RETRY_EVERY seconds a try; once Redis answers, the process's sends of
+  the last window are entered in its windows under their own names (at their
+  times on Redis's clock: a Redis restarted empty counts them, none is counted
+  twice), and for one window a send must fit the local budget as well, since
+  processes of the host that have not yet seen Redis return still spend it.
 
 Must not: know HTTP; put the URL's password in any message; stop a read
 because Redis is slow or away (timeouts are short and end in the fallback).
@@ -99,7 +101,6 @@ return {0, now}
 class _Send:
     at: float  # time.monotonic()
     name: str  # its member in Redis's sorted set
-    shared: bool  # counted in Redis (else in the local budget)
 
 
 def redact_redis_url(url: str) -> str:
@@ -151,7 +152,7 @@ class RedisRateLimiter:
         self._peers = 1
         self._noted = 0  # server ms when this process last noted itself as a sharer
         self._recent: deque[_Send] = deque()  # this process's sends within the longest window
-        self._entered_until = 0.0  # time.monotonic() up to which they are in the local budget
+        self._both_until = 0.0  # time.monotonic() until which a send must fit the local budget too
         self._longest_ms = self._ms(max((s for _, s in self.windows), default=0.0))
         # The longest pause a 429 may impose: the local limiter's bound where it has one
         # (rate_limit_max_pause), else the longest window.
@@ -191,6 +192,13 @@ class RedisRateLimiter:
                     self._local_acquire(urgent)
                     return
                 if wait <= 0:
+                    if time.monotonic() < self._both_until:
+                        # Just back: processes of this host that have not seen Redis return
+                        # still spend the local budget. Keep to it too (which records the send there).
+                        self._fallback.acquire(urgent)
+                    else:
+                        # The local budget sees every send of the host, should Redis go away.
+                        _enter_local(self._fallback, [time.monotonic()])
                     return
                 self._sleep(min(wait, _MAX_SLEEP))
         finally:
@@ -239,7 +247,7 @@ class RedisRateLimiter:
             args += [limit if urgent else max(1, limit - _reserve(limit)), self._ms(seconds)]
         wait, now = self._script(keys=self._keys, args=args)
         if mode == "take" and wait == 0:
-            self._remember(name, shared=True)
+            self._remember(name)
         if now - self._noted >= _MEMBER_EVERY_MS:
             self._note_member(now)
         return wait / 1000
@@ -268,13 +276,13 @@ class RedisRateLimiter:
 
     def _local_acquire(self, urgent: bool) -> None:
         self._fallback.acquire(urgent)
-        self._remember(f"{self._member}:{next(self._serial)}", shared=False)
+        self._remember(f"{self._member}:{next(self._serial)}")
 
-    def _remember(self, name: str, shared: bool) -> None:
+    def _remember(self, name: str) -> None:
         """Keep the longest window's worth of this process's sends, for the moves between the budgets."""
         now = time.monotonic()
         with self._lock:
-            self._recent.append(_Send(now, name, shared))
+            self._recent.append(_Send(now, name))
             while self._recent and self._recent[0].at < now - self._longest_ms / 1000:
                 self._recent.popleft()
 
@@ -304,6 +312,7 @@ class RedisRateLimiter:
             return True
         with self._lock:
             self._down_until = None
+            self._both_until = time.monotonic() + self._longest_ms / 1000
         log.info("Redis at %s answers again: the download budget is shared again", self.where)
         return False
 
@@ -317,21 +326,16 @@ class RedisRateLimiter:
         share = tuple((max(1, math.floor(limit / peers)), seconds) for limit, seconds in self.windows)
         if share != self._fallback.windows:
             self._fallback = self._local(share, self.margin)
-        with self._lock:
-            # Sends counted in Redis since the last fall-back: the local budget has not seen them.
-            recent = [s.at for s in self._recent if s.shared and s.at > self._entered_until]
-            self._entered_until = time.monotonic()
-        _enter_local(self._fallback, recent)
         log.warning("Redis at %s cannot be reached (%s: %s); using the local download budget %s until it answers",
                     self.where, type(exc).__name__, exc, f"{list(share)} ({peers} sharing processes)")
 
 
 def _enter_local(limiter: RateLimiter, sends: list[float]) -> None:
-    """Put this process's recent sends (time.monotonic()) in the local budget, at their wall-clock times.
+    """Put sends (time.monotonic()) in the local budget, at their wall-clock times, without a check.
 
-    The local budget would otherwise start empty although the server counted
-    them: each process of the host adds its own as it falls back. (Through
-    RateLimiter's state hook: it has no public call that records a past send.)
+    Sends counted in Redis go in the host's local budget too, so that it is
+    complete the moment Redis goes away. (Through RateLimiter's state hook: it
+    has no public call that records a send it did not admit.)
     """
     if not sends:
         return

@@ -129,6 +129,6 @@ def test_redis_stopped_mid_run_reads_go_on_and_rejoin(emulator, emulator_data, r
     throttled = [r for r in reqs if r["status"] == 429]
     print(f"Redis away for {away:.1f} s of the run: {len(reqs)} requests, {len(throttled)} x 429 "
           f"({sum(1 for r in throttled if r['time'] >= back)} after Redis came back)")
-    # While Redis is away the local budgets cannot know what was spent through it
-    # just before: a 429 there pauses that mount and costs time, never bytes.
-    assert not [r for r in throttled if r["time"] >= back], "429s after the mounts shared Redis again"
+    # One host: its local budget saw every send made through Redis, and Redis every send made
+    # while it was away, so the budget held throughout.
+    assert not throttled, "429s while Redis was away or after it came back"
