@@ -96,7 +96,7 @@ class Config:
     listing_ttl: float
     recent_listing_ttl: float
     rate_limits: tuple[tuple[int, float], ...]
-    rate_limit_state: Path
+    rate_limit_state: Path | str = field(repr=False)  # a file, or a redis(s):// URL (may hold a password) [cluster]
     rate_limit_max_pause: float | None  # None: the longest rate window
     catalogue_limits: CatalogueLimits
     retries: "RetryPolicy"
@@ -287,7 +287,8 @@ def _build(
         listing_ttl=cache["listing_ttl"],
         recent_listing_ttl=cache["recent_listing_ttl"],
         rate_limits=v["rate_limits"],
-        rate_limit_state=_expand(v["rate_limit_state"], home),
+        rate_limit_state=(v["rate_limit_state"] if "://" in v["rate_limit_state"]  # [cluster] a Redis URL
+                          else _expand(v["rate_limit_state"], home)),
         rate_limit_max_pause=v["rate_limit_max_pause"],
         catalogue_limits=CatalogueLimits(v["catalogue_limits"]["max_pages"],
                                          v["catalogue_limits"]["max_response_size"]),

@@ -9,6 +9,7 @@ environment, or echo a password in a message.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from pathlib import Path
@@ -121,6 +122,17 @@ def _path(v: Any) -> str:
     return str(v)
 
 
+def _state(v: Any) -> str:
+    # [cluster] A redis(s):// URL shares the budget through Redis (ratelimit_redis.py); the
+    # value may hold a password, so it is never echoed.
+    if isinstance(v, str) and "://" in v:
+        parts = urlsplit(v)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname or not re.fullmatch(r"/?\d*", parts.path):
+            raise BadValue("must be a file path or a redis://[:PASSWORD@]HOST[:PORT][/DB] URL (rediss:// for TLS)")
+        return v
+    return _path(v)
+
+
 def check_level(v: Any) -> str:
     if not isinstance(v, str) or v.upper() not in LOG_LEVELS:
         raise BadValue(f"must be one of {', '.join(LOG_LEVELS)}, not {v!r}")
@@ -147,7 +159,7 @@ SCHEMA: dict[str, Any] = {
     "cache": {"dir": _path, "size": _positive_size, "listing_ttl": _seconds,
               "recent_listing_ttl": _seconds, "block_size": _positive_size},
     "rate_limits": "rate_limits",
-    "rate_limit_state": _path,
+    "rate_limit_state": _state,
     "rate_limit_max_pause": _optional_pause,
     "catalogue_limits": {"max_pages": _count, "max_response_size": _positive_size},
     "retries": {"attempts": _count, "backoff": _seconds, "max_time": _seconds},

@@ -25,7 +25,7 @@ from terrafs.catalogue import Catalogue, Filter
 from terrafs.catalogue.opensearch import OpenSearchCatalogue
 from terrafs.catalogue.stac import StacCatalogue
 from terrafs.config import Config
-from terrafs.errors import AuthError, CatalogueError, TerrafsError
+from terrafs.errors import AuthError, CatalogueError, ConfigError, TerrafsError
 from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.listings import ListingStore, NoPickleDisk
@@ -242,8 +242,26 @@ def open_block_cache(config: Config) -> BlockCache | MemoryOnlyCache:
 
 
 def make_limiter(config: Config) -> RateLimiter:
+    if isinstance(config.rate_limit_state, str):
+        return make_redis_limiter(config)
     return RateLimiter(config.rate_limits, state_path=config.rate_limit_state,
                        max_pause=config.rate_limit_max_pause)
+
+
+# The file the local budget lives in when no Redis is named, and while a named one is away.
+LOCAL_STATE = Path("~/.cache/terrafs/ratelimit.state")
+
+
+def make_redis_limiter(config: Config) -> RateLimiter:
+    """One budget for every process that names the same Redis (rate_limit_state: redis://...)."""
+    try:
+        from terrafs.ratelimit_redis import RedisRateLimiter
+    except ImportError as exc:
+        raise ConfigError(f"rate_limit_state names a Redis server, which needs the cluster extra "
+                          f"(pip install 'terrafs[cluster]'): {exc}") from None
+    # (RateLimiter makes the state file's folder, as for a local budget.)
+    return RedisRateLimiter(config.rate_limits, str(config.rate_limit_state),  # type: ignore[return-value]
+                            fallback_path=LOCAL_STATE.expanduser(), max_pause=config.rate_limit_max_pause)
 
 
 def selection_of(config: Config) -> dict[str, Filter] | None:
