@@ -143,26 +143,7 @@ class Reader:
         progress, if given, is called with the number of bytes of f cached so far.
         """
         blocks = blocks_of(f, self.policy.block_size)
-        n, done, i = blocks.count(), 0, 0
-        while i < n:
-            if self._held.has(blocks, i):
-                done += blocks.length(i)
-                i += 1
-                if progress:
-                    progress(done)
-                continue
-            j = i
-            while j < n and not self._held.has(blocks, j):
-                j += 1
-            start = i * blocks.unit
-            st = Stream(f, start, min(j * blocks.unit, f.size), allowed_end=f.size, urgent=False)
-            base = done
-            self._streams.run(st, on_block=(lambda pos, base=base, start=start: progress(base + pos - start))
-                              if progress else None)
-            if st.pos < st.end:
-                raise FetchError(f"prefetch of {f.url} stopped at byte {st.pos}: {st.error}")
-            done += st.end - st.start
-            i = j
+        self._streams.fill(blocks, lambda i: self._held.has(blocks, i), progress)
         self.flush()
 
     def release(self, f: RemoteFile) -> None:

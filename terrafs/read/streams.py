@@ -19,7 +19,7 @@ from typing import Callable
 
 from terrafs.errors import FetchError
 from terrafs.read.policy import ReadPolicy, StreamView
-from terrafs.read.remote import RemoteFile
+from terrafs.read.remote import RemoteFile, Units
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +174,27 @@ class Streams:
                     break
                 self._cond.wait(min(left, 1.0))
             return not st.stop
+
+    def fill(self, u: Units, held: Callable[[int], bool], progress: Callable[[int], None] | None) -> None:
+        """Bring every block of a file that `held` says is missing, with non-urgent streams over
+        the missing runs (prefetch); progress gets the bytes of the file held so far."""
+        f, n, done, i = u.file, u.count(), 0, 0
+        while i < n:
+            if held(i):
+                done += u.length(i)
+                i += 1
+                if progress:
+                    progress(done)
+                continue
+            j = i
+            while j < n and not held(j):
+                j += 1
+            start = i * u.unit
+            st = Stream(f, start, min(j * u.unit, f.size), allowed_end=f.size, urgent=False)
+            self.run(st, on_block=(lambda pos, base=done, start=start: progress(base + pos - start))
+                     if progress else None)
+            if st.pos < st.end:
+                raise FetchError(f"prefetch of {f.url} stopped at byte {st.pos}: {st.error}")
+            done += st.end - st.start
+            i = j
+
