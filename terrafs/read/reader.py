@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _WAIT_LIMIT = 600.0  # seconds a reader waits on another thread's fetch before giving up
 _LAYOUT_TRIES = 8  # reads that look for a TIFF layout before giving up on a file
+_FOLLOWING = Facts(True, True, True)  # a read behind a live stream needs no cache lookups
 
 # A block as the reader holds it: bytes in RAM, a slot of the spool file, or its verified cache file.
 Block = Union[bytes, Spooled, DiskBlock]
@@ -193,7 +194,7 @@ class Reader:
             state = self._files.setdefault(f.key, _FileState())
             st = state.stream if state.stream is not None and state.stream.running else None
             if st is not None:  # no facts needed: the plan follows the stream
-                return self._apply(f, state, offset, end, Facts(True, True, True))
+                return self._apply(f, state, offset, end, _FOLLOWING)
         with state.planning:
             facts, missing = self._facts(f, offset, end)  # disk lookups, outside the reader's lock
             self._find_layout(f, state, offset)
