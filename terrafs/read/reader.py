@@ -83,7 +83,7 @@ class Reader:
         self.policy = p
         self._dl = downloader
         self._cache = cache
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.Lock())  # a plain lock: an RLock makes every wait and notify slower
         self._files: dict[str, _FileState] = {}
         self._generations: dict[str, int] = {}  # file key -> how often its remote content changed
         self._closed = False
@@ -191,7 +191,9 @@ class Reader:
         with self._cond:
             if self._closed:
                 raise FetchError("reader is closed")
-            state = self._files.setdefault(f.key, _FileState())
+            state = self._files.get(f.key)
+            if state is None:  # (not setdefault: it would build a state, a lock and all, every read)
+                state = self._files[f.key] = _FileState()
             st = state.stream if state.stream is not None and state.stream.running else None
             if st is not None:  # no facts needed: the plan follows the stream
                 return self._apply(f, state, offset, end, _FOLLOWING)
