@@ -56,15 +56,14 @@ def _debug() -> bool:
 class _FileState:
     """One file being read (guarded by Reader._cond)."""
 
-    def coming_covers(self, key: tuple[str, int], pieces: Units) -> bool:
+    def coming_covers(self, key: tuple[str, int], pieces: Units) -> bool:  # (caller holds Reader._cond)
         return key[0] == pieces.key and self.coming[0] <= key[1] * pieces.unit < self.coming[1]
 
     def __init__(self) -> None:
         self.access = Access()
         self.planning = threading.Lock()  # one read of the file plans at a time (before _cond)
         self.stream: Stream | None = None
-        # The pieces the last planned fetch will bring: a read planned after it, before that
-        # fetch is claimed, joins it instead of planning a request of its own.
+        # What the last planned fetch will bring: a read planned before it is claimed joins it.
         self.coming: tuple[int, int] = (0, 0)
         self.layout: tiff.TiffLayout | None = None
         self.layout_tries = 0  # 0..; _LAYOUT_TRIES = given up
@@ -191,9 +190,7 @@ class Reader:
         with self._cond:
             if self._closed:
                 raise FetchError("reader is closed")
-            state = self._files.get(f.key)
-            if state is None:  # (not setdefault: it would build a state, a lock and all, every read)
-                state = self._files[f.key] = _FileState()
+            state = self._files.get(f.key) or self._files.setdefault(f.key, _FileState())
             st = state.stream if state.stream is not None and state.stream.running else None
             if st is not None:  # no facts needed: the plan follows the stream
                 return self._apply(f, state, offset, end, _FOLLOWING)
