@@ -159,8 +159,8 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
     sequential = access.note(offset, end, bs)
     run = access.seq_end - access.run_start
     ahead = min(p.readahead, max(run, 2 * bs))
-    if access.run_start > 0:  # mid-file (a run of strips or tiles, not a copy): half the run ahead
-        ahead = min(ahead, max(bs, run // 2))
+    if access.run_start > 0:  # mid-file (a run of strips or tiles, not a copy): a quarter of the run ahead
+        ahead = min(ahead, max(bs, run // 4))
     if stream is not None:
         allow = None
         if sequential and stream.start <= access.seq_end <= stream.end:
