@@ -29,7 +29,7 @@ from terrafs.errors import AuthError, CatalogueError, ConfigError, TerrafsError
 from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.listings import ListingStore, NoPickleDisk
-from terrafs.localfs import FolderUnusable, UnsafePathError, private_dir
+from terrafs.localfs import FolderUnusable, private_dir
 from terrafs.ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
 from terrafs.read import Reader
 from terrafs.scope import CredentialScope
@@ -187,9 +187,7 @@ def open_meta_cache(config: Config) -> diskcache.Cache:
         private_dir(config.cache_dir)
         path = private_dir(config.cache_dir / "meta")
         return diskcache.Cache(str(path), size_limit=256 << 20, disk=NoPickleDisk)
-    except (FolderUnusable, OSError, sqlite3.Error, diskcache.Timeout) as exc:
-        if isinstance(exc, UnsafePathError) and not isinstance(exc, FolderUnusable):
-            raise
+    except (FolderUnusable, OSError, sqlite3.Error, diskcache.Timeout) as exc:  # not the other UnsafePathErrors
         spare = Path(tempfile.mkdtemp(prefix="terrafs-meta-"))
         log.warning("the cache folder %s cannot be used (%s); listings are kept in %s for this run",
                     config.cache_dir, exc, spare)
@@ -233,9 +231,7 @@ def open_block_cache(config: Config) -> BlockCache | MemoryOnlyCache:
         private_dir(config.cache_dir)
         path = private_dir(config.cache_dir / "blocks")
         return BlockCache(path, config.cache_size, block_size=config.block_size)
-    except (FolderUnusable, OSError, sqlite3.Error, diskcache.Timeout) as exc:
-        if isinstance(exc, UnsafePathError) and not isinstance(exc, FolderUnusable):
-            raise
+    except (FolderUnusable, OSError, sqlite3.Error, diskcache.Timeout) as exc:  # not the other UnsafePathErrors
         log.warning("the cache folder %s cannot be used (%s); reads are served from the network and "
                     "memory", config.cache_dir, exc)
         return MemoryOnlyCache(config.block_size, f"{config.cache_dir}: {exc}")

@@ -22,9 +22,6 @@ log = logging.getLogger(__name__)
 
 _WAIT_LIMIT = 600.0  # seconds to wait for a loader thread's block
 
-Block = "bytes | Spooled | DiskBlock"
-
-
 class Lookup:
     def __init__(self, cache: BlockCache, hot: HotSet, wb: WriteBehind, block_size: int):
         self.cache = cache
