@@ -12,8 +12,9 @@ import pytest
 from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
-from terrafs.emulator.data import build_archive
+from terrafs.emulator.data import _ensure_files, build_archive
 from terrafs.emulator.opensearch import _last_start, handle_opensearch, parse_interval
+from terrafs.emulator.plan import PlannedFile, PlannedProduct
 from terrafs.emulator.stac import handle_stac
 
 BASE = "http://127.0.0.1:9999"
@@ -67,6 +68,33 @@ def test_archive_is_deterministic_and_has_every_collection(archive, emulator_dat
     assert len(archive.products("terrascope-s2-ndvi-v2")) == BULK + NDVI_REAL
     years = {p.datetime.year for p in archive.products("terrascope-s2-toc-v2")}
     assert years == {2020, 2021}
+
+
+def test_a_data_directory_of_another_plan_is_brought_up_to_date(tmp_path):
+    """A directory left by an older plan (same DATA_VERSION) loses the files the plan no longer
+    has and gets the ones whose content changed rewritten; unchanged files are kept as they are."""
+    def plan(texts: dict[str, str]) -> list[PlannedProduct]:
+        files = [PlannedFile(rel=f"P/{name}", download_path=f"d/{name}", group="data", asset_key=name,
+                             roles=("data",), title=name, type="text/plain", text=text)
+                 for name, text in texts.items()]
+        return [PlannedProduct(product={}, files=files)]
+
+    root = tmp_path / "small"
+    root.mkdir()
+    assert _ensure_files(root, plan({"a.txt": "one", "b.txt": "two", "gone.txt": "old"})) == {
+        "P/a.txt": 3, "P/b.txt": 3, "P/gone.txt": 3}
+    kept = (root / "P/a.txt").stat().st_ino
+    (root / "P/stray.aux.xml").write_text("left by a tool")
+    sizes = _ensure_files(root, plan({"a.txt": "one", "b.txt": "changed"}))
+    assert sizes == {"P/a.txt": 3, "P/b.txt": 7}
+    assert sorted(p.name for p in (root / "P").iterdir()) == ["a.txt", "b.txt"]
+    assert (root / "P/b.txt").read_text() == "changed"
+    assert (root / "P/a.txt").stat().st_ino == kept
+    # A marker that is not ours (or unreadable) rebuilds rather than trusting the files.
+    (root / ".complete.json").write_text("[1, 2]")
+    (root / "P/b.txt").write_text("tampered")
+    assert _ensure_files(root, plan({"a.txt": "one", "b.txt": "changed"}))["P/b.txt"] == 7
+    assert (root / "P/b.txt").read_text() == "changed"
 
 
 def test_archive_paths_follow_platform_and_download_layouts(archive):

@@ -24,15 +24,34 @@ def _source(emulator_data: Path, row: dict) -> Path:
 POOL = 16  # the Downloader's connection pool: up to this many keep-alive sockets stay open
 
 
+SQLITE = (".db", ".db-wal", ".db-shm")
+
+
+def _targets(pid: int) -> list[str]:
+    out = []
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{n}"))
+        except FileNotFoundError:  # closed between the listing and the readlink
+            pass
+    return out
+
+
 def _resources(pid: int) -> tuple[int, int]:
     """(threads, open files other than sockets); sockets are checked against the pool's bound."""
-    fds = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
-    return len(os.listdir(f"/proc/{pid}/task")), sum(1 for t in fds if not t.startswith("socket:"))
+    return len(os.listdir(f"/proc/{pid}/task")), sum(1 for t in _targets(pid) if not t.startswith("socket:"))
+
+
+def _kinds(pid: int) -> tuple[int, int]:
+    """(SQLite files of the caches, other open files other than sockets)."""
+    files = [t for t in _targets(pid) if not t.startswith("socket:")]
+    sqlite = sum(1 for t in files if t.endswith(SQLITE))
+    return sqlite, len(files) - sqlite
 
 
 def _files(pid: int) -> list[str]:
-    fds = [os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")]
-    return sorted(t.rsplit("/", 2)[-2] + "/" + t.rsplit("/", 1)[-1][:12] for t in fds if not t.startswith("socket:"))
+    return sorted(t.rsplit("/", 2)[-2] + "/" + t.rsplit("/", 1)[-1][:12]
+                  for t in _targets(pid) if not t.startswith("socket:"))
 
 
 def _sockets(pid: int) -> int:
@@ -91,11 +110,12 @@ def test_copies_under_40_percent_faults_are_exact(emulator_factory, emulator_dat
             with lock:
                 wrong.append((rnd, path.name))
 
-    settled = {}
+    settled, kinds = {}, {}
     for rnd in (1, 2):
         with ThreadPoolExecutor(READERS) as pool:
             list(pool.map(lambda it: copy(it, rnd), paths))
         settled[rnd] = _settle(m.proc.pid, before)
+        kinds[rnd] = _kinds(m.proc.pid)
     emu.set(fault_rate=0.0)
     faulted = [e for e in emu.requests("download") if e.get("fault")]
     assert len(faulted) > len(paths) / 2, f"only {len(faulted)} faults were served: the soak tested little"
@@ -105,11 +125,16 @@ def test_copies_under_40_percent_faults_are_exact(emulator_factory, emulator_dat
     assert os.path.ismount(m.path) and m.proc.poll() is None, "the mount went down"
     after = settled[2]
     assert after[0] <= before[0], f"threads {before[0]} -> {after[0]}"
-    # A pass leaves nothing behind: the second pass ends with no more open files than the first.
-    # The first may end with more than the warm-up, but never a file's worth: diskcache opens
-    # SQLite connections (db, -wal, -shm, for up to 3 caches) per thread on its first use of a
-    # cache, so at most 9 per thread; a descriptor leaked per file or request would be 110+.
-    assert after[1] <= settled[1][1], f"open files grew over a pass: {settled[1][1]} -> {after[1]}"
+    # A pass leaves nothing behind: the second pass ends with no more open files other than the
+    # caches' SQLite files than the first (block files, spool files, pipes: a leak per file or per
+    # request would show here as tens). The SQLite files are diskcache's connections, one set
+    # (db, -wal, -shm, for up to 3 caches) per thread that has used a cache, so at most 9 for
+    # each thread; libfuse may retire an idle worker thread and start another between passes,
+    # which opens its own set, so they are bounded per thread rather than compared.
+    assert kinds[2][1] <= kinds[1][1], (
+        f"open files other than SQLite grew over a pass: {kinds[1][1]} -> {kinds[2][1]}: {_files(m.proc.pid)}")
+    threads = max(before[0], settled[1][0], after[0])
+    assert kinds[2][0] <= 9 * threads, f"{kinds[2][0]} SQLite files open for {threads} threads"
     assert settled[1][1] - before[1] <= 9 * before[0], (
         f"open files {before[1]} -> {settled[1][1]}: {_files(m.proc.pid)}")
     assert _sockets(m.proc.pid) <= POOL + 4, f"{_sockets(m.proc.pid)} sockets open"

@@ -405,39 +405,68 @@ def _read_disk(path: str, start: int, length: int) -> bytes:
         return f.read(length)
 
 
+def _content_key(pf: PlannedFile) -> str:
+    """A digest of everything that decides a planned file's bytes (with DATA_VERSION for the writers)."""
+    what = repr((DATA_VERSION, pf.raster, pf.grid, pf.text))
+    return hashlib.sha256(what.encode()).hexdigest()[:16]
+
+
 def _ensure_files(root: Path, planned: list[PlannedProduct]) -> dict[str, int]:
-    """Write missing files (each atomically) and return rel path -> size."""
+    """Write the files whose planned content is missing or changed (each atomically), remove
+    files that the plan no longer has, and return rel path -> size.
+
+    The marker records each file's content key and size: a directory written by another
+    version of the plan is brought up to date file by file, and never serves a file that the
+    catalogue does not list or one whose bytes the plan now decides otherwise."""
     marker = root / ".complete.json"
-    wanted = [pf for pp in planned for pf in pp.files]
+    wanted = {pf.rel: pf for pp in planned for pf in pp.files}
     try:
         done = json.loads(marker.read_text())
-    except FileNotFoundError:
-        done = None
+        if not isinstance(done, dict) or done.get("version") != DATA_VERSION:
+            done = {}
     except (OSError, ValueError):
         done = {}
-    if done and done.get("version") == DATA_VERSION:
-        sizes = done.get("sizes", {})
-        if all(pf.rel in sizes and (root / pf.rel).is_file() for pf in wanted):
-            return {pf.rel: int(sizes[pf.rel]) for pf in wanted}
-    # Files are renamed into place only when complete, so existing ones are kept,
-    # unless a marker from another data version says they may differ.
-    stale = done is not None and done.get("version") != DATA_VERSION
-    log.info("writing emulator archive files into %s", root)
-    sizes = {}
-    for pf in wanted:
-        path = root / pf.rel
-        if stale or not path.is_file():
-            if pf.raster is not None:
-                _write_raster(path, pf.raster)
-            elif pf.grid is not None:
-                _write_bytes(path, shapes.netcdf_bytes(pf.grid))
-            else:
-                _write_bytes(path, (pf.text or "").encode())
-        sizes[pf.rel] = path.stat().st_size
-    tmp = marker.with_name(f".complete.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"version": DATA_VERSION, "sizes": sizes}, sort_keys=True))
-    os.replace(tmp, marker)
+    keys = {rel: _content_key(pf) for rel, pf in wanted.items()}
+    old_keys = done.get("keys") if isinstance(done.get("keys"), dict) else {}
+    old_sizes = done.get("sizes") if isinstance(done.get("sizes"), dict) else {}
+    sizes: dict[str, int] = {}
+    wrote = False
+    for rel, pf in wanted.items():
+        path = root / rel
+        if old_keys.get(rel) == keys[rel] and rel in old_sizes and path.is_file():
+            sizes[rel] = int(old_sizes[rel])
+            continue
+        if not wrote:
+            log.info("writing emulator archive files into %s", root)
+            wrote = True
+        if pf.raster is not None:
+            _write_raster(path, pf.raster)
+        elif pf.grid is not None:
+            _write_bytes(path, shapes.netcdf_bytes(pf.grid))
+        else:
+            _write_bytes(path, (pf.text or "").encode())
+        sizes[rel] = path.stat().st_size
+    removed = _remove_unplanned(root, set(wanted))
+    if wrote or removed or old_keys != keys:
+        tmp = marker.with_name(f".complete.json.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"version": DATA_VERSION, "keys": keys, "sizes": sizes}, sort_keys=True))
+        os.replace(tmp, marker)
     return sizes
+
+
+def _remove_unplanned(root: Path, wanted: set[str]) -> int:
+    """Remove files below root that the plan does not have (left by an older plan), except
+    the directory's own dot files (marker, lock); return how many."""
+    removed = 0
+    for path in root.rglob("*"):
+        if path.name.startswith(".") and path.parent == root:
+            continue
+        if path.is_file() and not path.is_symlink() and path.relative_to(root).as_posix() not in wanted:
+            path.unlink()
+            removed += 1
+    if removed:
+        log.info("removed %d files that the archive plan no longer has from %s", removed, root)
+    return removed
 
 
 def build_archive(data_dir: Path, profile: str = "small", bulk_products: int = 0) -> Archive:
