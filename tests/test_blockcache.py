@@ -212,3 +212,56 @@ def test_gets_within_touch_after_write_nothing(tmp_path: Path):
         assert len(after) == 5 and after != files, "an old block was not stored again when used"
     finally:
         c.close()
+
+
+def test_a_batch_of_puts_is_one_transaction(cache: BlockCache):
+    """Inside batch() nothing is committed until its end; an error inside rolls the lot back."""
+    other = BlockCache(cache.directory, size_limit=64 << 20, block_size=BS)  # another reader of the index
+    try:
+        with cache.batch():
+            for i in range(4):
+                cache.put("f", i, _block(i))
+            assert not other.has("f", 0), "a put inside a batch was visible before its commit"
+        assert all(other.has("f", i) for i in range(4))
+        with pytest.raises(RuntimeError):
+            with cache.batch():
+                cache.put("g", 0, _block(9))
+                raise RuntimeError("boom")
+        assert not cache.has("g", 0) and cache.get("g", 0) is None
+    finally:
+        other.close()
+
+
+def test_write_behind_writes_a_burst_and_a_failed_block_loses_no_other(tmp_path: Path):
+    """Blocks queued together go to disk together; one block whose write fails (a full disk)
+    costs that block alone, and the writer reports the cache degraded until a write works."""
+    from terrafs.read.writebehind import WriteBehind
+
+    class OneFails(BlockCache):
+        batches = 0
+
+        def batch(self):
+            self.batches += 1
+            return super().batch()
+
+        def put(self, file_key, index, data, expected_len=None):
+            if index == 4 and file_key == "f":
+                raise OSError(28, "No space left on device")
+            return super().put(file_key, index, data, expected_len)
+
+    c = OneFails(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    wb = WriteBehind(c, BS, 64 * BS)
+    try:
+        wb.last_read = time.monotonic()  # a program is reading: the writer holds back, blocks queue up
+        for i in range(5):  # the last one fails
+            wb.put(("f", i), _block(i), spool=i % 2 == 1)
+        wb.flush()
+        assert c.batches < 5, "every block was committed on its own"
+        assert [c.get("f", i) == _block(i) for i in range(5)] == [True, True, True, True, False]
+        assert wb.stats()["pending_blocks"] == 0 and wb.degraded and "No space" in wb.degraded
+        wb.put(("g", 0), _block(7), spool=False)
+        wb.flush()
+        assert c.get("g", 0) == _block(7) and wb.degraded is None
+    finally:
+        wb.close()
+        c.close()

@@ -51,6 +51,24 @@ def test_tiles_apart_are_not_joined():
     assert stop < 5 * MB
 
 
+def test_the_next_tile_row_of_a_window_is_planned_like_the_first():
+    """A read jumping forward past the kernel's read-ahead in a tiled file starts a new run: the
+    second tile row of a window fetches its tiles, not a block past them."""
+    layout = _tiles(64 * KB, [95 * KB] * 48)
+    t = layout.segments
+    access = Access()
+    first = plan(P, access, 8 * MB, t[3].offset, t[5].end, stream=None, facts=NOTHING, layout=layout)
+    assert first.pieces and first.fetch_start == t[3].offset
+    row2 = t[9].offset  # six tiles on: the same columns one tile row down
+    second = plan(P, access, 8 * MB, row2, row2 + 96 * KB, stream=None, facts=NOTHING, layout=layout)
+    assert second.pieces and second.start_stream is None
+    assert (second.fetch_start, second.fetch_end) == reach(P, layout, row2, row2 + 96 * KB)
+    assert second.fetch_end - second.fetch_start == first.fetch_end - first.fetch_start
+    # A run that goes on (the kernel's next cut of the same read) is still a run.
+    third = plan(P, access, 8 * MB, row2 + 96 * KB, row2 + 192 * KB, stream=None, facts=NOTHING, layout=layout)
+    assert access.run_reads == 2 and third.start_stream is None
+
+
 def test_without_a_layout_a_random_read_reaches_random_ahead():
     assert reach(P, None, 10 * MB, 10 * MB + 128 * KB) == (10 * MB, 10 * MB + 128 * KB + P.random_ahead)
 

@@ -9,7 +9,7 @@ identity (ETag / Last-Modified) were checked are cached.
 
 Lock order (a thread holding one lock takes only locks further down):
   1. _FileState.planning       one read of a file plans at a time (cache lookups included)
-  2. WriteBehind._write_lock   held while one block goes to disk
+  2. WriteBehind._write_lock   held while a batch of blocks goes to disk
   3. Reader._cond              per-file state, streams, in-flight fetches
   4. leaf locks: HotSet._lock, WriteBehind._lock, Spool._lock, DiskAhead._lock
 No disk or SQLite call, and no HTTP, is made while _cond is held: what is

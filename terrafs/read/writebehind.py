@@ -12,7 +12,7 @@ damaged index) never fails a read: the block was served already; the writer
 logs one warning per cause naming the folder, reports itself degraded in
 stats(), and goes on trying, so writes resume when the cause is gone.
 
-Lock order: `_write_lock` (held while one block goes to disk) before `_lock`
+Lock order: `_write_lock` (held while a batch of blocks goes to disk) before `_lock`
 (pending; a leaf). Must not: decide what to fetch, or hold `_lock` across I/O.
 """
 from __future__ import annotations
@@ -32,6 +32,12 @@ Key = tuple[str, int]
 
 _WRITE_DEFER = 0.05  # cache writes wait while a read came within this many seconds
 _WRITE_MAX_DEFER = 2.0  # ... but no block waits longer than this
+_BATCH_BLOCKS = 64  # blocks written in one transaction at most
+_BATCH_BYTES = 16 << 20  # ... and bytes
+
+
+def _size(held: "bytes | Spooled") -> int:
+    return held.length if isinstance(held, Spooled) else len(held)
 
 
 class WriteBehind:
@@ -131,44 +137,73 @@ class WriteBehind:
     def _loop(self) -> None:
         while True:
             item = self._queue.get()
+            batch = [item]
+            if item is not None:
+                self._yield_to_readers(item[2])
+                # What has queued up meanwhile goes to disk in the same transaction: one
+                # commit for the lot (a commit per 16 KiB piece was most of the writer's CPU).
+                size = _size(item[1])
+                while len(batch) < _BATCH_BLOCKS and size < _BATCH_BYTES:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    batch.append(nxt)
+                    if nxt is None:
+                        break
+                    size += _size(nxt[1])
             try:
-                if item is None:
-                    return
-                key, held, queued = item
-                self._yield_to_readers(queued)
-                self._write(key, held)
+                writes = [it for it in batch if it is not None]
+                if writes:
+                    self._write(writes)
             finally:
-                # Only now may a spool slot be reused: nobody finds the block in pending any more.
-                if item is not None and isinstance(item[1], Spooled) and self.spool is not None:
-                    self.spool.free(item[1])
-                self._queue.task_done()
+                for it in batch:
+                    # Only now may a spool slot be reused: nobody finds the block in pending any more.
+                    if it is not None and isinstance(it[1], Spooled) and self.spool is not None:
+                        self.spool.free(it[1])
+                    self._queue.task_done()
+            if batch[-1] is None:
+                return
 
-    def _write(self, key: Key, held: bytes | Spooled) -> None:
+    def _write(self, items: list[tuple[Key, bytes | Spooled, float]]) -> None:
+        """Write queued blocks still current in one transaction; drop them from pending after its commit."""
+        works = False  # a write succeeded after the last one that failed
         try:
-            with self._write_lock:
-                with self._lock:
-                    current = self._pending.get(key) is held
-                if current:
+            with self._write_lock, self._cache.batch():
+                for key, held, _ in items:
+                    with self._lock:
+                        current = self._pending.get(key) is held
+                    if not current:
+                        continue
                     block = held
                     if isinstance(held, Spooled):
                         block = self.spool.read(held, 0, held.length)  # type: ignore[union-attr]
                         if block is None:
                             raise RuntimeError(f"spool slot of block {key[1]} was reused before its write")
-                    self._cache.put(key[0], key[1], block, expected_len=len(block))
-                    if self.degraded is not None:
-                        log.warning("cache writes to %s work again", self._cache.directory)
-                        self.degraded = None
-                        self._warned.clear()
-        except OSError as exc:  # the block was served already; it costs a refetch later, no more
-            self._warn(type(exc).__name__ + str(exc.errno), f"cannot write to the cache in {self._cache.directory} "
-                       f"({exc.strerror or exc}); reads go on from the network")
+                    try:
+                        self._cache.put(key[0], key[1], block, expected_len=len(block))
+                        works = True
+                    except OSError as exc:  # this block's file (a full disk): the others may still fit
+                        works = False
+                        self._failed(exc)
+            if works and self.degraded is not None:
+                log.warning("cache writes to %s work again", self._cache.directory)
+                self.degraded = None
+                self._warned.clear()
+        except OSError as exc:  # the blocks were served already; it costs a refetch later, no more
+            self._failed(exc)
         except Exception as exc:  # noqa: BLE001 - a damaged index (sqlite3) or a bug: still never fail a read
             self._warn(type(exc).__name__, f"cannot write to the cache in {self._cache.directory} ({exc!r}); "
                        "reads go on from the network")
         finally:
             with self._lock:
-                if self._pending.get(key) is held:
-                    del self._pending[key]
+                for key, held, _ in items:
+                    if self._pending.get(key) is held:
+                        del self._pending[key]
+
+    def _failed(self, exc: OSError) -> None:
+        self._warn(type(exc).__name__ + str(exc.errno), f"cannot write to the cache in {self._cache.directory} "
+                   f"({exc.strerror or exc}); reads go on from the network")
 
     def _warn(self, cause: str, message: str) -> None:
         self.degraded = message
