@@ -526,6 +526,19 @@ def test_a_read_racing_the_reuse_of_a_spool_slot_never_serves_the_new_bytes(env)
     spool.free(fresh)
 
 
+def test_a_read_of_a_slot_freed_as_the_spool_empties_looks_elsewhere(env):
+    """The last free empties the spool and truncates its file: a reader still holding the block
+    gets "look elsewhere", not a short read turned into an error."""
+    data, f, dl, cache, reader = env(size=1 << 20)
+    spool = reader._wb.spool  # white-box: the race cannot be timed from outside
+    assert _read_all(reader, f) == data
+    reader.flush()
+    spool._reserve = False  # as on a filesystem without fallocate: the truncated file stays empty
+    held = spool.put(b"z" * BS)
+    spool.free(held)  # the only slot in use: the spool is empty now, its file truncated
+    assert spool.read_into(held, 0, memoryview(bytearray(100))) is False
+
+
 # -- pieces: sub-block fetches for format probes and COG tiles ------------------
 
 MB = 1 << 20

@@ -16,7 +16,7 @@ bytes cost less than the request they save:
 * Any other read is random (a tile of a GeoTIFF): it fetches what it touches
   plus `random_ahead`, in pieces. Where the file is a TIFF whose IFDs are
   cached, the fetch is stretched to whole tiles (or strips): the one the read
-  enters and the adjacent ones up to `random_ahead` past it, so a program
+  enters and the adjacent ones up to `tile_ahead` past it, so a program
   reading a run of tiles in one read() (which the kernel cuts into 128 KiB
   FUSE reads) costs one request, not one per cut.
 * Missing units separated by cached ones are fetched as one range when the
@@ -70,6 +70,12 @@ class ReadPolicy:
     bulk_read: int = 64 << 10
     #: Bytes past a random read fetched in the same request: what the program and the kernel ask next.
     random_ahead: int = 384 << 10
+    #: In a tiled TIFF, the adjacent tiles that start within this much of the one a read enters come in
+    #: the same request: a window 2 or 3 tiles wide (256 px tiles of ~100 KB; 384 KiB brought a 4th
+    #: tile and 0.8 x a window's bytes more on the Sentinel-2 bands, and saved no request).
+    tile_ahead: int = 256 << 10
+    #: In a striped TIFF the same, for strips (full rows: a window of a few dozen rows spans several).
+    strip_ahead: int = 768 << 10
     #: Cached blocks verified ahead of a sequential re-read.
     disk_ahead: int = 8 << 20
     #: Budget one request costs once the limiter's burst is spent (80 per 10 s).
@@ -201,7 +207,7 @@ def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int, run: 
 
     Without a layout: the read and `random_ahead` past it. With one: whole
     tiles, from the start of the one the read enters, through each adjacent
-    tile that starts before `random_ahead` past the read (so that one request
+    tile that starts before `tile_ahead` (`strip_ahead`) past the read (so that one request
     brings the run of tiles a program reads in one read()), and the kernel's
     read-ahead past the last of them.
     """
@@ -219,9 +225,8 @@ def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int, run: 
         start, k = min(offset, segs[i].offset), i
     stop = segs[k].end
     # The next tile too (a window that straddles a tile edge), and more while within the
-    # reach: random_ahead for tiles, twice that for strips (full rows: a window of a few
-    # dozen rows spans several).
-    ahead = max(run, p.random_ahead * (2 if layout.across[segs[k].image] == 1 else 1))
+    # reach: tile_ahead for tiles, strip_ahead for strips.
+    ahead = max(run, p.strip_ahead if layout.across[segs[k].image] == 1 else p.tile_ahead)
     nxt = segs[k + 1].offset + 1 if k + 1 < len(segs) else 0
     want = max(end, segs[k].offset + ahead, nxt)
     while (k + 1 < len(segs) and segs[k + 1].offset < want and segs[k + 1].offset - stop <= PAGE

@@ -124,10 +124,13 @@ class Spool:
 
     def read_into(self, sp: Spooled, start: int, dst: memoryview) -> bool:
         """Bytes [start, start+len(dst)) of the block into dst; False if its slot was reused meanwhile."""
-        if read_fully(self._fd, dst, sp.slot * self._size + start) < len(dst):
-            raise FetchError("spool file ended short")
+        short = read_fully(self._fd, dst, sp.slot * self._size + start) < len(dst)
         with self._lock:
-            return self._gens[sp.slot] == sp.gen
+            if self._gens[sp.slot] != sp.gen:
+                return False  # freed meanwhile (an emptied spool is truncated): look elsewhere
+        if short:
+            raise FetchError("spool file ended short")
+        return True
 
     def free(self, sp: Spooled) -> None:
         """The block is in the cache (or dropped): its slot may be handed out again."""
