@@ -1,15 +1,20 @@
 """File nodes of the tree turned into remote files the reader can serve.
 
 Sizes come from the catalogue; only where it gives none, one HEAD request,
-remembered in the disk cache so that it is never repeated.
+remembered in the disk cache so that it is never repeated. Where the download
+server later serves a file at another size (republished), its size wins over
+the listing's until the listing says the same: the read that found out fails,
+every later open has the new size (and bypasses the kernel's page cache, whose
+idea of the size may be an hour old; see open()).
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass
 
-from terrafs.errors import FetchError
+from terrafs.errors import FetchError, SizeChanged
 from terrafs.read import Reader, RemoteFile
 from terrafs.tree import FileNode
 
@@ -26,7 +31,9 @@ class Handle:
     """One open of a file: which version of it this open has served bytes of."""
 
     remote: RemoteFile
+    node: FileNode | None = None
     generation: int | None = None  # the reader's generation of the file when this open first read
+    direct: bool = False  # the kernel must not serve or bound reads from its cache (the size changed)
 
 
 class Files:
@@ -38,8 +45,15 @@ class Files:
         self._pending: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._opened: dict[str, int] = {}  # file key -> the generation the kernel's pages are of
+        # url -> (size listed, size the server gives): files republished at another size.
+        self._resized: dict[str, tuple[int, int]] = _resized_from(meta_cache)
 
     def size(self, node: FileNode) -> int:
+        listed = self._listed_size(node)
+        moved = self._resized.get(node.file.href)
+        return moved[1] if moved is not None and moved[0] == listed else listed
+
+    def _listed_size(self, node: FileNode) -> int:
         if node.file.size is not None:
             return node.file.size
         url = node.file.href
@@ -64,6 +78,18 @@ class Files:
                 self._pending.pop(url, None)
         return size
 
+    def _size_changed(self, node: FileNode, exc: SizeChanged) -> None:
+        """Remember the size the server gives for a file listed at another (here and on disk)."""
+        listed = self._listed_size(node)
+        with self._lock:
+            self._resized[exc.url] = (listed, exc.size)
+            saved = {url: list(sizes) for url, sizes in self._resized.items()}
+        if self._meta is not None:
+            try:
+                self._meta.set("resized", json.dumps(saved))  # the meta cache keeps text, never pickles
+            except Exception as exc2:  # noqa: BLE001 - a full or broken cache: remembered in RAM
+                log.debug("new size of %s not saved: %s", exc.url, exc2)
+
     def remote(self, node: FileNode) -> RemoteFile:
         size = self.size(node)
         return RemoteFile(url=node.file.href, size=size, key=file_key(node.file.href, size))
@@ -73,13 +99,16 @@ class Files:
 
         The kernel's pages are dropped (keep_cache off) on the first open after
         the file changed on the server, so that no later open sees old bytes.
+        A file whose size changed is opened for direct I/O (handle.direct): the
+        kernel would otherwise end reads at the size it last heard of.
         """
         remote = self.remote(node)
         generation = self._reader.generation(remote)
         with self._lock:
             keep = self._opened.get(remote.key) == generation
             self._opened[remote.key] = generation
-        return Handle(remote), keep
+            direct = node.file.href in self._resized
+        return Handle(remote, node=node, direct=direct), keep and not direct
 
     def read(self, handle: Handle, offset: int, length: int) -> bytes:
         out = bytearray(max(0, min(length, handle.remote.size - offset)))
@@ -99,10 +128,33 @@ class Files:
         before = self._reader.generation(remote)
         if handle.generation is None:
             handle.generation = before
-        n = self._reader.read_into(remote, offset, out[: remote.size - offset])
+        elif before != handle.generation:  # known already: no request for a read that must fail
+            raise FetchError(f"{remote.url} changed on the server while it was open; open it again")
+        try:
+            n = self._reader.read_into(remote, offset, out[: remote.size - offset])
+        except SizeChanged as exc:
+            if handle.node is not None:
+                self._size_changed(handle.node, exc)
+            raise
         if self._reader.generation(remote) != handle.generation:
             raise FetchError(f"{remote.url} changed on the server while it was open; open it again")
         return n
 
     def release(self, handle: Handle) -> None:
         self._reader.release(handle.remote)
+
+
+def _resized_from(meta_cache) -> dict[str, tuple[int, int]]:
+    """The sizes remembered by an earlier run; anything malformed is dropped (the cache is input too)."""
+    try:
+        text = meta_cache.get("resized") if meta_cache is not None else None
+        saved = json.loads(text) if isinstance(text, str) else None
+    except Exception:  # noqa: BLE001 - an unreadable cache or text: start without
+        return {}
+    out: dict[str, tuple[int, int]] = {}
+    if isinstance(saved, dict):
+        for url, sizes in saved.items():
+            if (isinstance(url, str) and isinstance(sizes, (list, tuple)) and len(sizes) == 2
+                    and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)):
+                out[url] = (sizes[0], sizes[1])
+    return out

@@ -176,8 +176,9 @@ class TerraFS(fuse.Operations):
         return self.open_keep(path, flags)[0]
 
     @translated
-    def open_keep(self, path, flags) -> tuple[int, bool]:
-        """(file handle, whether the kernel may keep its cached pages of the file)."""
+    def open_keep(self, path, flags) -> tuple[int, bool, bool]:
+        """(file handle, whether the kernel may keep its cached pages of the file, whether the
+        open is direct I/O: a file republished at another size, whose size the kernel may not know)."""
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC):
             raise fuse.FuseOSError(errno.EROFS)
         node = self.tree.lookup(path)
@@ -187,7 +188,7 @@ class TerraFS(fuse.Operations):
         with self._lock:
             fh = next(self._next_fh)
             self._handles[fh] = handle
-        return fh, keep
+        return fh, keep, handle.direct
 
     def _handle(self, fh):
         handle = self._handles.get(fh)
@@ -272,8 +273,11 @@ class FUSE(fuse.FUSE):
         return self.operations.read_into(name, buf, size, offset, fip.contents.fh)
 
     def open(self, path, fip):  # the signature of mfusepy's callback
-        fip.contents.fh, keep = self.operations.open_keep(path.decode(self.encoding, self.errors),
-                                                          fip.contents.flags)
+        fip.contents.fh, keep, direct = self.operations.open_keep(path.decode(self.encoding, self.errors),
+                                                                  fip.contents.flags)
         # The kernel keeps a file's pages across opens unless the file changed on the server.
         fip.contents.keep_cache = 1 if keep else 0
+        # A file republished at another size: the kernel's idea of its size may be an hour old
+        # (attr_timeout), and it ends page-cache reads there; direct reads go by our answers.
+        fip.contents.direct_io = 1 if direct else 0
         return 0

@@ -70,3 +70,33 @@ def test_republished_file_after_a_remount(emulator, mount_factory, big, tmp_path
     new = requests.get(url, auth=DEMO, timeout=60).content
     m2 = mount_factory(emulator, cache_dir=cache, name="after")
     _check_never_mixed(m2.path / big["default_path"], old, new)
+
+
+@pytest.mark.parametrize("delta", [+300_000, -1_000_000], ids=["grown", "shrunk"])
+def test_republished_at_another_size(emulator, mount_factory, big, delta):
+    """A file republished at another size (and listed so in the catalogue from then on): the open
+    that read the old version fails, and every later open reads the new file whole, in this mount
+    (whose listing and the kernel's idea of the size still hold the old size) and after a remount."""
+    url = emulator.download_url(big["path"])
+    old = requests.get(url, auth=DEMO, timeout=60).content
+    m = mount_factory(emulator)
+    path = m.path / big["default_path"]
+    assert path.stat().st_size == len(old)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 16 << 10, 0) == old[: 16 << 10]
+        emulator.set(republish=big["path"], republish_size=len(old) + delta)
+        new = requests.get(url, auth=DEMO, timeout=60).content
+        assert len(new) == len(old) + delta and new[:4096] != old[:4096]
+        with pytest.raises(OSError):  # this open read the old version: it may not go on with the new
+            os.pread(fd, 16 << 10, len(old) // 2)
+    finally:
+        os.close(fd)
+    got = _copy(path)
+    assert got is None or got == new, "a copy after the change was neither refused nor the new file"
+    assert _copy(path) == new, "the next open did not read the new file whole"
+    assert path.stat().st_size in (len(old), len(new))  # the kernel may keep the old size for a while
+    m.stop()
+    m2 = mount_factory(emulator, name="after")
+    assert (m2.path / big["default_path"]).stat().st_size == len(new)
+    assert _copy(m2.path / big["default_path"]) == new

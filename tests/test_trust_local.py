@@ -190,3 +190,23 @@ def test_old_pickled_listings_are_ignored_by_a_mount_store(tmp_path: Path) -> No
     with diskcache.Cache(str(tmp_path / "meta"), disk=NoPickleDisk) as cache:
         assert ListingStore(cache, "stac:https://x/", 3600, 300).get_stale("collections") is None
     assert not marker.exists()
+
+
+def test_remembered_sizes_of_republished_files_are_parsed_as_hostile(tmp_path: Path) -> None:
+    """The sizes the server gave for files republished at another size come back from the meta
+    cache, which is a file on disk: only well-formed entries are taken, anything else is dropped."""
+    from terrafs.files import _resized_from
+    from terrafs.listings import NoPickleDisk
+
+    meta = diskcache.Cache(str(tmp_path / "meta"), disk=NoPickleDisk)
+    try:
+        assert _resized_from(meta) == {}
+        meta.set("resized", json.dumps({"https://h/a.tif": [10, 12], "https://h/b.tif": [-1, 5],
+                                        "https://h/c.tif": [1, True], "https://h/d.tif": "x",
+                                        "https://h/e.tif": [1, 2, 3]}))
+        assert _resized_from(meta) == {"https://h/a.tif": (10, 12)}
+        for junk in ("not json", json.dumps([1, 2]), json.dumps("text"), "{" * 100000):
+            meta.set("resized", junk)
+            assert _resized_from(meta) == {}
+    finally:
+        meta.close()

@@ -14,7 +14,8 @@ Control API:
                                         tokens and republished files cleared),
                                         {"revoke_tokens": true} and
                                         {"republish": "<download path>" or [paths]}: new bytes
-                                        of the same size, new ETag and Last-Modified
+                                        of the same size, new ETag and Last-Modified (with
+                                        "republish_size": N, at N bytes, listed so in the catalogues)
   GET|POST /_emulator/device/approve?user_code=X[&user=demo]   approve a device login
   GET  /_emulator/files?limit=N&min_size=B&max_size=B&layout=L&collection=C
                                         served files, smallest first, with their URL,
@@ -46,6 +47,7 @@ from terrafs.emulator.archive import Archive
 from terrafs.emulator.download import FAULT_KEY, DropConnection, handle_download
 from terrafs.emulator.keycloak import REALM_PATH, TokenStore, handle_keycloak
 from terrafs.emulator.limits import SlidingWindowLimiter, retry_after_header
+from terrafs.emulator import republish
 from terrafs.emulator.republish import Republisher
 from terrafs.emulator.settings import RANGE_ONLY_KINDS, EmulatorSettings
 
@@ -109,6 +111,7 @@ class EmulatorApp:
         self.settings = settings
         self.initial = settings.copy()
         self.versions = Republisher()
+        self._originals: dict = {}  # download path -> the file as built, for files republished at another size
         self.tokens = TokenStore(settings)
         self.limiter = SlidingWindowLimiter()
         self.log = RequestLog(log_path)
@@ -294,12 +297,19 @@ class EmulatorApp:
                 reset = bool(patch.pop("reset", False))
                 revoke = bool(patch.pop("revoke_tokens", False))
                 files = self._files_to_republish(patch.pop("republish", None))
+                new_size = patch.pop("republish_size", None)
+                if new_size is not None and (not isinstance(new_size, int) or isinstance(new_size, bool)
+                                             or new_size <= 0):
+                    raise ValueError("republish_size must be a positive number of bytes")
                 if reset:
                     self.reset()
                 self.settings.update(patch)
             except ValueError as exc:
                 return _json({"error": str(exc)}, 400)
             for f in files:
+                if new_size is not None and new_size != f.size:
+                    f = republish.resized(self._originals.get(f.download_path, f), new_size)
+                    self._originals.setdefault(f.download_path, self.archive.replace_file(f))
                 self.versions.republish(f)
             if revoke:
                 self.settings.revoke_tokens()
@@ -358,6 +368,9 @@ class EmulatorApp:
         self.limiter.reset()
         self.tokens.clear()
         self.versions.reset()
+        for f in self._originals.values():
+            self.archive.replace_file(f)
+        self._originals.clear()
 
 
 _HTML_PAGE = ("<!DOCTYPE html>\n<html><head><title>503 Service Temporarily Unavailable</title></head>"

@@ -5,6 +5,8 @@ side (app.py, download.py). data.py builds an Archive (synthetic, deterministic)
 """
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,6 +100,16 @@ class Archive:
     def file(self, download_path: str) -> EmuFile | None:
         """The file served at /download/<download_path>, or None."""
         return self._files.get(download_path)
+
+    def replace_file(self, new: EmuFile) -> EmuFile:
+        """Serve and list `new` in place of the file at its download path; returns the one replaced."""
+        old = self._files[new.download_path]
+        self._files[new.download_path] = new
+        for products in self._by_collection.values():
+            for i, p in enumerate(products):
+                if any(f is old for f in p.files):
+                    products[i] = dataclasses.replace(p, files=tuple(new if f is old else f for f in p.files))
+        return old
 
     def all_files(self) -> list[EmuFile]:
         return list(self._files.values())

@@ -98,3 +98,23 @@ def _mask(path: str, number: int):
                 _masks.clear()
             _masks[key] = mask
         return mask
+
+
+def resized(f: EmuFile, size: int) -> EmuFile:
+    """`f` republished at `size` bytes: its bytes up to the shorter of the two sizes, then
+    bytes that depend on the path and the position (a file that grew has new bytes at its end)."""
+    import dataclasses
+
+    old_read, old_size = f.read, f.size
+    seed = hashlib.sha256(f"grown:{f.download_path}".encode()).digest()
+
+    def read(start: int, length: int) -> bytes:
+        end = min(start + length, size)
+        if end <= start:
+            return b""
+        head = old_read(start, max(0, min(end, old_size) - start)) if start < old_size else b""
+        tail_from = max(start, old_size)
+        tail = bytes(seed[i % len(seed)] ^ (i & 0xFF) for i in range(tail_from, end))
+        return head + tail
+
+    return dataclasses.replace(f, size=size, read=read)

@@ -1,10 +1,12 @@
 """The identity guard: every response says which version of a file it is.
 
 Size, ETag and Last-Modified of each response (ranges, streams, HEAD) are
-compared with what the cache last saw for the URL. Another size is an error
-(the catalogue's size no longer holds); another ETag or Last-Modified means
-the file was republished under its name: everything cached of the old version
-is dropped (by `on_change`) before a byte of the new one is kept.
+compared with what the cache last saw for the URL. Another ETag or
+Last-Modified means the file was republished under its name: everything cached
+of the old version is dropped (by `on_change`) before a byte of the new one is
+kept. Another size means it was republished at another size: the old
+version's bytes are dropped the same way and the read fails with SizeChanged,
+which tells the caller the size the server gives now.
 
 Must not: fetch, or decide what to drop (the reader does).
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from terrafs.errors import FetchError
+from terrafs.errors import SizeChanged
 from terrafs.read.remote import RemoteFile
 
 log = logging.getLogger(__name__)
@@ -25,14 +27,19 @@ class IdentityGuard:
         self._on_change = on_change
 
     def check(self, f: RemoteFile, info: object) -> None:
-        """Raise FetchError for a file of another size; call on_change if its version moved."""
+        """Raise SizeChanged for a file of another size; call on_change if its version moved."""
         size = getattr(info, "size", None)
-        if size is not None and size != f.size:
-            raise FetchError(f"{f.url} is now {size} bytes, expected {f.size}")
         ident = (getattr(info, "etag", None), getattr(info, "last_modified", None))
+        meta_key = "ident:" + f.url
+        if size is not None and size != f.size:
+            log.warning("%s is now %d bytes on the server (opened as %d): dropping what is cached of it",
+                        f.url, size, f.size)
+            self._on_change(f)
+            if ident != (None, None):  # the new version's identity: its first open must not drop it again
+                self._cache.set_meta(meta_key, ident)
+            raise SizeChanged(f.url, size, f.size)
         if ident == (None, None):
             return
-        meta_key = "ident:" + f.url
         old = self._cache.get_meta(meta_key)
         if old is not None and tuple(old) != ident:
             log.warning("%s changed on the server: dropping what is cached of its old version", f.url)
