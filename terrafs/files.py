@@ -47,6 +47,7 @@ class Files:
         self._opened: dict[str, int] = {}  # file key -> the generation the kernel's pages are of
         # url -> (size listed, size the server gives): files republished at another size.
         self._resized: dict[str, tuple[int, int]] = _resized_from(meta_cache)
+        self._resized_here: set[str] = set()  # ... found out by this daemon: the kernel may hold the old size
 
     def size(self, node: FileNode) -> int:
         listed = self._listed_size(node)
@@ -83,6 +84,7 @@ class Files:
         listed = self._listed_size(node)
         with self._lock:
             self._resized[exc.url] = (listed, exc.size)
+            self._resized_here.add(exc.url)
             saved = {url: list(sizes) for url, sizes in self._resized.items()}
         if self._meta is not None:
             try:
@@ -107,7 +109,7 @@ class Files:
         with self._lock:
             keep = self._opened.get(remote.key) == generation
             self._opened[remote.key] = generation
-            direct = node.file.href in self._resized
+            direct = node.file.href in self._resized_here
         return Handle(remote, node=node, direct=direct), keep and not direct
 
     def read(self, handle: Handle, offset: int, length: int) -> bytes:
