@@ -11,6 +11,7 @@ log or put in an error message any header (Authorization!).
 from __future__ import annotations
 
 import email.utils
+import errno
 import logging
 import random
 import re
@@ -374,8 +375,21 @@ class Downloader:
 
 
 def _refused(exc: BaseException) -> bool:
-    """Whether a connection error is a refusal (nothing listens); urllib3 wraps the OSError."""
-    return "Connection refused" in str(exc) or "[Errno 111]" in str(exc)
+    """Whether a connection error is a refusal (nothing listens).
+
+    requests wraps urllib3's MaxRetryError, whose `reason` is a NewConnectionError
+    raised from the socket's OSError: the chain is walked for ECONNREFUSED."""
+    todo: list[object] = [exc]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen or len(seen) > 32:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ECONNREFUSED:
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
+    return False
 
 
 def _body(response: requests.Response, skip: int, want: int, chunk_size: int) -> Iterator[bytes]:

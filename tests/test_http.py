@@ -280,3 +280,25 @@ def test_redirect_to_the_sso_login_page_is_an_auth_error(redirecting) -> None:
     redirecting.target = "http://127.0.0.1:9/auth/realms/terrascope/protocol/openid-connect/auth?client_id=x"
     with pytest.raises(AuthError, match="credentials missing"):
         downloader().get_range(redirecting.url(0, "/r"), 0, 10)
+
+
+def test_a_refused_connection_is_told_from_other_connection_errors():
+    """By the socket error's errno, found through requests' and urllib3's wrapping, not its text."""
+    import socket
+
+    import requests as rq
+
+    from terrafs.http import _refused
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(rq.ConnectionError) as refused:
+        rq.get(f"http://127.0.0.1:{port}/", timeout=5)
+    assert _refused(refused.value)
+    other = rq.ConnectionError(OSError(104, "Connection refused, says the text, but not the errno"))
+    assert not _refused(other)
+    looped = rq.ConnectionError("x")
+    looped.__context__ = looped  # a cycle is walked once
+    assert not _refused(looped)
