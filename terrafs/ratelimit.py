@@ -157,6 +157,12 @@ class RateLimiter:
 
         self._with_state(update)
 
+    def record(self, sends: "list[float]") -> None:
+        """Count requests sent through another budget (at these times of this limiter's clock)
+        without checking them: a shared budget that goes away leaves this one complete."""
+        if sends:
+            self._with_state(lambda state: state.sends.extend(sends))
+
     def wait_time(self, urgent: bool = True) -> float:
         """Seconds until a request could be sent (0 when now); for logs and tests."""
         if not self.windows:

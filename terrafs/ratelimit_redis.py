@@ -334,10 +334,7 @@ def _enter_local(limiter: RateLimiter, sends: list[float]) -> None:
     """Put sends (time.monotonic()) in the local budget, at their wall-clock times, without a check.
 
     Sends counted in Redis go in the host's local budget too, so that it is
-    complete the moment Redis goes away. (Through RateLimiter's state hook: it
-    has no public call that records a send it did not admit.)
+    complete the moment Redis goes away.
     """
-    if not sends:
-        return
     offset = time.time() - time.monotonic()
-    limiter._with_state(lambda state: state.sends.extend(t + offset for t in sends))
+    limiter.record([t + offset for t in sends])

@@ -51,6 +51,16 @@ def test_requests_within_the_window_go_at_once_then_wait_for_the_oldest() -> Non
     assert clock.slept == pytest.approx(1.0), "4th request must wait until the 1st leaves the 1 s window"
 
 
+def test_sends_recorded_from_another_budget_count_without_a_check() -> None:
+    clock = FakeClock()
+    lim = limiter([(3, 1.0)], clock)
+    lim.record([clock.now - 0.5, clock.now - 0.25, clock.now])  # sent through a shared budget
+    assert clock.slept == 0, "recording does not wait"
+    assert lim.wait_time() == pytest.approx(0.5), "the oldest recorded send frees a slot in 0.5 s"
+    lim.acquire()
+    assert clock.slept == pytest.approx(0.5)
+
+
 def test_every_window_must_hold() -> None:
     clock = FakeClock()
     lim = limiter([(2, 1.0), (3, 10.0)], clock)
