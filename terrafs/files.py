@@ -131,7 +131,7 @@ class Files:
         if handle.generation is None:
             handle.generation = before
         elif before != handle.generation:  # known already: no request for a read that must fail
-            raise FetchError(f"{remote.url} changed on the server while it was open; open it again")
+            raise _changed(remote)
         try:
             n = self._reader.read_into(remote, offset, out[: remote.size - offset])
         except SizeChanged as exc:
@@ -139,11 +139,15 @@ class Files:
                 self._size_changed(handle.node, exc)
             raise
         if self._reader.generation(remote) != handle.generation:
-            raise FetchError(f"{remote.url} changed on the server while it was open; open it again")
+            raise _changed(remote)
         return n
 
     def release(self, handle: Handle) -> None:
         self._reader.release(handle.remote)
+
+
+def _changed(remote: RemoteFile) -> FetchError:
+    return FetchError(f"{remote.url} changed on the server while it was open; open it again")
 
 
 def _resized_from(meta_cache) -> dict[str, tuple[int, int]]:

@@ -43,11 +43,11 @@ from typing import Any, Callable, Iterable, Iterator
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from terrafs.emulator import republish
 from terrafs.emulator.archive import Archive
 from terrafs.emulator.download import FAULT_KEY, DropConnection, handle_download
 from terrafs.emulator.keycloak import REALM_PATH, TokenStore, handle_keycloak
 from terrafs.emulator.limits import SlidingWindowLimiter, retry_after_header
-from terrafs.emulator import republish
 from terrafs.emulator.republish import Republisher
 from terrafs.emulator.settings import RANGE_ONLY_KINDS, EmulatorSettings
 

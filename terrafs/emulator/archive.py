@@ -5,10 +5,8 @@ side (app.py, download.py). data.py builds an Archive (synthetic, deterministic)
 """
 from __future__ import annotations
 
-import dataclasses
-
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable
 
@@ -108,7 +106,7 @@ class Archive:
         for products in self._by_collection.values():
             for i, p in enumerate(products):
                 if any(f is old for f in p.files):
-                    products[i] = dataclasses.replace(p, files=tuple(new if f is old else f for f in p.files))
+                    products[i] = replace(p, files=tuple(new if f is old else f for f in p.files))
         return old
 
     def all_files(self) -> list[EmuFile]:

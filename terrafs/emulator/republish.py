@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from terrafs.emulator.archive import EmuFile
@@ -103,8 +103,6 @@ def _mask(path: str, number: int):
 def resized(f: EmuFile, size: int) -> EmuFile:
     """`f` republished at `size` bytes: its bytes up to the shorter of the two sizes, then
     bytes that depend on the path and the position (a file that grew has new bytes at its end)."""
-    import dataclasses
-
     old_read, old_size = f.read, f.size
     seed = hashlib.sha256(f"grown:{f.download_path}".encode()).digest()
 
@@ -117,4 +115,4 @@ def resized(f: EmuFile, size: int) -> EmuFile:
         tail = bytes(seed[i % len(seed)] ^ (i & 0xFF) for i in range(tail_from, end))
         return head + tail
 
-    return dataclasses.replace(f, size=size, read=read)
+    return replace(f, size=size, read=read)

@@ -164,13 +164,9 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
     """Decide how to serve bytes [offset, end) of a file of `size` bytes; updates `access`."""
     bs = p.block_size
     first = offset // bs
-    # In a tiled file a forward jump past what the kernel reads ahead is the next tile row of a
-    # window, not the run going on: planned as a run, it fetched a whole block past that row.
-    jumped = (stream is None and layout is not None and access.last_end >= 0
-              and offset - access.last_end > p.kernel_ahead)
-    sequential = access.note(offset, end, bs) and not jumped
-    if jumped:
-        access.run_start, access.seq_end, access.run_reads = offset, end, 1
+    # In a tiled file, reads further apart than the kernel reads ahead are not one run: the next
+    # tile row of a window, planned as the run going on, fetched a whole block past that row.
+    sequential = access.note(offset, end, p.kernel_ahead if stream is None and layout is not None else bs)
     run = access.seq_end - access.run_start
     ahead = min(p.readahead, max(run, 2 * bs))
     if access.run_start > 0:  # mid-file (a run of strips or tiles, not a copy): a quarter of the run ahead

@@ -36,10 +36,6 @@ _BATCH_BLOCKS = 64  # blocks written in one transaction at most
 _BATCH_BYTES = 16 << 20  # ... and bytes
 
 
-def _size(held: "bytes | Spooled") -> int:
-    return held.length if isinstance(held, Spooled) else len(held)
-
-
 class WriteBehind:
     def __init__(self, cache: BlockCache, block_size: int, queue_bytes: int):
         self._cache = cache
@@ -142,7 +138,7 @@ class WriteBehind:
                 self._yield_to_readers(item[2])
                 # What has queued up meanwhile goes to disk in the same transaction: one
                 # commit for the lot (a commit per 16 KiB piece was most of the writer's CPU).
-                size = _size(item[1])
+                size = len(item[1])
                 while len(batch) < _BATCH_BLOCKS and size < _BATCH_BYTES:
                     try:
                         nxt = self._queue.get_nowait()
@@ -151,7 +147,7 @@ class WriteBehind:
                     batch.append(nxt)
                     if nxt is None:
                         break
-                    size += _size(nxt[1])
+                    size += len(nxt[1])
             try:
                 writes = [it for it in batch if it is not None]
                 if writes:
