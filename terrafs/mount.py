@@ -283,9 +283,7 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
 
 def fuse_options(extra: str | None) -> dict:
     opts: dict = {"ro": True, "fsname": "terrafs", "subtype": "terrafs"}
-    import mfusepy
-
-    if mfusepy.fuse_version_major == 2:
+    if _libfuse_major() == 2:
         # libfuse 3 takes these in init (fs.py); libfuse 2 only as options.
         # No kernel_cache: open() keeps a file's pages unless the file changed on the server.
         opts.update(entry_timeout=3600, attr_timeout=3600)
@@ -299,9 +297,9 @@ def fuse_options(extra: str | None) -> dict:
 
 
 def _libfuse_major() -> int:
-    import mfusepy
+    from terrafs.libfuse import load
 
-    return mfusepy.fuse_version_major
+    return load().fuse_version_major
 
 
 def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, options: str | None = None,
@@ -321,6 +319,9 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
         control = _start_control(daemon, config, mountpoint)
         metrics = _start_metrics(config, daemon, auth)
         ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready, owner=opts.ownership())
+        from terrafs.libfuse import describe
+
+        log.info("%s", describe())
         log.info("mounting %s (libfuse %d, layout %s, catalogue %s, options %s)", mountpoint,
                  _libfuse_major(), config.layout, config.catalogue, options or "-")
         try:
