@@ -109,10 +109,8 @@ def cmd_mount(args) -> int:
         REDACT.secrets.add(config.password)
     auth = make_auth(config)
     warning = check_catalogue(config)
-    if warning:
-        print(f"terrafs: warning: {warning}", file=sys.stderr)
-    else:
-        check_auth(auth, config)
+    for note in [warning] if warning else check_auth(auth, config):
+        print(f"terrafs: warning: {note}", file=sys.stderr, flush=True)
     if args.foreground:
         run(config, mountpoint, auth, options=args.options)
         return 0

@@ -47,5 +47,32 @@ class CredentialScope:
                         shown(where))
         return False
 
+    def unsent(self, url: str) -> str | None:
+        """Why a request to `url` went without the credentials, for an error message; None when they went."""
+        found = origin_of(url)
+        if found in self.origins:
+            return None
+        if found is None:
+            return "no credentials are sent to a malformed URL"
+        return (f"no credentials were sent to {shown(host_entry(found))}: it is not in auth.hosts "
+                f"(add it there in the config)")
+
+
+def host_entry(origin: Origin) -> str:
+    """An origin as auth.hosts names it: "host" (https), "host:port" (https), "http://host:port"."""
+    scheme, host, port = origin
+    if scheme == "https":
+        return host if port == 443 else f"{host}:{port}"
+    return f"{scheme}://{host}:{port}"
+
+
+def unlisted_hosts_note(origins: Iterable[Origin]) -> str:
+    """One line: the catalogue's download hosts that get no credentials, and the key to set."""
+    entries = sorted(shown(host_entry(o)) for o in origins)
+    one = len(entries) == 1
+    return (f"the catalogue's files are on {', '.join(entries)}, which {'gets' if one else 'get'} no credentials "
+            f"(auth.hosts leaves {'it' if one else 'them'} out): add {'it' if one else 'them'} to auth.hosts "
+            f"in the config (auth: {{hosts: [{', '.join(entries)}]}})")
+
 
 DEFAULT_SCOPE = CredentialScope([("https", DOWNLOAD_HOST, 443)])
