@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes.util
 import logging
 import os
+import platform
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,10 +32,12 @@ class Choice:
     why: str
 
 
-def choose(environ: Mapping[str, str], find: Callable[[str], str | None]) -> Choice:
+def choose(environ: Mapping[str, str], find: Callable[[str], str | None], system: str = "Linux") -> Choice:
     """Which library to give mfusepy, from the environment and a library search (ctypes.util.find_library)."""
     if environ.get(ENV):
         return Choice(None, f"{ENV} names it")
+    if system != "Linux":  # mfusepy runs on libfuse 3 on Linux only
+        return Choice(None, "mfusepy's own search")
     found = find("fuse3")
     if found:
         return Choice(found, "libfuse 3 is preferred when it is installed")
@@ -49,7 +52,7 @@ def load() -> ModuleType:
     global _chosen
     if "mfusepy" in sys.modules:
         return sys.modules["mfusepy"]
-    _chosen = choose(os.environ, ctypes.util.find_library)
+    _chosen = choose(os.environ, ctypes.util.find_library, platform.system())
     if _chosen.path is None:
         import mfusepy
 

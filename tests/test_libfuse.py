@@ -38,6 +38,11 @@ def test_without_libfuse_3_mfusepy_searches_for_itself():
     assert choose({}, _found({"fuse": "libfuse.so.2"})).path is None
 
 
+def test_libfuse_3_is_named_on_linux_only():
+    both = _found({"fuse": "libfuse.so.2", "fuse3": "libfuse3.so.3"})
+    assert choose({}, both, system="FreeBSD").path is None, "mfusepy takes libfuse 3 on Linux only"
+
+
 def _find(name: str, env: dict[str, str]) -> str:
     code = f"import ctypes.util; print(ctypes.util.find_library({name!r}))"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
