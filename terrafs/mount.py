@@ -127,7 +127,9 @@ def check_auth(auth: requests.auth.AuthBase, config: Config) -> list[str]:
     budget is paused (a 429's Retry-After): that check is then the first read's.
     """
     sample = sample_downloads(config)
-    notes = [unlisted_hosts_note(sample.unlisted)] if sample.unlisted else []
+    # Only when no sampled file is on a host of auth.hosts: a catalogue that also names other hosts
+    # (a quicklook elsewhere) is told in the log, once per host (scope.py), not at every mount.
+    notes = [unlisted_hosts_note(sample.unlisted)] if sample.url is None and sample.unlisted else []
     manager = getattr(auth, "manager", None)
     try:
         if manager is not None:
