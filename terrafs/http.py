@@ -341,7 +341,7 @@ class Downloader:
         raise FetchError(f"{method} {redact_url(url)} failed: more than {MAX_REDIRECTS} redirects")
 
     def _unsent(self, url: str) -> str | None:
-        """Why our credentials did not go with a request to `url` (scope.py); None when they did, or there are none."""
+        """Why our credentials did not go with a request to `url` (scope.py); None when they did or we have none."""
         return self.scope.unsent(url) if self.auth is not None else None
 
     def _renewable(self, refused: requests.Response) -> bool:

@@ -24,7 +24,8 @@ from terrafs.fs import XATTR_PREFIX
 
 _DATED = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(.+)$")
 _NAMED_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")
-PREFIX_DEPTH = 4  # how deep a platform layout's collection prefix folders may go (MTDA/TERRASCOPE_Sentinel1/SLC_COHERENCE)
+# How deep a platform layout's collection prefix folders may go (MTDA/TERRASCOPE_Sentinel1/SLC_COHERENCE: 3).
+PREFIX_DEPTH = 4
 
 
 @dataclass(frozen=True)

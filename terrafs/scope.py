@@ -18,6 +18,8 @@ from terrafs.text import Origin, origin_of, shown
 
 log = logging.getLogger(__name__)
 
+NOTE_HOSTS = 3  # hosts named in the mount's one line about auth.hosts
+
 
 class CredentialScope:
     """The origins (scheme, host, port) that may receive the download credentials.
@@ -61,6 +63,7 @@ class CredentialScope:
 def host_entry(origin: Origin) -> str:
     """An origin as auth.hosts names it: "host" (https), "host:port" (https), "http://host:port"."""
     scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host  # IPv6
     if scheme == "https":
         return host if port == 443 else f"{host}:{port}"
     return f"{scheme}://{host}:{port}"
@@ -70,9 +73,12 @@ def unlisted_hosts_note(origins: Iterable[Origin]) -> str:
     """One line: the catalogue's download hosts that get no credentials, and the key to set."""
     entries = sorted(shown(host_entry(o)) for o in origins)
     one = len(entries) == 1
-    return (f"the catalogue's files are on {', '.join(entries)}, which {'gets' if one else 'get'} no credentials "
+    more = len(entries) - NOTE_HOSTS
+    named = ", ".join(entries[:NOTE_HOSTS]) + (f" and {more} more" if more > 0 else "")
+    quoted = ", ".join(f'"{e}"' for e in entries[:NOTE_HOSTS])
+    return (f"the catalogue's files are on {named}, which {'gets' if one else 'get'} no credentials "
             f"(auth.hosts leaves {'it' if one else 'them'} out): add {'it' if one else 'them'} to auth.hosts "
-            f"in the config (auth: {{hosts: [{', '.join(entries)}]}})")
+            f"in the config (auth: {{hosts: [{quoted}]}})")
 
 
 DEFAULT_SCOPE = CredentialScope([("https", DOWNLOAD_HOST, 443)])
