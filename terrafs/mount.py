@@ -125,16 +125,17 @@ def check_auth(auth: requests.auth.AuthBase, config: Config) -> list[str]:
     catalogue names on a trusted download host (the download service is the
     only judge of a password; no other host ever sees it), unless the download
     budget is paused (a 429's Retry-After): that check is then the first read's.
+    Both: the download hosts of the catalogue's first products are compared with auth.hosts.
     """
-    sample = sample_downloads(config)
-    # Only when no sampled file is on a host of auth.hosts: a catalogue that also names other hosts
-    # (a quicklook elsewhere) is told in the log, once per host (scope.py), not at every mount.
-    notes = [unlisted_hosts_note(sample.unlisted)] if sample.url is None and sample.unlisted else []
     manager = getattr(auth, "manager", None)
     try:
         if manager is not None:
             manager.check()
-        elif sample.url is not None:
+        sample = sample_downloads(config)
+        # Only when no sampled file is on a host of auth.hosts: a catalogue that also names other hosts
+        # (a quicklook elsewhere) is told in the log, once per host (scope.py), not at every mount.
+        notes = [unlisted_hosts_note(sample.unlisted)] if sample.url is None and sample.unlisted else []
+        if manager is None and sample.url is not None:
             downloader = make_downloader(config, auth)
             wait = downloader.limiter.wait_time() if downloader.limiter is not None else 0.0
             if wait > CHECK_WAIT:
