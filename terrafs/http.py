@@ -298,10 +298,9 @@ class Downloader:
                 renewed = True  # once: a second 401 with a fresh token means the credentials are wrong
                 continue
             elif status in (401, 403):
-                unsent = self._unsent(url)  # auth.hosts left the host out: say so, not "refused"
-                raise AuthError(f"{method} {redact_url(url)}: the download service refused "
-                                + (f"the request (HTTP {status}): {unsent}" if unsent else
-                                   f"the credentials (HTTP {status})"))
+                unsent = self.auth is not None and self.scope.unsent(url)  # auth.hosts left the host out
+                raise AuthError(f"{method} {redact_url(url)}: the download service refused " + (
+                    f"the request (HTTP {status}): {unsent}" if unsent else f"the credentials (HTTP {status})"))
             elif (status >= 500 and status not in (501, 505)) or status == 408:
                 self._failed(budget, method, url, f"HTTP {status}", retry_after)
             else:
@@ -328,9 +327,9 @@ class Downloader:
             location = response.headers.get("Location", "")
             response.close()
             if SSO_LOGIN_MARK in location:
-                raise AuthError("the download service asked for a login: " + (
-                    self._unsent(url) or "credentials missing? (configure a username/password or run "
-                                         "`terrafs login`)"))
+                unsent = self.auth is not None and self.scope.unsent(url)  # auth.hosts left the host out
+                raise AuthError("the download service asked for a login: " + (unsent or "credentials missing? "
+                                "(configure a username/password or run `terrafs login`)"))
             nxt = urljoin(target, location)
             old, new = urlsplit(target), urlsplit(nxt)
             if old.scheme == "https" and new.scheme != "https":
@@ -339,10 +338,6 @@ class Downloader:
                 auth = None  # never hand our credentials to another host
             target = nxt
         raise FetchError(f"{method} {redact_url(url)} failed: more than {MAX_REDIRECTS} redirects")
-
-    def _unsent(self, url: str) -> str | None:
-        """Why our credentials did not go with a request to `url` (scope.py); None when they did or we have none."""
-        return self.scope.unsent(url) if self.auth is not None else None
 
     def _renewable(self, refused: requests.Response) -> bool:
         """After a 401: let auth renew what it sent (a token), if it can; the caller sends again."""
