@@ -120,27 +120,31 @@ def _prefetch_through(sock: Path, root: Path, paths: list[str], check: bool) -> 
     bar: _Progress | None = None
     failed = 0
     finished = False
-    try:
-        for event in ask(sock, {"op": "prefetch", "paths": paths, "check": check}, timeout=None):
-            kind = event.get("event")
-            if kind == "start" and not check:
-                bar = _Progress(event["bytes"])
-            elif kind == "progress" and bar is not None:
-                bar.set(event["done"])
-            elif kind == "check":
-                _print_check(str(root) + event["path"], event["size"], event["cached"])
-            elif kind == "error":
-                failed += 1
-                print(f"\nterrafs: {root}{event.get('path')}: {event.get('message')}", file=sys.stderr)
-            elif kind == "done":
-                finished = True
-                if bar is not None:
-                    bar.finish()
-                if not check:
-                    print(f"prefetched {event['files']} files, {_human(event['bytes'])}")
-    except OSError as exc:
-        print(f"terrafs: the daemon of {root} stopped answering ({exc})", file=sys.stderr)
-        return EXIT_ERROR
+    events = ask(sock, {"op": "prefetch", "paths": paths, "check": check}, timeout=None)
+    while True:
+        try:  # only the socket's errors here: a closed stdout (`| head`) is the command's to handle
+            event = next(events, None)
+        except OSError as exc:
+            print(f"terrafs: the daemon of {root} stopped answering ({exc})", file=sys.stderr)
+            return EXIT_ERROR
+        if event is None:
+            break
+        kind = event.get("event")
+        if kind == "start" and not check:
+            bar = _Progress(event["bytes"])
+        elif kind == "progress" and bar is not None:
+            bar.set(event["done"])
+        elif kind == "check":
+            _print_check(str(root) + event["path"], event["size"], event["cached"])
+        elif kind == "error":
+            failed += 1
+            print(f"\nterrafs: {root}{event.get('path')}: {event.get('message')}", file=sys.stderr)
+        elif kind == "done":
+            finished = True
+            if bar is not None:
+                bar.finish()
+            if not check:
+                print(f"prefetched {event['files']} files, {_human(event['bytes'])}")
     if not finished:
         print(f"terrafs: the daemon of {root} stopped before the prefetch was done; see its log", file=sys.stderr)
         return EXIT_ERROR

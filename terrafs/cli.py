@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -108,10 +109,8 @@ def cmd_mount(args) -> int:
         REDACT.secrets.add(config.password)
     auth = make_auth(config)
     warning = check_catalogue(config)
-    if warning:
-        print(f"terrafs: warning: {warning}", file=sys.stderr)
-    else:
-        check_auth(auth, config)
+    for note in [warning] if warning else check_auth(auth, config):
+        print(f"terrafs: warning: {note}", file=sys.stderr, flush=True)
     if args.foreground:
         run(config, mountpoint, auth, options=args.options)
         return 0
@@ -203,8 +202,29 @@ def _read_with_timeout(fd: int, timeout: float) -> str:
     return data.decode(errors="replace")
 
 
+def mounted(mountpoint: str) -> bool:
+    """Whether the kernel lists a mount at this path (a dead FUSE mount too, which os.path.ismount misses)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return os.path.ismount(mountpoint)
+    return any(len(fields) > 4 and _unescape(fields[4]) == mountpoint for fields in map(str.split, lines))
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo field: space, tab, newline and backslash are written in octal (\\040)."""
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
 def cmd_umount(args) -> int:
     mountpoint = str(Path(args.mountpoint).expanduser().resolve())
+    if not mounted(mountpoint):
+        print(f"terrafs: {mountpoint} is not mounted", file=sys.stderr)
+        return EXIT_ERROR
     for tool in (["fusermount3", "-u"], ["fusermount", "-u"], ["umount"]):
         if shutil.which(tool[0]):
             result = subprocess.run([*tool, mountpoint], capture_output=True, text=True)
@@ -309,9 +329,9 @@ def parser() -> argparse.ArgumentParser:
     pf.add_argument("--check", action="store_true", help="report what is cached, fetch nothing")
     pf.add_argument("paths", nargs="+")
 
-    r = sub.add_parser("resolve", help="where a platform path or file:// URL is under a mount")
+    r = sub.add_parser("resolve", help="where a platform path, file:// URL or download URL is under a mount")
     r.add_argument("--mount", required=True, help="the terrafs mount point")
-    r.add_argument("target", help="/data/MTDA/... path or file:///data/MTDA/... URL")
+    r.add_argument("target", help="/data/MTDA/... path, file:///data/MTDA/... URL or download URL")
 
     sub.add_parser("emulator", help="run the Terrascope emulator (see terrafs emulator --help)", add_help=False)
     return p
@@ -331,9 +351,21 @@ def main(argv: list[str] | None = None) -> int:
         "resolve": cmd_resolve,
     }
     try:
-        return handlers[args.command](args)
+        code = handlers[args.command](args)
+        sys.stdout.flush()  # here, so that a closed pipe is told below, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except TerrafsError as exc:
         print(f"terrafs: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_closed() -> int:
+    """Whoever read our output stopped (`| head -1`): end quietly, as Unix tools do on SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # what is left in stdout's buffer goes nowhere at exit
+    os.close(devnull)
+    return 128 + signal.SIGPIPE

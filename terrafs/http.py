@@ -298,8 +298,9 @@ class Downloader:
                 renewed = True  # once: a second 401 with a fresh token means the credentials are wrong
                 continue
             elif status in (401, 403):
-                raise AuthError(f"{method} {redact_url(url)}: the download service refused the credentials "
-                                f"(HTTP {status})")
+                unsent = self.auth is not None and self.scope.unsent(url)  # auth.hosts left the host out
+                raise AuthError(f"{method} {redact_url(url)}: the download service refused " + (
+                    f"the request (HTTP {status}): {unsent}" if unsent else f"the credentials (HTTP {status})"))
             elif (status >= 500 and status not in (501, 505)) or status == 408:
                 self._failed(budget, method, url, f"HTTP {status}", retry_after)
             else:
@@ -326,8 +327,9 @@ class Downloader:
             location = response.headers.get("Location", "")
             response.close()
             if SSO_LOGIN_MARK in location:
-                raise AuthError("the download service asked for a login: credentials missing? "
-                                "(configure a username/password or run `terrafs login`)")
+                unsent = self.auth is not None and self.scope.unsent(url)  # auth.hosts left the host out
+                raise AuthError("the download service asked for a login: " + (unsent or "credentials missing? "
+                                "(configure a username/password or run `terrafs login`)"))
             nxt = urljoin(target, location)
             old, new = urlsplit(target), urlsplit(nxt)
             if old.scheme == "https" and new.scheme != "https":

@@ -32,8 +32,8 @@ from terrafs.listings import ListingStore, NoPickleDisk
 from terrafs.localfs import FolderUnusable, private_dir
 from terrafs.ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
 from terrafs.read import Reader
-from terrafs.scope import CredentialScope
-from terrafs.text import origin_of, redact_url, strip_userinfo
+from terrafs.scope import CredentialScope, unlisted_hosts_note
+from terrafs.text import Origin, origin_of, redact_url, strip_userinfo
 from terrafs.tree import Tree
 
 log = logging.getLogger(__name__)
@@ -112,32 +112,56 @@ def make_auth(config: Config) -> requests.auth.AuthBase:
     return auth
 
 
-def check_auth(auth: requests.auth.AuthBase, config: Config) -> None:
-    """Fail fast on refused credentials, before anything is mounted.
+# The credential check waits this long at most for the download budget; beyond it the check
+# is left for the first read rather than have the mount hang in silence (a 429's pause).
+CHECK_WAIT = 2.0
+
+
+def check_auth(auth: requests.auth.AuthBase, config: Config) -> list[str]:
+    """Fail fast on refused credentials, before anything is mounted; returns what the user should
+    hear before the mount (a download host that gets no credentials, a check left for later).
 
     Bearer: the first token is fetched now. Basic: one HEAD of a file the
     catalogue names on a trusted download host (the download service is the
-    only judge of a password; no other host ever sees it).
+    only judge of a password; no other host ever sees it), unless the download
+    budget is paused (a 429's Retry-After): that check is then the first read's.
+    Both: the download hosts of the catalogue's first products are compared with auth.hosts.
     """
     manager = getattr(auth, "manager", None)
     try:
         if manager is not None:
             manager.check()
-            return
-        url = sample_download_url(config)
-        if url is not None:
-            make_downloader(config, auth).head(url)
+        sample = sample_downloads(config)
+        # Only when no sampled file is on a host of auth.hosts: a catalogue that also names other hosts
+        # (a quicklook elsewhere) is told in the log, once per host (scope.py), not at every mount.
+        notes = [unlisted_hosts_note(sample.unlisted)] if sample.url is None and sample.unlisted else []
+        if manager is None and sample.url is not None:
+            downloader = make_downloader(config, auth)
+            wait = downloader.limiter.wait_time() if downloader.limiter is not None else 0.0
+            if wait > CHECK_WAIT:
+                notes.append(f"no download request may be sent for {wait:.0f} s (the download service asked "
+                             f"for a pause, or rate_limits are spent): the credentials are checked at the "
+                             f"first read instead")
+            else:
+                downloader.head(sample.url)
     except AuthError as exc:
         source = config.credential_source or f"the refresh token in {config.refresh_token_file}"
         raise AuthError(f"{exc} (credentials from {source})") from None
+    return notes
 
 
-def sample_download_url(config: Config) -> str | None:
-    """A download URL on a trusted download host from the catalogue, or None when it has
-    none to give (the catalogue check that follows reports an unusable catalogue).
+@dataclass(frozen=True)
+class DownloadSample:
+    url: str | None  # a file on a download host in auth.hosts, for the Basic check; None: none seen
+    unlisted: frozenset[Origin]  # download hosts the catalogue names that auth.hosts leaves out
 
-    Files elsewhere (another host, plain http) are passed over: the check would
-    send them the password.
+
+def sample_downloads(config: Config) -> DownloadSample:
+    """The download hosts of the catalogue's first products, up to the first file on a host
+    in auth.hosts (one catalogue request when the config is right).
+
+    Files elsewhere (another host, plain http) are not candidates for the check:
+    it would send them the password.
     """
     catalogue = make_catalogue(config)
     meta = open_meta_cache(config)
@@ -146,17 +170,21 @@ def sample_download_url(config: Config) -> str | None:
         collections = listing_store(config, meta).get("collections")
     finally:
         meta.close()
+    unlisted: set[Origin] = set()
     try:
         for collection in (collections or catalogue.collections())[:SAMPLE_COLLECTIONS]:
             for product in catalogue.products(collection, None, None, None, limit=SAMPLE_PRODUCTS):
                 for f in product.files:
-                    if origin_of(f.href) in config.credential_hosts:
-                        return f.href
+                    origin = origin_of(f.href)
+                    if origin in config.credential_hosts:
+                        return DownloadSample(f.href, frozenset(unlisted))
+                    if origin is not None:
+                        unlisted.add(origin)
     except CatalogueError as exc:
         log.debug("no sample file for the credential check: %s", exc)
     log.info("no file on a download host (auth.hosts) in the catalogue's first products: "
              "the credentials are checked at the first read")
-    return None
+    return DownloadSample(None, frozenset(unlisted))
 
 
 @dataclass
@@ -283,9 +311,7 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
 
 def fuse_options(extra: str | None) -> dict:
     opts: dict = {"ro": True, "fsname": "terrafs", "subtype": "terrafs"}
-    import mfusepy
-
-    if mfusepy.fuse_version_major == 2:
+    if _libfuse_major() == 2:
         # libfuse 3 takes these in init (fs.py); libfuse 2 only as options.
         # No kernel_cache: open() keeps a file's pages unless the file changed on the server.
         opts.update(entry_timeout=3600, attr_timeout=3600)
@@ -299,9 +325,9 @@ def fuse_options(extra: str | None) -> dict:
 
 
 def _libfuse_major() -> int:
-    import mfusepy
+    from terrafs.libfuse import load
 
-    return mfusepy.fuse_version_major
+    return load().fuse_version_major
 
 
 def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, options: str | None = None,
@@ -321,6 +347,9 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
         control = _start_control(daemon, config, mountpoint)
         metrics = _start_metrics(config, daemon, auth)
         ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready, owner=opts.ownership())
+        from terrafs.libfuse import describe
+
+        log.info("%s", describe())
         log.info("mounting %s (libfuse %d, layout %s, catalogue %s, options %s)", mountpoint,
                  _libfuse_major(), config.layout, config.catalogue, options or "-")
         try:

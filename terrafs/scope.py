@@ -18,6 +18,8 @@ from terrafs.text import Origin, origin_of, shown
 
 log = logging.getLogger(__name__)
 
+NOTE_HOSTS = 3  # hosts named in the mount's one line about auth.hosts
+
 
 class CredentialScope:
     """The origins (scheme, host, port) that may receive the download credentials.
@@ -46,6 +48,37 @@ class CredentialScope:
             log.warning("not sending credentials to %s: not a download host (auth.hosts in the config)",
                         shown(where))
         return False
+
+    def unsent(self, url: str) -> str | None:
+        """Why a request to `url` went without the credentials, for an error message; None when they went."""
+        found = origin_of(url)
+        if found in self.origins:
+            return None
+        if found is None:
+            return "no credentials are sent to a malformed URL"
+        return (f"no credentials were sent to {shown(host_entry(found))}: it is not in auth.hosts "
+                f"(add it there in the config)")
+
+
+def host_entry(origin: Origin) -> str:
+    """An origin as auth.hosts names it: "host" (https), "host:port" (https), "http://host:port"."""
+    scheme, host, port = origin
+    host = f"[{host}]" if ":" in host else host  # IPv6
+    if scheme == "https":
+        return host if port == 443 else f"{host}:{port}"
+    return f"{scheme}://{host}:{port}"
+
+
+def unlisted_hosts_note(origins: Iterable[Origin]) -> str:
+    """One line: the catalogue's download hosts that get no credentials, and the key to set."""
+    entries = sorted(shown(host_entry(o)) for o in origins)
+    one = len(entries) == 1
+    more = len(entries) - NOTE_HOSTS
+    named = ", ".join(entries[:NOTE_HOSTS]) + (f" and {more} more" if more > 0 else "")
+    quoted = ", ".join(f'"{e}"' for e in entries[:NOTE_HOSTS])
+    return (f"the catalogue's files are on {named}, which {'gets' if one else 'get'} no credentials "
+            f"(auth.hosts leaves {'it' if one else 'them'} out): add {'it' if one else 'them'} to auth.hosts "
+            f"in the config (auth: {{hosts: [{quoted}]}})")
 
 
 DEFAULT_SCOPE = CredentialScope([("https", DOWNLOAD_HOST, 443)])

@@ -153,3 +153,30 @@ def test_log_filter_redacts_password_and_tokens():
     text = record.getMessage()
     assert "hunter22" not in text and "eyJhbGci" not in text
     assert text == "auth <secret> with <token> failed"
+
+
+def test_prefetch_check_into_a_closed_pipe_ends_quietly(emulator, mount_factory):
+    """`terrafs prefetch --check DIR | head -1`: the reader left, the daemon did not."""
+    mount = mount_factory(emulator)
+    day = mount.path / "terrascope-s2-toc-v2/2020/01/01"
+    for lines in (1, None):  # one product's files (stdout written at the end), the day's (written as it goes)
+        target = next(day.iterdir()) if lines else day
+        proc = subprocess.Popen([sys.executable, "-m", "terrafs", "prefetch", "--check", "--config",
+                                 str(mount.config), str(target)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=credentials_env())
+        proc.stdout.close()  # as `head` does once it has its line
+        _, err = proc.communicate(timeout=120)
+        assert err.decode() == "", f"a closed stdout was reported: {err.decode()}"
+        assert proc.returncode == 141, f"exit {proc.returncode}, not a quiet end on SIGPIPE's status"
+    out = terrafs("prefetch", "--check", "--config", str(mount.config), str(day))
+    assert out.returncode == 0 and out.stdout.count("\n") > 1, "the mount's daemon no longer answers --check"
+
+
+def test_a_second_umount_says_not_mounted(emulator, mount_factory):
+    mount = mount_factory(emulator)
+    first = terrafs("umount", str(mount.path))
+    assert first.returncode == 0, first.stderr
+    mount.proc.wait(timeout=30)
+    second = terrafs("umount", str(mount.path))
+    assert second.returncode != 0
+    assert second.stderr.strip() == f"terrafs: {mount.path.resolve()} is not mounted", second.stderr

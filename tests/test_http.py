@@ -279,7 +279,14 @@ def test_redirect_to_another_host_drops_credentials(redirecting) -> None:
 def test_redirect_to_the_sso_login_page_is_an_auth_error(redirecting) -> None:
     redirecting.target = "http://127.0.0.1:9/auth/realms/terrascope/protocol/openid-connect/auth?client_id=x"
     with pytest.raises(AuthError, match="credentials missing"):
-        downloader().get_range(redirecting.url(0, "/r"), 0, 10)
+        downloader(scope=CredentialScope([origin_of(redirecting.url(0, "/"))])).get_range(
+            redirecting.url(0, "/r"), 0, 10)
+
+
+def test_a_login_asked_by_a_host_left_out_of_auth_hosts_names_the_host_and_the_key(redirecting) -> None:
+    redirecting.target = "http://127.0.0.1:9/auth/realms/terrascope/protocol/openid-connect/auth?client_id=x"
+    with pytest.raises(AuthError, match="no credentials were sent to http://127.0.0.1:.*not in auth.hosts"):
+        downloader().get_range(redirecting.url(0, "/r"), 0, 10)  # the default scope: the Terrascope host only
 
 
 def test_a_refused_connection_is_told_from_other_connection_errors():

@@ -141,3 +141,61 @@ def test_debug_logs_hold_no_password_or_token(emulator, mount_factory, tmp_path)
     assert SECRET_PASSWORD not in text
     leaked = [t[:8] + "..." for t in tokens if t in text]
     assert leaked == [], f"tokens in the log: {leaked}"
+
+
+def test_a_config_without_auth_hosts_for_its_download_host_says_so_at_mount_and_at_read(emulator, tmp_path):
+    """A first config for another download host (the emulator) that leaves out auth.hosts."""
+    import yaml
+
+    config = write_config(tmp_path / "config.yaml", emulator.base_url, tmp_path / "cache")
+    values = yaml.safe_load(config.read_text())
+    del values["auth"]
+    config.write_text(yaml.safe_dump(values))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = credentials_env()
+    result = subprocess.run([sys.executable, "-m", "terrafs", "mount", "--config", str(config), str(mnt)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    try:
+        assert result.returncode == 0, result.stderr
+        host = emulator.base_url  # http://127.0.0.1:PORT, as auth.hosts would name it
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, f"not one line: {result.stderr}"
+        assert host in lines[0] and "no credentials" in lines[0] and "auth.hosts" in lines[0], lines[0]
+        f = next((mnt / "terrascope-s2-toc-v2/2020/01/01").rglob("*B02_10M*.tif"))
+        try:
+            read_all(f)
+            raise AssertionError("a download host that got no credentials served the file")
+        except OSError:
+            pass
+        log = (tmp_path / "terrafs.log").read_text()
+        refused = [line for line in log.splitlines() if "ERROR" in line and f.name in line]
+        assert refused, f"the failed read left no error in the log:\n{log[-2000:]}"
+        assert "not in auth.hosts" in refused[-1] and "credentials missing" not in refused[-1], refused[-1]
+    finally:
+        subprocess.run([sys.executable, "-m", "terrafs", "umount", str(mnt)], capture_output=True, env=env)
+
+
+def test_a_basic_mount_during_a_pause_says_why_and_does_not_wait(emulator, tmp_path):
+    """After a 429 paused the shared budget, a new mount's credential check does not spend it."""
+    from terrafs.config import load_config
+    from terrafs.mount import make_limiter
+
+    config = write_config(tmp_path / "config.yaml", emulator.base_url, tmp_path / "cache",
+                          auth={"method": "basic"}, rate_limit_max_pause=600,
+                          rate_limit_state=str(tmp_path / "ratelimit.state"))  # this test's own: it pauses it
+    make_limiter(load_config(config, env=credentials_env())).pause(300)  # as another mount's 429 leaves it
+    emulator.mark()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = credentials_env()
+    try:
+        result = subprocess.run([sys.executable, "-m", "terrafs", "mount", "--config", str(config), str(mnt)],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "no download request may be sent for" in result.stderr and "first read" in result.stderr, \
+            f"the mount did not say why it would wait: {result.stderr!r}"
+        assert os.path.ismount(mnt)
+        assert emulator.requests("download") == [], "the check spent the paused budget"
+    finally:
+        subprocess.run([sys.executable, "-m", "terrafs", "umount", str(mnt)], capture_output=True, env=env)

@@ -154,3 +154,22 @@ def test_resolve_prints_the_path_under_the_mount(emulator, mount_factory, layout
     bad = subprocess.run([sys.executable, "-m", "terrafs", "resolve", "--mount", str(mount.path), "/etc/passwd"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "not under" in bad.stderr
+
+
+@pytest.mark.parametrize("layout", ["default", "platform"])
+def test_resolve_finds_a_coherence_file_by_platform_path_and_by_download_url(emulator, mount_factory, layout):
+    """S1 coherence is filed on the platform under its second acquisition's day, in the
+    default layout under its first: resolve finds it all the same, and from its download URL."""
+    mount = mount_factory(emulator, layout=layout)
+    row = emulator.files(collection="terrascope-s1-slc-coherence-v1", limit=1)[0]
+    for target in (row["platform_path"], "file://" + row["platform_path"], row["url"]):
+        out = subprocess.run([sys.executable, "-m", "terrafs", "resolve", "--mount", str(mount.path), target],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"{target}: {out.stderr}"
+        resolved = Path(out.stdout.strip())
+        assert resolved.is_file() and str(resolved).startswith(str(mount.path)), out.stdout
+        assert os.getxattr(resolved, "user.terrafs.url").decode() == row["url"], f"{target} -> {resolved}"
+    elsewhere = row["url"].replace(row["name"], "no-such-file.tif")
+    out = subprocess.run([sys.executable, "-m", "terrafs", "resolve", "--mount", str(mount.path), elsewhere],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "not under" in out.stderr, out.stdout

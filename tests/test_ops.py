@@ -281,7 +281,7 @@ def test_download_requests_total_equals_the_emulators_count(emulator, mount_fact
     assert "terrafs_cache_hits_total" in metrics and "terrafs_cache_size_bytes" in metrics
 
 
-# libfuse 3 is the system's; scripts/setup unpacks libfuse 2 into .venv (see there why not system-wide).
+# libfuse 3 is the system's (chosen even beside a system libfuse 2); scripts/setup unpacks libfuse 2 into .venv.
 LIBFUSE = {3: None, 2: str(Path(sys.executable).parent.parent / "libfuse2" / "libfuse.so.2")}
 
 

@@ -1,0 +1,35 @@
+"""The lines scope.py writes about hosts that get no credentials (pure functions)."""
+from __future__ import annotations
+
+import yaml
+
+from terrafs.config_schema import _hosts
+from terrafs.scope import DEFAULT_SCOPE, CredentialScope, host_entry, unlisted_hosts_note
+from terrafs.text import origin_of, parse_origin
+
+
+def test_host_entry_is_what_auth_hosts_reads_back():
+    for url in ("https://services.terrascope.be/x", "https://mirror.example:8443/x", "http://127.0.0.1:8080/x",
+                "http://[::1]:8080/x"):
+        origin = origin_of(url)
+        assert parse_origin(host_entry(origin)) == origin, host_entry(origin)
+
+
+def test_the_note_names_the_host_and_a_config_line_that_works():
+    origin = origin_of("http://127.0.0.1:8080/download/a.tif")
+    note = unlisted_hosts_note([origin])
+    assert "\n" not in note and "http://127.0.0.1:8080" in note and "auth.hosts" in note, note
+    snippet = note[note.index("auth: {"):-1]
+    assert _hosts(yaml.safe_load(snippet)["auth"]["hosts"]) == {origin}, snippet
+
+
+def test_the_note_stays_one_short_line_for_many_hosts():
+    note = unlisted_hosts_note([origin_of(f"https://h{i}.example/x") for i in range(40)])
+    assert "and 37 more" in note and len(note) < 400, note
+
+
+def test_a_refused_host_is_told_in_the_error_only_when_it_got_no_credentials():
+    scope = CredentialScope([origin_of("http://127.0.0.1:8080/")])
+    assert scope.unsent("http://127.0.0.1:8080/download/a.tif") is None
+    why = DEFAULT_SCOPE.unsent("http://127.0.0.1:9/a") or ""
+    assert "http://127.0.0.1:9" in why and "not in auth.hosts" in why, why
