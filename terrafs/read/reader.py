@@ -29,9 +29,11 @@ from typing import Callable, Union
 from terrafs.blockcache import BlockCache, DiskBlock
 from terrafs.errors import FetchError
 from terrafs.read import tiff
+from terrafs.read.cost import DOCUMENTED, Conditions, Link
 from terrafs.read.fetches import Fetches
 from terrafs.read.hotset import HotSet
 from terrafs.read.identity import IdentityGuard
+from terrafs.read.link import KernelMeter, LinkMeter
 from terrafs.read.lookup import Lookup
 from terrafs.read.policy import Access, Facts, Plan, ReadPolicy, plan
 from terrafs.read.remote import Downloader, RemoteFile, Units, blocks_of, pieces_of, unit_keys
@@ -43,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _WAIT_LIMIT = 600.0  # seconds a reader waits on another thread's fetch before giving up
 _LAYOUT_TRIES = 8  # reads that look for a TIFF layout before giving up on a file
+_FLOW_SAMPLE = 64 << 10  # answers this large time the link's throughput (smaller: mostly latency)
 _FOLLOWING = Facts(True, True, True)  # a read behind a live stream needs no cache lookups
 
 # A block as the reader holds it: bytes in RAM, a slot of the spool file, or its verified cache file.
@@ -95,6 +98,17 @@ class Reader:
         # A reader waits for a stream rather than fetching if its block is at most this far ahead of it.
         self._wait_gap = max(2 * p.block_size, min(p.readahead, 4 << 20))
         self._counts = {"bytes_from_network": 0, "reads": 0}
+        # The cost model's inputs: the link timed on this reader's own answers (a response hook
+        # on the downloader's session gives each answer's time to first byte, limiter waits
+        # excluded), the budget asked of the limiter, the kernel's reach measured on the FUSE reads.
+        self._link = LinkMeter(Link(0.0, p.bandwidth))
+        self._kernel = KernelMeter(p.kernel_ahead)
+        self._timing = threading.local()
+        self._limiter = getattr(downloader, "limiter", None)
+        hooks = getattr(getattr(downloader, "session", None), "hooks", None)
+        self._measured = isinstance(hooks, dict)
+        if self._measured:
+            hooks.setdefault("response", []).append(self._on_response)
 
     @property
     def block_size(self) -> int:
@@ -177,6 +191,9 @@ class Reader:
         out["open_streams"] = self._streams.count()
         out["hot_bytes"] = self._hot.bytes
         out["hot_open_files"] = self._hot.open_files
+        link = self._link.now()
+        out.update(link_ttfb_ms=round(link.ttfb * 1e3, 2), link_throughput=int(link.throughput),
+                   kernel_ahead=self._kernel.ahead())
         return out
 
     # -- planning -------------------------------------------------------------
@@ -197,19 +214,32 @@ class Reader:
         with state.planning:
             facts, missing = self._facts(f, offset, end)  # disk lookups, outside the reader's lock
             self._find_layout(f, state, offset)
+            cond = self.conditions() if missing or not facts.head_cached else None
             with self._cond:
                 pieces = pieces_of(f, self.policy.piece_size)
                 if missing and all(self._fetches.in_flight(k) or state.coming_covers(k, pieces) for k in missing):
                     # Another reader's fetch brings them (the kernel's concurrent reads of one
                     # program read): no new request, and no stream either.
                     facts = dataclasses.replace(facts, read_cached=True)
-                return self._apply(f, state, offset, end, facts)
+                return self._apply(f, state, offset, end, facts, cond)
 
-    def _apply(self, f: RemoteFile, state: _FileState, offset: int, end: int, facts: Facts) -> Plan:
+    def conditions(self) -> Conditions:
+        """The link, budget and kernel read-ahead as measured now (may read the limiter's state file:
+        never under a lock of the read path)."""
+        if not self._measured:  # a downloader that cannot be timed: the policy's fixed prices
+            return dataclasses.replace(self.policy.assumed(), kernel_ahead=self._kernel.ahead())
+        ask = getattr(self._limiter, "budget", None)
+        budget = ask() if callable(ask) else DOCUMENTED
+        return Conditions(self._link.now(), budget, self._kernel.ahead())
+
+    def _apply(self, f: RemoteFile, state: _FileState, offset: int, end: int, facts: Facts,
+               cond: Conditions | None = None) -> Plan:
         """Plan and act on it (caller holds _cond)."""
         st = state.stream if state.stream is not None and state.stream.running else None
         p = plan(self.policy, state.access, f.size, offset, end, stream=st.view() if st else None,
-                 facts=facts, layout=state.layout)
+                 facts=facts, layout=state.layout, cond=cond)
+        if p.overshoot is not None:
+            self._kernel.overshoot(p.overshoot)
         if p.pieces and p.fetch_end > end:
             state.coming = (p.fetch_start, p.fetch_end)
         if p.allow_stream_to is not None and st is not None:
@@ -367,8 +397,19 @@ class Reader:
 
     # -- arrivals -------------------------------------------------------------
 
+    def _on_response(self, response, *args, **kwargs) -> None:
+        """The downloader's session got an answer's head: its time to first byte (no limiter wait in it)."""
+        elapsed = getattr(response, "elapsed", None)
+        if elapsed is not None:
+            self._link.first_byte(elapsed.total_seconds())
+        self._timing.head_at = time.monotonic()
+
     def _get_range(self, f: RemoteFile, start: int, end: int) -> bytes:
+        self._timing.head_at = None
         data, info = self._dl.get_range(f.url, start, end, urgent=True)
+        head_at = getattr(self._timing, "head_at", None)
+        if head_at is not None and len(data) >= _FLOW_SAMPLE:
+            self._link.flowed(len(data), time.monotonic() - head_at)
         self._identity.check(f, info)
         self._counts["bytes_from_network"] += len(data)
         return data
