@@ -512,7 +512,7 @@ def test_a_read_racing_the_reuse_of_a_spool_slot_never_serves_the_new_bytes(env)
     data, f, dl, cache, reader = env(size=1 << 20)
     assert _read_all(reader, f) == data
     reader.flush()
-    spool = reader._wb.spool  # white-box: the race cannot be timed from outside
+    spool = reader._held.wb.spool  # white-box: the race cannot be timed from outside
     stale = spool.put(b"x" * BS)
     spool.free(stale)
     fresh = spool.put(b"y" * BS)  # the same slot, handed out again
@@ -530,7 +530,7 @@ def test_a_read_of_a_slot_freed_as_the_spool_empties_looks_elsewhere(env):
     """The last free empties the spool and truncates its file: a reader still holding the block
     gets "look elsewhere", not a short read turned into an error."""
     data, f, dl, cache, reader = env(size=1 << 20)
-    spool = reader._wb.spool  # white-box: the race cannot be timed from outside
+    spool = reader._held.wb.spool  # white-box: the race cannot be timed from outside
     assert _read_all(reader, f) == data
     reader.flush()
     spool._reserve = False  # as on a filesystem without fallocate: the truncated file stays empty

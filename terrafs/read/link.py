@@ -1,24 +1,31 @@
 """What the mount measures of its link and of the kernel, for the cost model (cost.py).
 
-`LinkMeter` keeps the time to first byte and the throughput of recent answers
-(ranged fetches and streams, timed by the reader); `KernelMeter` keeps how far
-past a program's read the kernel asks (the FUSE reads this mount receives).
-Both are leaf locks: safe to call under any other lock of the read path.
+`LinkMeter` keeps the time to first byte and the throughput of recent answers;
+`KernelMeter` keeps how far past a program's read the kernel asks (the FUSE
+reads this mount receives); `Gauges` puts them together for one reader: it
+times the downloader's answers (a response hook on its session gives each
+answer's time to first byte, limiter waits excluded) and asks the limiter for
+its budget. The meters' locks are leaves: safe to call under any lock of the
+read path; `Gauges.conditions` may read the limiter's state file (never under one).
 
 Must not: fetch, decide, or keep more than a few dozen numbers.
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import threading
+import time
 from collections import deque
+from typing import Callable
 
-from terrafs.read.cost import Link
+from terrafs.read.cost import DOCUMENTED, Conditions, Link
 
 #: Before the first answer: a modest link (what the policy assumed before it measured).
 ASSUMED = Link(ttfb=0.03, throughput=8e6)
 _SAMPLES = 16
 _PAGE = 4096
+_FLOW_SAMPLE = 64 << 10  # answers this large time the link's throughput (smaller: mostly latency)
 
 
 class LinkMeter:
@@ -78,3 +85,47 @@ class KernelMeter:
                 return self._assumed
             most = max(self._seen)
         return max(_PAGE, -(-most // _PAGE) * _PAGE)
+
+
+class Gauges:
+    """The cost model's inputs for one reader: its link, its budget, the kernel's reach."""
+
+    def __init__(self, downloader: object, assumed: Conditions) -> None:
+        self._assumed = assumed
+        self.link = LinkMeter(assumed.link)
+        self.kernel = KernelMeter(assumed.kernel_ahead)
+        self._timing = threading.local()
+        self._limiter = getattr(downloader, "limiter", None)
+        hooks = getattr(getattr(downloader, "session", None), "hooks", None)
+        self._measured = isinstance(hooks, dict)
+        if isinstance(hooks, dict):
+            hooks.setdefault("response", []).append(self._on_response)
+
+    def conditions(self) -> Conditions:
+        """The link, budget and kernel read-ahead now (may read the limiter's state file)."""
+        if not self._measured:  # a downloader that cannot be timed: the policy's fixed prices
+            return dataclasses.replace(self._assumed, kernel_ahead=self.kernel.ahead())
+        ask = getattr(self._limiter, "budget", None)
+        budget = ask() if callable(ask) else DOCUMENTED
+        return Conditions(self.link.now(), budget, self.kernel.ahead())
+
+    def timed(self, get: Callable[[], tuple[bytes, object]]) -> tuple[bytes, object]:
+        """Run one ranged fetch, and time its body from the moment its head arrived."""
+        self._timing.head_at = None
+        data, info = get()
+        head_at = getattr(self._timing, "head_at", None)
+        if head_at is not None and len(data) >= _FLOW_SAMPLE:
+            self.link.flowed(len(data), time.monotonic() - head_at)
+        return data, info
+
+    def stats(self) -> dict:
+        link = self.link.now()
+        return {"link_ttfb_ms": round(link.ttfb * 1e3, 2), "link_throughput": int(link.throughput),
+                "kernel_ahead": self.kernel.ahead()}
+
+    def _on_response(self, response: object, *args: object, **kwargs: object) -> None:
+        """The session got an answer's head: its time to first byte (no limiter wait in it)."""
+        elapsed = getattr(response, "elapsed", None)
+        if elapsed is not None:
+            self.link.first_byte(elapsed.total_seconds())
+        self._timing.head_at = time.monotonic()

@@ -103,6 +103,13 @@ class ReadPolicy:
     chance_run: float = 0.25
     #: Chance that a probe needs more of the head than its first piece (IFDs past 16 KiB).
     chance_head: float = 0.5
+    #: Reads past the head that look for a TIFF layout in the cached bytes before giving up on a file.
+    layout_tries: int = 8
+
+    @property
+    def wait_gap(self) -> int:
+        """A read waits for a live stream rather than fetching if its unit is at most this far ahead."""
+        return max(2 * self.block_size, min(self.readahead, 4 << 20))
 
     def assumed(self) -> Conditions:
         """Conditions before anything is measured: the old fixed prices (a bound budget, `bandwidth`)."""
@@ -162,6 +169,7 @@ class StreamView:
     start: int
     end: int
     allowed_end: int
+    pos: int = 0  # bytes before this are delivered
 
 
 @dataclass(slots=True)  # not frozen: made per read, and a frozen init costs ~3x
@@ -172,6 +180,8 @@ class Facts:
     first_cached: bool  # the read's first block
     head_pieces_cached: bool  # pieces hold all of the read (only asked for reads at 0)
     read_cached: bool = False  # blocks or pieces hold all of the read: nothing to fetch
+    blocks_cached: bool = False  # whole blocks hold all of the read
+    coming: bool = False  # what the read misses is in flight, or a fetch planned before brings it
 
 
 @dataclass(slots=True)  # not frozen: made per read, and a frozen init costs ~3x
@@ -194,6 +204,8 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
     """
     c = cond or p.assumed()
     decided = _plan(p, c, access, size, offset, end, stream, facts, layout)
+    if decided.pieces and (size <= p.block_size or facts.blocks_cached):
+        decided.pieces = False  # served from the blocks that hold it (or one block is the file)
     if access.finished is not None:
         decided.overshoot = overshoot(layout, *access.finished)
     return decided
@@ -222,7 +234,7 @@ def _plan(p: ReadPolicy, c: Conditions, access: Access, size: int, offset: int, 
         if end - offset >= p.bulk_read and not facts.head_pieces_cached:
             return Plan(False, offset, end, start_stream=(0, min(size, p.head_size), size), disk_ahead_from=disk)
         return Plan(pieces_on, offset, max(end, head(p, c)), disk_ahead_from=disk)
-    if facts.read_cached:  # held, or another read's fetch brings it: in the units it is held in
+    if facts.read_cached or facts.coming:  # held, or another read's fetch brings it: in the units it is held in
         # Served in the units that hold it: the reader takes whole blocks where it has them.
         return Plan(pieces_on, offset, end, disk_ahead_from=disk)
     if sequential and run >= p.stream_after and not facts.first_cached:
@@ -302,6 +314,49 @@ def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int, run: 
         k += 1
         stop = segs[k].end
     return start, max(stop, end) + ka
+
+
+def wants_layout(p: ReadPolicy, tries: int, offset: int) -> bool:
+    """Whether a read at `offset` should look for the file's TIFF layout (once past the head,
+    and `layout_tries` times at most)."""
+    return tries < p.layout_tries and offset >= p.piece_size
+
+
+def layout_tried(p: ReadPolicy, tries: int, permanent: bool) -> int:
+    """The tries after one that found no layout (`permanent`: the file is not a TIFF we read)."""
+    return p.layout_tries if permanent else tries + 1
+
+
+def wait_for_stream(p: ReadPolicy, st: StreamView, unit_start: int, unit_end: int) -> int | None:
+    """How far to let a live stream run so that it brings [unit_start, unit_end) soon, instead of a
+    request (None: it will not, fetch it)."""
+    if st.start <= unit_start < st.end and unit_start - st.pos <= p.wait_gap:
+        return min(st.end, unit_end)
+    return None
+
+
+def extras(first: int, last: int, fetch_first: int, fetch_last: int, held: int) -> list[int]:
+    """The units a read's own fetch also brings (the plan's reach around first..last), only when the
+    read fetches anyway (fewer than all of its units are held)."""
+    if held > last - first:
+        return []
+    return [*range(fetch_first, first), *range(last + 1, fetch_last + 1)]
+
+
+def missing_runs(held: list[bool]) -> list[tuple[int, int]]:
+    """The runs [i, j) of units not held: what a prefetch streams, one request each."""
+    runs: list[tuple[int, int]] = []
+    i, n = 0, len(held)
+    while i < n:
+        if held[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not held[j]:
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
 
 
 def ranges(missing: list[int], gap: int) -> list[tuple[int, int]]:
