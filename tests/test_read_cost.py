@@ -17,6 +17,7 @@ NOTHING = Facts(head_cached=True, first_cached=False, head_pieces_cached=False)
 LOOPBACK = Link(ttfb=0.0015, throughput=400e6)
 FAST = Link(ttfb=0.03, throughput=25e6)
 SLOW = Link(ttfb=0.03, throughput=5e6)
+SLOWER = Link(ttfb=0.03, throughput=2e6)
 ROOM = BudgetState(room=70, wait=0.0, spacing=0.125, used=0.1)
 BOUND = BudgetState(room=0, wait=0.4, spacing=0.125, used=1.0)
 
@@ -34,9 +35,9 @@ def _tiles(start: int, sizes: list[int], gap: int = 8) -> TiffLayout:
 
 
 @pytest.mark.parametrize("link, budget, low, high", [
-    (SLOW, ROOM, 0.06, 0.062),  # a round trip and a quarter of the window's spacing
+    (SLOW, ROOM, 0.092, 0.093),  # a round trip and half the window's spacing
     (SLOW, BOUND, 0.43, 0.431),  # the wait once the window binds
-    (LOOPBACK, ROOM, 0.032, 0.033),
+    (LOOPBACK, ROOM, 0.064, 0.065),
     (LOOPBACK, UNBOUNDED, 0.0015, 0.0016),  # no windows: only the round trip
 ])
 def test_a_request_costs_a_round_trip_with_room_and_the_wait_once_the_budget_binds(link, budget, low, high):
@@ -45,9 +46,10 @@ def test_a_request_costs_a_round_trip_with_room_and_the_wait_once_the_budget_bin
 
 @pytest.mark.parametrize("link, budget, neighbour", [
     (LOOPBACK, ROOM, True),  # bytes cost nothing: a request saved is worth a whole tile
-    (FAST, ROOM, True),  # 400 KB at 25 MB/s: 16 ms, below half a request
-    (SLOW, ROOM, False),  # 80 ms for a tile read half the time: a request is cheaper
-    (SLOW, BOUND, True),  # the budget binds: every request saved is worth 400 ms
+    (FAST, ROOM, True),  # 400 KB at 25 MB/s: 16 ms, below a request
+    (SLOW, ROOM, True),  # 80 ms wasted half the time, 92 ms saved the other half
+    (SLOWER, ROOM, False),  # 200 ms wasted half the time: a request is cheaper
+    (SLOWER, BOUND, True),  # the budget binds: every request saved is worth 400 ms
 ])
 def test_the_neighbouring_tile_comes_only_when_its_bytes_cost_less_than_the_request(link, budget, neighbour):
     layout = _tiles(64 * KB, [400_000] * 8)
@@ -62,7 +64,7 @@ def test_the_neighbouring_tile_comes_only_when_its_bytes_cost_less_than_the_requ
 def test_a_read_covering_the_next_tile_always_fetches_it_whole():
     layout = _tiles(64 * KB, [400_000] * 8)
     t = layout.segments
-    start, stop = reach(P, layout, t[2].offset, t[3].offset + 4 * KB, cond=_cond(SLOW))
+    start, stop = reach(P, layout, t[2].offset, t[3].offset + 4 * KB, cond=_cond(SLOWER))
     assert stop >= t[3].end
 
 
@@ -70,30 +72,31 @@ def test_the_margin_past_a_tile_is_the_measured_kernel_reach():
     layout = _tiles(64 * KB, [400_000] * 8)
     t = layout.segments
     for kernel in (96 * KB, 228 * KB):
-        _, stop = reach(P, layout, t[2].offset, t[2].offset + 128 * KB, cond=_cond(SLOW, kernel=kernel))
+        _, stop = reach(P, layout, t[2].offset, t[2].offset + 128 * KB, cond=_cond(SLOWER, kernel=kernel))
         assert stop == t[2].end + kernel
 
 
 @pytest.mark.parametrize("link, budget, size", [
     (LOOPBACK, ROOM, 128 * KB),
-    (SLOW, ROOM, 128 * KB),  # 128 KiB cost 26 ms, less than half of a 61 ms request
-    (Link(0.03, 0.5e6), ROOM, 16 * KB),  # a 0.5 MB/s link: the first piece only
+    (SLOW, ROOM, 128 * KB),  # 128 KiB cost 26 ms, less than a 92 ms request
+    (Link(0.03, 0.2e6), ROOM, 32 * KB),  # 0.2 MB/s: what 92 ms bring, in whole pieces
+    (Link(0.03, 0.1e6), ROOM, 16 * KB),  # 0.1 MB/s: the first piece only
 ])
 def test_a_probes_head_is_priced(link, budget, size):
     assert head(P, _cond(link, budget)) == size
 
 
 def test_a_first_small_read_fetches_the_priced_head():
-    c = _cond(Link(0.03, 0.5e6))
+    c = _cond(Link(0.03, 0.1e6))
     first = plan(P, Access(), 50 * MB, 0, 4 * KB, stream=None, layout=None, cond=c,
                  facts=Facts(head_cached=False, first_cached=False, head_pieces_cached=False))
     assert first.pieces and first.fetch_end == 16 * KB
 
 
 def test_without_a_layout_a_slow_link_fetches_what_a_request_is_worth_and_the_kernel_asks():
-    c = _cond(SLOW)
+    c = _cond(SLOWER)
     start, stop = reach(P, None, 10 * MB, 10 * MB + 128 * KB, cond=c)
-    assert stop - (10 * MB + 128 * KB) == max(c.kernel_ahead, cost.affordable(c, 1.0))
+    assert stop - (10 * MB + 128 * KB) == max(c.kernel_ahead, cost.affordable(c, P.chance_next))
     assert stop - (10 * MB + 128 * KB) < P.random_ahead
 
 

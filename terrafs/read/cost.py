@@ -6,10 +6,12 @@ share of the window it spends (requests are what every mount of the user
 shares), and the wait it adds once a window binds. A byte costs 1 / the
 throughput the mount measures on its own answers. A speculative byte (a
 neighbouring tile, a margin past a read, a larger head) is worth fetching when
-its price is below the chance that it saves a request times that request's
-price: on loopback and fast links that favours large fetches, on a slow link
-with room in the budget it favours what the program asked for and what the
-kernel will ask next, no more.
+what it wastes if nobody reads it is below what it saves if somebody does:
+(1 - p) x its price <= p x the price of the request it saves, p the chance
+it is read. (Bytes that are read cost the same in either request.) On
+loopback and fast links that favours large fetches; on a slow link with room
+in the budget it favours what the program asked for and what the kernel will
+ask next.
 
 Everything here is pure: link and budget state in, prices out; no clock, lock or I/O.
 Must not: measure anything (link.py does) or ask the limiter (the reader does, outside its locks).
@@ -20,9 +22,9 @@ from dataclasses import dataclass
 
 from terrafs.ratelimit import BudgetState
 
-#: The share of a window a request is priced at even while the window is far from full:
-#: every mount and command of the user draws on it, and it refills only at its spacing.
-USED_FLOOR = 0.25
+#: The share of its spacing a request is priced at even while the window is far from full:
+#: every mount and command of the user draws on the window, and it refills only at its spacing.
+USED_FLOOR = 0.5
 
 
 @dataclass(frozen=True)
@@ -61,10 +63,12 @@ def byte_price(c: Conditions, n: int) -> float:
 
 
 def worth(c: Conditions, n: int, chance: float) -> bool:
-    """Whether n speculative bytes are worth fetching if they save a request with this chance."""
-    return byte_price(c, n) <= chance * request_price(c)
+    """Whether n speculative bytes are worth fetching if they are read (and save a request) with this chance."""
+    return (1.0 - chance) * byte_price(c, n) <= chance * request_price(c)
 
 
 def affordable(c: Conditions, chance: float) -> int:
-    """The most speculative bytes worth fetching for a request saved with this chance."""
-    return int(chance * request_price(c) * max(1.0, c.link.throughput))
+    """The most speculative bytes worth fetching if they are read with this chance (unbounded at 1)."""
+    if chance >= 1.0:
+        return 1 << 62
+    return int(chance / (1.0 - chance) * request_price(c) * max(1.0, c.link.throughput))

@@ -284,7 +284,7 @@ def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int, run: 
     """
     c = cond or p.assumed()
     ka = c.kernel_ahead
-    generic = max(run, min(p.random_ahead, max(ka, cost.affordable(c, 1.0))))
+    generic = max(run, min(p.random_ahead, max(ka, cost.affordable(c, p.chance_next))))
     if layout is None:
         return offset, end + generic
     segs = layout.segments

@@ -52,6 +52,13 @@ _FOLLOWING = Facts(True, True, True)  # a read behind a live stream needs no cac
 Block = Union[bytes, Spooled, DiskBlock]
 
 
+def _priced(c: Conditions | None) -> str:
+    if c is None:
+        return ""
+    return (f" (ttfb {c.link.ttfb * 1e3:.1f} ms, {c.link.throughput / 1e6:.1f} MB/s, room {c.budget.room}, "
+            f"kernel {c.kernel_ahead >> 10} KiB)")
+
+
 class Reader:
     """Serves reads of remote files from the block cache, fetching what is missing. Thread-safe."""
 
@@ -230,9 +237,9 @@ class Reader:
             if new is not None:
                 cur.stream = new
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("read %s [%d, %d): %s%s", f.url, offset, end,
+            log.debug("read %s [%d, %d): %s%s%s", f.url, offset, end,
                       f"fetch [{p.fetch_start}, {p.fetch_end}) in {'pieces' if p.pieces else 'blocks'}",
-                      f", stream from {p.start_stream[0]}" if p.start_stream else "")
+                      f", stream from {p.start_stream[0]}" if p.start_stream else "", _priced(cond))
         if p.disk_ahead_from is not None and self.policy.disk_ahead:
             blocks = blocks_of(f, self.policy.block_size)
             self._held.schedule_ahead(f, blocks, p.disk_ahead_from, max(1, self.policy.disk_ahead // blocks.unit),
