@@ -218,3 +218,22 @@ def test_connections_are_kept_on_a_link_only(emulator, tif):
                                                           "username": "demo", "password": "demo"})
         assert r.status_code == 200 and r.headers.get("Connection") == "close"
         assert s.get(url, auth=DEMO, timeout=30).content == whole
+
+
+def test_the_mount_reads_exact_bytes_over_a_link(emulator, emulator_data, mount_factory, tmp_path):
+    """terrafs's own client on a kept-alive, paced link: the copy is whole, one GET, at the link's pace."""
+    from support import band, sha256, source_of
+
+    mount = mount_factory(emulator)
+    f = band(mount, "B08_10M")
+    size = f.stat().st_size
+    bandwidth = max(size / 0.5, 1e6)
+    emulator.set(link_rtt=0.02, link_bandwidth=bandwidth)
+    emulator.mark()
+    began = time.monotonic()
+    subprocess.run(["cp", str(f), str(tmp_path / "x.tif")], check=True, timeout=120)
+    took = time.monotonic() - began
+    assert sha256(tmp_path / "x.tif") == sha256(source_of(emulator_data, f))
+    gets = [e for e in emulator.requests("download") if e["method"] == "GET"]
+    assert len(gets) == 1 and gets[0]["bytes"] == size, gets
+    assert took >= size / bandwidth + 0.02
