@@ -3,8 +3,9 @@ port until SIGINT/SIGTERM, exit 0.
 
 The first stdout line is exactly "terrafs emulator: http://HOST:PORT" (the
 test harness reads it to learn the port); it is printed only once the socket
-listens. This module parses arguments and runs the server; it holds no
-service logic (that is app.py and its handlers).
+listens. This module parses arguments and runs the server (the app wrapped
+in the link profile of link.py); it holds no service logic (that is app.py
+and its handlers).
 """
 from __future__ import annotations
 
