@@ -129,9 +129,14 @@ def test_the_kernel_meter_keeps_the_most_the_kernel_asked_of_late():
     assert meter.ahead() == 256 * KB
     for n in (90_000, 150_000, 120_000):
         meter.overshoot(n)
-    assert meter.ahead() == 151_552  # 150 000 rounded up to pages
+    assert meter.ahead() == 256 * KB, "three runs are not enough to go below the assumed reach"
+    meter.overshoot(300_000)
+    assert meter.ahead() == 303_104, "above it at once (300 000 rounded up to pages)"
+    for n in (100_000,) * 16:
+        meter.overshoot(n)
+    assert meter.ahead() == 102_400, "sixteen runs of 100 000: the kernel's reach on this mount"
     meter.overshoot(50 << 20)  # not a kernel's read-ahead: ignored
-    assert meter.ahead() == 151_552
+    assert meter.ahead() == 102_400
 
 
 def test_the_link_meter_takes_the_median_round_trip_and_the_throughput_of_answers():

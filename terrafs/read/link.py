@@ -24,6 +24,7 @@ from terrafs.read.cost import DOCUMENTED, Conditions, Link
 #: Before the first answer: a modest link (what the policy assumed before it measured).
 ASSUMED = Link(ttfb=0.03, throughput=8e6)
 _SAMPLES = 16
+_TRUSTED = 8  # runs of FUSE reads seen before the kernel's measured reach replaces the assumed one
 _PAGE = 4096
 _FLOW_SAMPLE = 64 << 10  # answers this large time the link's throughput (smaller: mostly latency)
 
@@ -79,11 +80,17 @@ class KernelMeter:
                 self._seen.append(nbytes)
 
     def ahead(self) -> int:
-        """Bytes to fetch past a read for the kernel: the most it asked of late (a page at least)."""
+        """Bytes to fetch past a read for the kernel: the most it asked of late (a page at least).
+
+        What one run shows depends on where the tiles end within the kernel's 128 KiB reads,
+        so until a few runs were seen the assumed reach stays a floor: a margin too short
+        costs a request of its own, and the run it starts fetches whole tiles again.
+        """
         with self._lock:
-            if not self._seen:
-                return self._assumed
-            most = max(self._seen)
+            seen = list(self._seen)
+        if not seen:
+            return self._assumed
+        most = max(seen) if len(seen) >= _TRUSTED else max(self._assumed, max(seen))
         return max(_PAGE, -(-most // _PAGE) * _PAGE)
 
 

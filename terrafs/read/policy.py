@@ -307,9 +307,10 @@ def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int, run: 
     while (k + 1 < len(segs) and segs[k + 1].offset < want and segs[k + 1].offset - stop <= PAGE
            and segs[k + 1].end - start <= p.max_fetch):
         nxt_seg = segs[k + 1]
-        if nxt_seg.offset >= end:  # not asked yet: speculative, priced
+        if nxt_seg.offset >= end:  # not asked yet: speculative, priced (a run of FUSE reads going on
+            # past the tiles a program read is the kernel's read-ahead as often as the program's)
             chance = p.chance_next if k == entered else p.chance_run
-            if run == 0 and not cost.worth(c, nxt_seg.end - max(stop, end), chance):
+            if not cost.worth(c, nxt_seg.end - max(stop, end), chance):
                 break
         k += 1
         stop = segs[k].end
