@@ -13,6 +13,7 @@ import pytest
 from terrafs.blockcache import BlockCache
 from terrafs.errors import FetchError
 from terrafs.read import Reader, RemoteFile
+from terrafs.read.fetches import RANGE_CHUNK
 from terrafs.read.remote import blocks_of
 
 BS = 64 << 10
@@ -29,8 +30,8 @@ class Info:
 class _Stream:
     """Iterator like http.py's stream, exposing the response's RemoteInfo as .info."""
 
-    def __init__(self, dl: "FakeDownloader", start: int, end: int, chunk: int):
-        self.dl, self.pos, self.end, self.chunk = dl, start, end, chunk
+    def __init__(self, dl: "FakeDownloader", start: int, end: int, chunk: int, paced: bool = True):
+        self.dl, self.pos, self.end, self.chunk, self.paced = dl, start, end, chunk, paced
         self.info = Info(len(dl.data), dl.etag, None)
         self.closed = False
 
@@ -41,12 +42,12 @@ class _Stream:
         dl = self.dl
         if self.closed or self.pos >= self.end:
             raise StopIteration
-        if dl.stream_fail_at is not None and self.pos >= dl.stream_fail_at:
+        if dl.stream_fail_at is not None and self.paced and self.pos >= dl.stream_fail_at:
             raise FetchError("connection reset (simulated)")
-        if dl.delay:
+        if dl.delay and self.paced:
             time.sleep(dl.delay)
         n = min(self.chunk, self.end - self.pos)
-        if dl.stream_fail_at is not None:
+        if dl.stream_fail_at is not None and self.paced:
             n = min(n, max(1, dl.stream_fail_at - self.pos))
         out = dl.data[self.pos : self.pos + n]
         self.pos += n
@@ -87,6 +88,16 @@ class FakeDownloader:
         return self.data[start:end], Info(len(self.data), self.etag, None)
 
     def stream(self, url: str, start: int, end: int, *, urgent: bool = True, chunk_size: int = 1 << 20):
+        # The reader's ranged fetches come through here too, in chunks of RANGE_CHUNK (a stream's
+        # chunk is the policy's stream_chunk): they are told apart by it, and fail or stall as ranges.
+        if chunk_size == RANGE_CHUNK:
+            with self.lock:
+                self.calls.append(("range", start, end, urgent))
+            if self.delay:
+                time.sleep(self.delay)
+            if self.fail_ranges:
+                raise FetchError("503 (simulated)")
+            return _Stream(self, start, end, chunk_size, paced=False)
         with self.lock:
             self.calls.append(("stream", start, end, urgent))
         return _Stream(self, start, end, chunk_size)

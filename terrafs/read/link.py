@@ -17,7 +17,6 @@ import statistics
 import threading
 import time
 from collections import deque
-from typing import Callable
 
 from terrafs.read.cost import DOCUMENTED, Conditions, Link
 
@@ -116,14 +115,12 @@ class Gauges:
         budget = ask() if callable(ask) else DOCUMENTED
         return Conditions(self.link.now(), budget, self.kernel.ahead())
 
-    def timed(self, get: Callable[[], tuple[bytes, object]]) -> tuple[bytes, object]:
-        """Run one ranged fetch, and time its body from the moment its head arrived."""
-        self._timing.head_at = None
-        data, info = get()
+    def answered(self, nbytes: int) -> None:
+        """This thread's answer ended with `nbytes`: its body's time since its head arrived is a sample."""
         head_at = getattr(self._timing, "head_at", None)
-        if head_at is not None and len(data) >= _FLOW_SAMPLE:
-            self.link.flowed(len(data), time.monotonic() - head_at)
-        return data, info
+        self._timing.head_at = None
+        if head_at is not None and nbytes >= _FLOW_SAMPLE:
+            self.link.flowed(nbytes, time.monotonic() - head_at)
 
     def stats(self) -> dict:
         link = self.link.now()

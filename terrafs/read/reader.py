@@ -25,14 +25,14 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Callable, Union
+from typing import Callable, Iterator, Union
 
 from terrafs.blockcache import BlockCache, DiskBlock
 from terrafs.errors import FetchError
 from terrafs.read import policy as decide
 from terrafs.read.cost import Conditions
 from terrafs.read.cursor import Cursor
-from terrafs.read.fetches import Fetches
+from terrafs.read.fetches import RANGE_CHUNK, Fetches
 from terrafs.read.hotset import HotSet
 from terrafs.read.identity import IdentityGuard
 from terrafs.read.link import Gauges
@@ -318,15 +318,15 @@ class Reader:
                 lead, theirs, coming = self._fetches.claim(u, missing, extra, lambda i: self._elsewhere(u, i))
             extra = []
             if lead is not None:
-                got.update(self._fetches.run(u, lead, lambda a, b: self._get_range(u.file, a, b),
-                                             lambda i, data: self._store(u, i, data)))
+                self._fetches.start(u, lead, lambda a, b: self._chunks(u.file, a, b),
+                                    lambda i, data: self._store(u, i, data))
             for i, fetch in theirs.items():
-                if not fetch.done.wait(max(0.0, deadline - time.monotonic())):
+                if not fetch.wait(i, max(0.0, deadline - time.monotonic())):
                     raise FetchError(f"timed out waiting for block {i} of {u.url}")
-                if fetch.error is not None:
-                    raise FetchError(f"fetch of {u.url} failed: {fetch.error}")
                 if i in fetch.blocks:
                     got[i] = fetch.blocks[i]
+                elif fetch.error is not None:
+                    raise FetchError(f"fetch of {u.url} failed: {fetch.error}")
             if coming:
                 self._wait_stream(u, coming, got, deadline)
 
@@ -376,11 +376,22 @@ class Reader:
 
     # -- arrivals -------------------------------------------------------------
 
-    def _get_range(self, f: RemoteFile, start: int, end: int) -> bytes:
-        data, info = self._gauges.timed(lambda: self._dl.get_range(f.url, start, end, urgent=True))
-        self._identity.check(f, info)
-        self._counts["bytes_from_network"] += len(data)
-        return data
+    def _chunks(self, f: RemoteFile, start: int, end: int) -> Iterator[bytes]:
+        """Bytes [start, end) of f in one ranged request, chunk by chunk, once its identity is checked."""
+        it = self._dl.stream(f.url, start, end, urgent=True, chunk_size=RANGE_CHUNK)
+        n = 0
+        try:
+            for chunk in it:
+                if not n:
+                    self._identity.check(f, getattr(it, "info", None))
+                n += len(chunk)
+                self._counts["bytes_from_network"] += len(chunk)
+                yield chunk
+            self._gauges.answered(n)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
 
     def _deliver(self, st: Stream, pos: int, block: bytes) -> None:
         self._counts["bytes_from_network"] += len(block)
