@@ -46,6 +46,8 @@ class _Stream:
             raise FetchError("connection reset (simulated)")
         if dl.delay and self.paced:
             time.sleep(dl.delay)
+        if not self.paced and dl.range_gate_at is not None and self.pos >= dl.range_gate_at:
+            dl.range_gate.wait(30)  # a slow link: the rest of the answer is still on its way
         n = min(self.chunk, self.end - self.pos)
         if dl.stream_fail_at is not None and self.paced:
             n = min(n, max(1, dl.stream_fail_at - self.pos))
@@ -72,6 +74,8 @@ class FakeDownloader:
         self.delay = 0.0
         self.fail_ranges = False
         self.stream_fail_at: int | None = None
+        self.range_gate_at: int | None = None  # a ranged answer stalls here until range_gate is set
+        self.range_gate = threading.Event()
 
     def head(self, url: str) -> Info:
         return Info(len(self.data), self.etag, None)
@@ -734,3 +738,22 @@ def test_cached_blocks_held_open_are_bounded(env, tmp_path: Path):
         assert len(os.listdir("/proc/self/fd")) - fds_before <= limit + 8
     finally:
         reader2.close()
+
+
+def test_a_read_is_answered_while_the_bytes_fetched_past_it_still_arrive(env):
+    """On a slow link the margin a plan fetches past a read (the kernel's read-ahead) must not delay the read."""
+    data, f, dl, cache, reader = env(random_ahead=512 << 10)
+    off = 2 * BS
+    dl.range_gate_at = off + BS  # the answer stalls after the read's own bytes
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(reader.read(f, off, 32 << 10)))
+    t.start()
+    t.join(20)
+    try:
+        assert got == [data[off: off + (32 << 10)]], "the read waited for the whole answer"
+        assert dl.calls[0][0] == "range" and dl.calls[0][2] > off + BS, "the plan fetched nothing past the read"
+    finally:
+        dl.range_gate.set()
+    nxt = off + BS + 4096  # the rest arrives, and is served without another request
+    assert reader.read(f, nxt, 4096) == data[nxt: nxt + 4096]
+    assert len(dl.calls) == 1, dl.calls

@@ -72,3 +72,11 @@ def affordable(c: Conditions, chance: float) -> int:
     if chance >= 1.0:
         return 1 << 62
     return int(chance / (1.0 - chance) * request_price(c) * max(1.0, c.link.throughput))
+
+
+def describe(c: Conditions | None) -> str:
+    """The conditions a plan was priced on, for the read path's debug log."""
+    if c is None:
+        return ""
+    return (f" (ttfb {c.link.ttfb * 1e3:.1f} ms, {c.link.throughput / 1e6:.1f} MB/s, room {c.budget.room}, "
+            f"kernel {c.kernel_ahead >> 10} KiB)")

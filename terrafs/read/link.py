@@ -17,6 +17,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from typing import Callable, Iterable, Iterator
 
 from terrafs.read.cost import DOCUMENTED, Conditions, Link
 
@@ -115,12 +116,26 @@ class Gauges:
         budget = ask() if callable(ask) else DOCUMENTED
         return Conditions(self.link.now(), budget, self.kernel.ahead())
 
-    def answered(self, nbytes: int) -> None:
-        """This thread's answer ended with `nbytes`: its body's time since its head arrived is a sample."""
-        head_at = getattr(self._timing, "head_at", None)
-        self._timing.head_at = None
-        if head_at is not None and nbytes >= _FLOW_SAMPLE:
-            self.link.flowed(nbytes, time.monotonic() - head_at)
+    def answer(self, it: Iterable[bytes], check: Callable[[object], None],
+               count: Callable[[int], None]) -> Iterator[bytes]:
+        """The chunks of one ranged answer: `check(info)` before the first is trusted, each one
+        `count`ed; its body, timed from the moment its head arrived, is a throughput sample."""
+        n = 0
+        try:
+            for chunk in it:
+                if not n:
+                    check(getattr(it, "info", None))
+                n += len(chunk)
+                count(len(chunk))
+                yield chunk
+            head_at = getattr(self._timing, "head_at", None)
+            if head_at is not None and n >= _FLOW_SAMPLE:
+                self.link.flowed(n, time.monotonic() - head_at)
+        finally:
+            self._timing.head_at = None
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
 
     def stats(self) -> dict:
         link = self.link.now()

@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Union
 from terrafs.blockcache import BlockCache, DiskBlock
 from terrafs.errors import FetchError
 from terrafs.read import policy as decide
-from terrafs.read.cost import Conditions
+from terrafs.read.cost import Conditions, describe
 from terrafs.read.cursor import Cursor
 from terrafs.read.fetches import RANGE_CHUNK, Fetches
 from terrafs.read.hotset import HotSet
@@ -50,13 +50,6 @@ _FOLLOWING = Facts(True, True, True)  # a read behind a live stream needs no cac
 
 # A block as the reader holds it: bytes in RAM, a slot of the spool file, or its verified cache file.
 Block = Union[bytes, Spooled, DiskBlock]
-
-
-def _priced(c: Conditions | None) -> str:
-    if c is None:
-        return ""
-    return (f" (ttfb {c.link.ttfb * 1e3:.1f} ms, {c.link.throughput / 1e6:.1f} MB/s, room {c.budget.room}, "
-            f"kernel {c.kernel_ahead >> 10} KiB)")
 
 
 class Reader:
@@ -239,7 +232,7 @@ class Reader:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("read %s [%d, %d): %s%s%s", f.url, offset, end,
                       f"fetch [{p.fetch_start}, {p.fetch_end}) in {'pieces' if p.pieces else 'blocks'}",
-                      f", stream from {p.start_stream[0]}" if p.start_stream else "", _priced(cond))
+                      f", stream from {p.start_stream[0]}" if p.start_stream else "", describe(cond))
         if p.disk_ahead_from is not None and self.policy.disk_ahead:
             blocks = blocks_of(f, self.policy.block_size)
             self._held.schedule_ahead(f, blocks, p.disk_ahead_from, max(1, self.policy.disk_ahead // blocks.unit),
@@ -379,19 +372,10 @@ class Reader:
     def _chunks(self, f: RemoteFile, start: int, end: int) -> Iterator[bytes]:
         """Bytes [start, end) of f in one ranged request, chunk by chunk, once its identity is checked."""
         it = self._dl.stream(f.url, start, end, urgent=True, chunk_size=RANGE_CHUNK)
-        n = 0
-        try:
-            for chunk in it:
-                if not n:
-                    self._identity.check(f, getattr(it, "info", None))
-                n += len(chunk)
-                self._counts["bytes_from_network"] += len(chunk)
-                yield chunk
-            self._gauges.answered(n)
-        finally:
-            close = getattr(it, "close", None)
-            if close is not None:
-                close()
+        return self._gauges.answer(it, lambda info: self._identity.check(f, info), self._received)
+
+    def _received(self, n: int) -> None:
+        self._counts["bytes_from_network"] += n
 
     def _deliver(self, st: Stream, pos: int, block: bytes) -> None:
         self._counts["bytes_from_network"] += len(block)
