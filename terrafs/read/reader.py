@@ -46,7 +46,7 @@ from terrafs.read.writebehind import WriteBehind
 log = logging.getLogger(__name__)
 
 _WAIT_LIMIT = 600.0  # seconds a reader waits on another thread's fetch before giving up
-_FOLLOWING = Facts(True, True, True)  # a read behind a live stream needs no cache lookups
+_FOLLOWING = Facts(True, True, True)  # a read behind a live stream needs no cache lookups (never mutated)
 
 # A block as the reader holds it: bytes in RAM, a slot of the spool file, or its verified cache file.
 Block = Union[bytes, Spooled, DiskBlock]
@@ -178,7 +178,7 @@ class Reader:
             find_layout = not follow and cur.layout is None and decide.wants_layout(p, cur.layout_tries, offset)
         planned = False
         try:
-            facts, missing, layout, permanent, cond = _FOLLOWING, [], None, False, None
+            facts, missing, layout, permanent, cond = Facts(True, True, True), [], None, False, None
             if not follow:
                 facts, missing = self._facts(f, offset, end)
                 if find_layout:
