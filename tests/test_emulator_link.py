@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 import requests
 
-from terrafs.emulator.link import HANDSHAKE_TRIPS, Link, LinkProfile, paced, parse_link
+from terrafs.emulator.link import HANDSHAKE_TRIPS, Link, LinkProfile, SharedLink, paced, parse_link
 from terrafs.emulator.settings import EmulatorSettings
 
 DEMO = ("demo", "demo")
@@ -27,6 +28,7 @@ DEMO = ("demo", "demo")
     ("bw=800kB", Link(0.0, 8e5)),
     ("bw=1000", Link(0.0, 1000.0)),
     ("RTT=2S", Link(2.0, 0.0)),
+    ("rtt=30ms,bw=5MB/s,shared", Link(0.03, 5e6, True)),
     ("loopback", Link()),
     ("off", Link()),
     ("", Link()),
@@ -34,10 +36,12 @@ DEMO = ("demo", "demo")
 def test_parse_link(text, expected):
     got = parse_link(text)
     assert got.rtt == pytest.approx(expected.rtt) and got.bandwidth == pytest.approx(expected.bandwidth)
+    assert got.shared == expected.shared
 
 
 @pytest.mark.parametrize("text", ["rtt=-1ms", "rtt=30min", "bw=5Mbps", "speed=1MB/s", "rtt",
-                                  "rtt=1ms,rtt=2ms", "rtt=1ms;bw=1MB", "bw=MB/s"])
+                                  "rtt=1ms,rtt=2ms", "rtt=1ms;bw=1MB", "bw=MB/s",
+                                  "shared=yes", "bw=1MB,shared,shared"])
 def test_parse_link_refuses(text):
     with pytest.raises(ValueError, match="link"):
         parse_link(text)
@@ -46,6 +50,7 @@ def test_parse_link_refuses(text):
 def test_describe():
     assert Link().describe() == "loopback"
     assert Link(0.03, 5e6).describe() == "30 ms, 5 MB/s"
+    assert Link(0.03, 5e6, True).describe() == "30 ms, 5 MB/s shared"
 
 
 # -- pacing and round trips on a fake clock ------------------------------------------
@@ -101,6 +106,28 @@ def test_paced_closes_the_body_when_the_client_goes_away():
     next(it)
     it.close()
     assert body.closed
+
+
+def test_a_shared_link_splits_its_bandwidth_between_answers():
+    """Two answers at once on one client's shared link: each gets half, both end at (a + b) / bw."""
+    fake = FakeClock()
+    link = SharedLink(fake.clock)
+    a = paced(Body([b"a" * 300_000]), 1e6, fake.sleep, fake.clock, link)
+    b = paced(Body([b"b" * 100_000]), 1e6, fake.sleep, fake.clock, link)
+    done: dict[str, float] = {}
+    got = {"a": 0, "b": 0}
+    live = {"a": a, "b": b}
+    while live:  # the two answers take turns, as two server threads would
+        for name, it in list(live.items()):
+            piece = next(it, None)
+            if piece is None:
+                done[name] = fake.now - 100.0
+                del live[name]
+            else:
+                got[name] += len(piece)
+    assert got == {"a": 300_000, "b": 100_000}
+    assert done["b"] == pytest.approx(0.2, abs=0.02)  # half the link while both ran
+    assert done["a"] == pytest.approx(0.4, abs=0.02)  # the whole link once b was done
 
 
 class Sock:
@@ -182,6 +209,30 @@ def test_bandwidth_cap_over_http(emulator, tif):
     # The request log still counts the body bytes sent.
     gets = [e for e in emulator.requests("download") if e["method"] == "GET"]
     assert [e["bytes"] for e in gets] == [size, size // 4]
+
+
+def test_shared_bandwidth_over_http(emulator, tif):
+    """Two GETs at once from one client on a shared link take as long as both bodies in turn."""
+    size = tif["size"]
+    bandwidth = size / 0.4
+    emulator.set(link_bandwidth=bandwidth, link_shared=True)
+    url = emulator.download_url(tif["path"])
+    start = threading.Barrier(2)
+    bodies: list[bytes] = []
+
+    def get() -> None:
+        start.wait()
+        bodies.append(requests.get(url, auth=DEMO, timeout=30).content)
+
+    threads = [threading.Thread(target=get) for _ in range(2)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    took = time.monotonic() - began
+    assert len(bodies) == 2 and bodies[0] == bodies[1] and len(bodies[0]) == size
+    assert took >= 0.8, f"two answers of {size} bytes on a shared {bandwidth:.0f} B/s link took {took:.3f} s"
 
 
 def test_reset_restores_the_start_up_link_and_refuses_bad_values(emulator_factory):

@@ -7,10 +7,13 @@ trip before its first byte (the request going out, the answer coming back);
 a request that opens a new connection waits two more (the TCP and TLS
 handshakes a real client pays there). Each answer's body is then paced to the
 bandwidth: a body of N bytes takes N / bandwidth seconds to arrive, whatever
-else is being sent at the time (the cap is per answer).
+else is being sent at the time (the cap is per answer). A "shared" link caps a
+client address as a whole instead: its answers in flight at the same time
+share the bandwidth, as on one real access link, so parallel requests gain no
+speed from it.
 
 LinkProfile is a WSGI wrapper around the emulator's app. It reads link_rtt and
-link_bandwidth from EmulatorSettings at each request, so tests change them at
+link_bandwidth (and link_shared) from EmulatorSettings at each request, so tests change them at
 runtime. It never changes a status, a header or a byte of a body; the control
 API (/_emulator) is never delayed (it is the harness's channel, not the
 service). This module also parses the command line's "--link rtt=30ms,bw=5MB/s".
@@ -53,6 +56,7 @@ class Link:
 
     rtt: float = 0.0
     bandwidth: float = 0.0
+    shared: bool = False  # the bandwidth is the client's as a whole, not each answer's
 
     def describe(self) -> str:
         """Short text for tables: "loopback", "30 ms, 5 MB/s"."""
@@ -60,15 +64,16 @@ class Link:
             return "loopback"
         parts = [f"{self.rtt * 1e3:g} ms"] if self.rtt else []
         if self.bandwidth:
-            parts.append(f"{self.bandwidth / 1e6:g} MB/s")
+            parts.append(f"{self.bandwidth / 1e6:g} MB/s" + (" shared" if self.shared else ""))
         return ", ".join(parts)
 
 
 def parse_link(text: str) -> Link:
     """"rtt=30ms,bw=5MB/s" -> Link(0.03, 5e6). Keys rtt (s, ms, us; a bare number is
     seconds) and bw (B, kB, MB, GB, KiB, MiB, GiB, each optionally "/s"; a bare number
-    is bytes/s); either may be left out. "off", "loopback" or "" give no delay and
-    no cap. ValueError on anything else."""
+    is bytes/s); either may be left out; "shared" (a flag) makes the bandwidth the
+    client's as a whole. "off", "loopback" or "" give no delay and no cap.
+    ValueError on anything else."""
     text = text.strip().lower()
     if text in ("", "off", "loopback", "none"):
         return Link()
@@ -77,6 +82,9 @@ def parse_link(text: str) -> Link:
     for part in text.split(","):
         key, eq, value = part.partition("=")
         key = key.strip()
+        if key == "shared" and not eq and key not in seen:
+            seen.add(key)
+            continue
         if not eq or key not in ("rtt", "bw") or key in seen:
             raise ValueError(f"link: expected rtt=TIME and/or bw=RATE separated by commas, got {part.strip()!r}")
         seen.add(key)
@@ -85,7 +93,7 @@ def parse_link(text: str) -> Link:
         else:
             value = value.strip()
             bandwidth = _amount(value[:-2] if value.endswith("/s") else value, _SIZE_UNITS, "b", "bw")
-    return Link(rtt, bandwidth)
+    return Link(rtt, bandwidth, "shared" in seen)
 
 
 def _amount(text: str, units: dict[str, float], bare: str, key: str) -> float:
@@ -108,6 +116,7 @@ class LinkProfile:
         # Sockets of the connections seen so far; a closed connection's socket drops out by itself.
         self._connections: weakref.WeakSet = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._shared: dict[str, SharedLink] = {}  # client address -> its link, when answers share it
 
     @property
     def active(self) -> bool:
@@ -125,7 +134,11 @@ class LinkProfile:
         body = self.app(environ, start_response)
         if bandwidth <= 0:
             return body
-        return paced(body, bandwidth, self._sleep, self._clock)
+        shared = None
+        if self.settings.link_shared:
+            with self._lock:
+                shared = self._shared.setdefault(environ.get("REMOTE_ADDR", "?"), SharedLink(self._clock))
+        return paced(body, bandwidth, self._sleep, self._clock, shared)
 
     def _is_new_connection(self, environ: dict) -> bool:
         """True for the first request on its connection (werkzeug keeps one socket per connection)."""
@@ -139,11 +152,28 @@ class LinkProfile:
             return True
 
 
+class SharedLink:
+    """One client's link when its answers share the bandwidth: their pieces
+    take turns on it, each after the one reserved before it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._free = 0.0  # when the link has sent everything reserved so far
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int, bandwidth: float) -> float:
+        """The clock time at which `size` more bytes, queued behind the others, have arrived."""
+        with self._lock:
+            self._free = max(self._clock(), self._free) + size / bandwidth
+            return self._free
+
+
 def paced(body: Iterable[bytes], bandwidth: float, sleep: Callable[[float], None] = time.sleep,
-          clock: Callable[[], float] = time.monotonic) -> Iterator[bytes]:
+          clock: Callable[[], float] = time.monotonic, shared: SharedLink | None = None) -> Iterator[bytes]:
     """`body` re-cut into small pieces, each held back until the bytes sent so far,
-    itself included, have taken len / bandwidth seconds since the first piece.
-    Empty chunks (a flush) pass at once; the body's close() is always called."""
+    itself included, have taken len / bandwidth seconds since the first piece
+    (on a shared link: until its turn on the link is over). Empty chunks (a
+    flush) pass at once; the body's close() is always called."""
     piece = int(min(MAX_PIECE, max(MIN_PIECE, bandwidth / PIECES_PER_SECOND)))
     began: float | None = None
     sent = 0
@@ -155,10 +185,14 @@ def paced(body: Iterable[bytes], bandwidth: float, sleep: Callable[[float], None
             view = memoryview(chunk)
             for at in range(0, len(view), piece):
                 part = view[at:at + piece]
-                if began is None:
-                    began = clock()
-                sent += len(part)
-                ahead = sent / bandwidth - (clock() - began)
+                if shared is not None:
+                    arrives = shared.reserve(len(part), bandwidth)
+                else:
+                    if began is None:
+                        began = clock()
+                    sent += len(part)
+                    arrives = began + sent / bandwidth
+                ahead = arrives - clock()
                 if ahead > 0:
                     sleep(ahead)
                 yield bytes(part)

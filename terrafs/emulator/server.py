@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap per download response (0 = none)")
     p.add_argument("--link", type=_link, default=Link(), metavar="rtt=T,bw=R",
                    help='link profile, e.g. "rtt=30ms,bw=5MB/s": a round trip per request (two more per new '
-                        'connection) and each answer paced to bw (default: loopback, no delay)')
+                        'connection) and each answer paced to bw; ",shared": bw is the client\'s as a whole, '
+                        'not each answer\'s (default: loopback, no delay)')
     p.add_argument("--ignore-range", action="store_true", help="answer Range requests with 200 + whole body")
     p.add_argument("--no-retry-after", action="store_true", help="send 429 without Retry-After")
     p.add_argument("--fault-rate", type=_rate, default=0.0,
@@ -102,6 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         bandwidth=args.bandwidth,
         link_rtt=args.link.rtt,
         link_bandwidth=args.link.bandwidth,
+        link_shared=args.link.shared,
         ignore_range=args.ignore_range,
         send_retry_after=not args.no_retry_after,
         fault_rate=args.fault_rate,

@@ -36,7 +36,7 @@ _NUMBER_FIELDS = ("access_token_lifetime", "refresh_token_lifetime", "error_rate
                   "latency", "bandwidth", "device_interval", "fault_rate", "stall_seconds",
                   "link_rtt", "link_bandwidth")
 _RATE_FIELDS = ("error_rate", "drop_rate", "fault_rate")
-_BOOL_FIELDS = ("ignore_range", "send_retry_after", "wrong_content_range", "catalogue_garbage")
+_BOOL_FIELDS = ("ignore_range", "send_retry_after", "wrong_content_range", "catalogue_garbage", "link_shared")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class EmulatorSettings:
     # and each answer's body paced to link_bandwidth bytes/s (0 = no cap); every kind but control.
     link_rtt: float = 0.0
     link_bandwidth: float = 0.0
+    link_shared: bool = False  # link_bandwidth is each client address's as a whole, not each answer's
     ignore_range: bool = False  # answer 200 + whole body to Range requests
     send_retry_after: bool = True  # Retry-After on 429
     wrong_content_range: bool = False  # 206 for the range one byte later than asked (a broken proxy)
