@@ -56,6 +56,20 @@ DEFAULT_MAX_PAUSE = 60.0
 _MAX_STATE_BYTES = 1 << 20
 
 
+@dataclass(frozen=True)
+class BudgetState:
+    """What the windows allow now, read without taking a slot (the read path prices requests by it)."""
+
+    room: int  # requests every window admits now without waiting
+    wait: float  # seconds before one more request could be sent (0 while there is room)
+    spacing: float  # seconds of its window one request occupies, in the window with the least room
+    used: float  # share of that window spent, 0..1
+
+
+#: No windows: a request costs no budget at all.
+UNBOUNDED = BudgetState(room=1 << 30, wait=0.0, spacing=0.0, used=0.0)
+
+
 @dataclass
 class _State:
     sends: list[float] = field(default_factory=list)
@@ -171,7 +185,27 @@ class RateLimiter:
         self._with_state(lambda st: result.append(self._wait_for(st, self._clock(), urgent)))
         return result[0]
 
+    def budget(self, urgent: bool = True) -> BudgetState:
+        """The windows' state now (room, wait, the binding window's spacing); takes no slot."""
+        if not self.windows:
+            return UNBOUNDED
+        result: list[BudgetState] = []
+        self._with_state(lambda st: result.append(self._budget_of(st, self._clock(), urgent)))
+        return result[0]
+
     # -- internals --------------------------------------------------------------
+
+    def _budget_of(self, state: _State, now: float, urgent: bool) -> BudgetState:
+        wait = self._wait_for(state, now, urgent)
+        best: tuple[int, float, float] | None = None  # (room, spacing, used) of the tightest window
+        for limit, seconds in self.windows:
+            capacity = limit if urgent else limit - _reserve(limit)
+            inside = sum(1 for t in state.sends if t > now - seconds - self.margin)
+            room, spacing = capacity - inside, seconds / limit
+            if best is None or room < best[0] or (room == best[0] and spacing > best[1]):
+                best = (room, spacing, inside / max(1, capacity))
+        assert best is not None
+        return BudgetState(max(0, best[0]), max(0.0, wait), best[1], min(1.0, max(0.0, best[2])))
 
     def _try_take(self, urgent: bool) -> float:
         result: list[float] = []

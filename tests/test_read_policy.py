@@ -1,7 +1,10 @@
 """The read plan as a pure function: no threads, no I/O, no server."""
 from __future__ import annotations
 
-from terrafs.read.policy import Access, Facts, ReadPolicy, StreamView, plan, ranges, reach
+import pytest
+
+from terrafs.read.policy import (Access, Facts, ReadPolicy, StreamView, extras, layout_tried, missing_runs, plan,
+                                 ranges, reach, wait_for_stream, wants_layout)
 from terrafs.read.tiff import Segment, TiffLayout
 
 KB, MB = 1 << 10, 1 << 20
@@ -115,3 +118,57 @@ def test_missing_units_a_small_cached_gap_apart_are_one_range():
     assert ranges([1, 2, 3, 7, 8], gap=4) == [(1, 9)]
     assert ranges([1, 2, 3, 70, 71], gap=4) == [(1, 4), (70, 72)]
     assert ranges([], gap=4) == []
+
+
+# -- the decisions the reader used to make itself, now the policy's (tables, no threads) ----------
+
+
+def test_a_read_that_another_reads_fetch_brings_starts_nothing_of_its_own():
+    facts = Facts(head_cached=True, first_cached=False, head_pieces_cached=False, coming=True)
+    p = plan(P, Access(), 50 * MB, 10 * MB, 10 * MB + 128 * KB, stream=None, layout=None, facts=facts)
+    assert (p.fetch_start, p.fetch_end, p.start_stream) == (10 * MB, 10 * MB + 128 * KB, None)
+
+
+def test_a_read_whole_blocks_hold_is_served_from_blocks_not_pieces():
+    held = Facts(head_cached=True, first_cached=True, head_pieces_cached=False, read_cached=True,
+                 blocks_cached=True)
+    assert not plan(P, Access(), 50 * MB, 10 * MB, 10 * MB + 4 * KB, stream=None, layout=None, facts=held).pieces
+    small = plan(P, Access(), MB // 2, 64 * KB, 68 * KB, stream=None, layout=None, facts=NOTHING)
+    assert not small.pieces, "a file of one block is fetched in blocks"
+
+
+@pytest.mark.parametrize("tries, offset, wanted", [
+    (0, 0, False),  # the head: nothing to parse yet
+    (0, 64 * KB, True),
+    (7, 64 * KB, True),
+    (8, 64 * KB, False),  # given up
+])
+def test_when_a_read_looks_for_the_layout(tries, offset, wanted):
+    assert wants_layout(P, tries, offset) is wanted
+
+
+def test_a_file_that_is_no_tiff_is_given_up_at_once():
+    assert layout_tried(P, 2, permanent=True) == P.layout_tries
+    assert layout_tried(P, 2, permanent=False) == 3
+
+
+@pytest.mark.parametrize("pos, unit, allow", [
+    (0, 2 * MB, 3 * MB),  # within the wait gap: let the stream run to it
+    (0, 40 * MB, None),  # far ahead of the stream: a request
+    (0, 60 * MB, None),  # past the stream's end
+    (10 * MB, 5 * MB, None),  # behind the stream's start
+])
+def test_a_read_waits_for_the_stream_only_when_it_brings_the_unit_soon(pos, unit, allow):
+    st = StreamView(start=8 * MB if pos else 0, end=50 * MB, allowed_end=pos + MB, pos=pos)
+    assert wait_for_stream(P, st, unit, unit + MB) == allow
+
+
+def test_extras_come_only_with_a_fetch_the_read_makes_anyway():
+    assert extras(4, 5, 2, 8, held=1) == [2, 3, 6, 7, 8]
+    assert extras(4, 5, 2, 8, held=2) == [], "the read is held: no request for extras alone"
+
+
+def test_a_prefetch_streams_each_missing_run():
+    assert missing_runs([True, False, False, True, False]) == [(1, 3), (4, 5)]
+    assert missing_runs([True, True]) == []
+    assert missing_runs([False] * 3) == [(0, 3)]

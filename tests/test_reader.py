@@ -13,6 +13,7 @@ import pytest
 from terrafs.blockcache import BlockCache
 from terrafs.errors import FetchError
 from terrafs.read import Reader, RemoteFile
+from terrafs.read.fetches import RANGE_CHUNK
 from terrafs.read.remote import blocks_of
 
 BS = 64 << 10
@@ -29,8 +30,8 @@ class Info:
 class _Stream:
     """Iterator like http.py's stream, exposing the response's RemoteInfo as .info."""
 
-    def __init__(self, dl: "FakeDownloader", start: int, end: int, chunk: int):
-        self.dl, self.pos, self.end, self.chunk = dl, start, end, chunk
+    def __init__(self, dl: "FakeDownloader", start: int, end: int, chunk: int, paced: bool = True):
+        self.dl, self.pos, self.end, self.chunk, self.paced = dl, start, end, chunk, paced
         self.info = Info(len(dl.data), dl.etag, None)
         self.closed = False
 
@@ -41,12 +42,14 @@ class _Stream:
         dl = self.dl
         if self.closed or self.pos >= self.end:
             raise StopIteration
-        if dl.stream_fail_at is not None and self.pos >= dl.stream_fail_at:
+        if dl.stream_fail_at is not None and self.paced and self.pos >= dl.stream_fail_at:
             raise FetchError("connection reset (simulated)")
-        if dl.delay:
+        if dl.delay and self.paced:
             time.sleep(dl.delay)
+        if not self.paced and dl.range_gate_at is not None and self.pos >= dl.range_gate_at:
+            dl.range_gate.wait(30)  # a slow link: the rest of the answer is still on its way
         n = min(self.chunk, self.end - self.pos)
-        if dl.stream_fail_at is not None:
+        if dl.stream_fail_at is not None and self.paced:
             n = min(n, max(1, dl.stream_fail_at - self.pos))
         out = dl.data[self.pos : self.pos + n]
         self.pos += n
@@ -71,6 +74,8 @@ class FakeDownloader:
         self.delay = 0.0
         self.fail_ranges = False
         self.stream_fail_at: int | None = None
+        self.range_gate_at: int | None = None  # a ranged answer stalls here until range_gate is set
+        self.range_gate = threading.Event()
 
     def head(self, url: str) -> Info:
         return Info(len(self.data), self.etag, None)
@@ -87,6 +92,16 @@ class FakeDownloader:
         return self.data[start:end], Info(len(self.data), self.etag, None)
 
     def stream(self, url: str, start: int, end: int, *, urgent: bool = True, chunk_size: int = 1 << 20):
+        # The reader's ranged fetches come through here too, in chunks of RANGE_CHUNK (a stream's
+        # chunk is the policy's stream_chunk): they are told apart by it, and fail or stall as ranges.
+        if chunk_size == RANGE_CHUNK:
+            with self.lock:
+                self.calls.append(("range", start, end, urgent))
+            if self.delay:
+                time.sleep(self.delay)
+            if self.fail_ranges:
+                raise FetchError("503 (simulated)")
+            return _Stream(self, start, end, chunk_size, paced=False)
         with self.lock:
             self.calls.append(("stream", start, end, urgent))
         return _Stream(self, start, end, chunk_size)
@@ -512,7 +527,7 @@ def test_a_read_racing_the_reuse_of_a_spool_slot_never_serves_the_new_bytes(env)
     data, f, dl, cache, reader = env(size=1 << 20)
     assert _read_all(reader, f) == data
     reader.flush()
-    spool = reader._wb.spool  # white-box: the race cannot be timed from outside
+    spool = reader._held.wb.spool  # white-box: the race cannot be timed from outside
     stale = spool.put(b"x" * BS)
     spool.free(stale)
     fresh = spool.put(b"y" * BS)  # the same slot, handed out again
@@ -530,7 +545,7 @@ def test_a_read_of_a_slot_freed_as_the_spool_empties_looks_elsewhere(env):
     """The last free empties the spool and truncates its file: a reader still holding the block
     gets "look elsewhere", not a short read turned into an error."""
     data, f, dl, cache, reader = env(size=1 << 20)
-    spool = reader._wb.spool  # white-box: the race cannot be timed from outside
+    spool = reader._held.wb.spool  # white-box: the race cannot be timed from outside
     assert _read_all(reader, f) == data
     reader.flush()
     spool._reserve = False  # as on a filesystem without fallocate: the truncated file stays empty
@@ -723,3 +738,22 @@ def test_cached_blocks_held_open_are_bounded(env, tmp_path: Path):
         assert len(os.listdir("/proc/self/fd")) - fds_before <= limit + 8
     finally:
         reader2.close()
+
+
+def test_a_read_is_answered_while_the_bytes_fetched_past_it_still_arrive(env):
+    """On a slow link the margin a plan fetches past a read (the kernel's read-ahead) must not delay the read."""
+    data, f, dl, cache, reader = env(random_ahead=512 << 10)
+    off = 2 * BS
+    dl.range_gate_at = off + BS  # the answer stalls after the read's own bytes
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(reader.read(f, off, 32 << 10)))
+    t.start()
+    t.join(20)
+    try:
+        assert got == [data[off: off + (32 << 10)]], "the read waited for the whole answer"
+        assert dl.calls[0][0] == "range" and dl.calls[0][2] > off + BS, "the plan fetched nothing past the read"
+    finally:
+        dl.range_gate.set()
+    nxt = off + BS + 4096  # the rest arrives, and is served without another request
+    assert reader.read(f, nxt, 4096) == data[nxt: nxt + 4096]
+    assert len(dl.calls) == 1, dl.calls

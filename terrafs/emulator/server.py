@@ -3,8 +3,9 @@ port until SIGINT/SIGTERM, exit 0.
 
 The first stdout line is exactly "terrafs emulator: http://HOST:PORT" (the
 test harness reads it to learn the port); it is printed only once the socket
-listens. This module parses arguments and runs the server; it holds no
-service logic (that is app.py and its handlers).
+listens. This module parses arguments and runs the server (the app wrapped
+in the link profile of link.py); it holds no service logic (that is app.py
+and its handlers).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from terrafs.emulator.app import make_app
 from terrafs.emulator.data import PROFILES, build_archive
 from terrafs.emulator.keycloak import REALM_PATH
 from terrafs.emulator.limits import parse_rate_limits
+from terrafs.emulator.link import KeepAliveHandler, Link, LinkProfile, parse_link
 from terrafs.emulator.settings import FAULT_KINDS, EmulatorSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,13 @@ def _limits(text: str) -> list[tuple[int, float]]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _link(text: str) -> Link:
+    try:
+        return parse_link(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="terrafs emulator",
                                 description="Serve an emulated Terrascope (STAC, OpenSearch, download, SSO) locally.")
@@ -70,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", type=_nonneg, default=0.0, metavar="S", help="seconds added per request")
     p.add_argument("--bandwidth", type=_nonneg, default=0.0, metavar="BYTES_PER_S",
                    help="cap per download response (0 = none)")
+    p.add_argument("--link", type=_link, default=Link(), metavar="rtt=T,bw=R",
+                   help='link profile, e.g. "rtt=30ms,bw=5MB/s": a round trip per request (two more per new '
+                        'connection) and each answer paced to bw; ",shared": bw is the client\'s as a whole, '
+                        'not each answer\'s (default: loopback, no delay)')
     p.add_argument("--ignore-range", action="store_true", help="answer Range requests with 200 + whole body")
     p.add_argument("--no-retry-after", action="store_true", help="send 429 without Retry-After")
     p.add_argument("--fault-rate", type=_rate, default=0.0,
@@ -88,6 +101,9 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         drop_rate=args.drop_rate,
         latency=args.latency,
         bandwidth=args.bandwidth,
+        link_rtt=args.link.rtt,
+        link_bandwidth=args.link.bandwidth,
+        link_shared=args.link.shared,
         ignore_range=args.ignore_range,
         send_retry_after=not args.no_retry_after,
         fault_rate=args.fault_rate,
@@ -112,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     archive = build_archive(data_dir, profile=args.profile, bulk_products=args.bulk)
     log_path = args.log or data_dir / "requests.jsonl"
     app = make_app(archive, settings_from_args(args), log_path)
-    server = make_server(args.host, args.port, app, threaded=True)
+    server = make_server(args.host, args.port, LinkProfile(app, app.settings), threaded=True,
+                         request_handler=KeepAliveHandler)
     server.daemon_threads = True  # a stuck client must not block the exit
 
     stop = threading.Event()

@@ -33,9 +33,10 @@ CATALOGUE_FAILURES = ("500", "502", "503", "504", "429", "html")
 
 # Settings a POST may change, with the type each value is coerced to.
 _NUMBER_FIELDS = ("access_token_lifetime", "refresh_token_lifetime", "error_rate", "drop_rate",
-                  "latency", "bandwidth", "device_interval", "fault_rate", "stall_seconds")
+                  "latency", "bandwidth", "device_interval", "fault_rate", "stall_seconds",
+                  "link_rtt", "link_bandwidth")
 _RATE_FIELDS = ("error_rate", "drop_rate", "fault_rate")
-_BOOL_FIELDS = ("ignore_range", "send_retry_after", "wrong_content_range", "catalogue_garbage")
+_BOOL_FIELDS = ("ignore_range", "send_retry_after", "wrong_content_range", "catalogue_garbage", "link_shared")
 
 
 @dataclass
@@ -51,6 +52,11 @@ class EmulatorSettings:
     drop_rate: float = 0.0  # share of download GETs cut mid-body
     latency: float = 0.0  # seconds added to each request
     bandwidth: float = 0.0  # bytes/s cap per download response; 0 = none
+    # The link profile (link.py): a round trip per request, two more per new connection,
+    # and each answer's body paced to link_bandwidth bytes/s (0 = no cap); every kind but control.
+    link_rtt: float = 0.0
+    link_bandwidth: float = 0.0
+    link_shared: bool = False  # link_bandwidth is each client address's as a whole, not each answer's
     ignore_range: bool = False  # answer 200 + whole body to Range requests
     send_retry_after: bool = True  # Retry-After on 429
     wrong_content_range: bool = False  # 206 for the range one byte later than asked (a broken proxy)

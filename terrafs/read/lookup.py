@@ -1,8 +1,10 @@
 """Where a unit of a file is held now: RAM (hot set), pending writes, the disk cache.
 
-Looking a unit up in the disk cache reads and verifies it (CRC) and may ask
-SQLite: never call into here while holding the reader's condition, except
-`in_ram`, which takes only leaf locks.
+The read path's one way to RAM, pending writes, the spool and disk read-ahead:
+the reader keeps no reference of its own to any of them. Looking a unit up in
+the disk cache reads and verifies it (CRC) and may ask SQLite: never call into
+here while holding a cursor's lock or the reader's condition, except `in_ram`,
+`ram`, `keep`, `close_files` and `reading`, which take only leaf locks.
 
 Must not: fetch, or decide anything (the reader and the policy do).
 """
@@ -126,3 +128,46 @@ class Lookup:
             return self._scratch.pop()
         except IndexError:
             return bytearray(self._block_size)
+
+    # -- what the reader does to held units, through here only ------------------
+
+    def ram(self, u: Units, i: int) -> "bytes | Spooled | DiskBlock | None":
+        """Unit i if in RAM or waiting for its write; never the disk (leaf locks only)."""
+        return self.hot.get((u.key, i)) or self.wb.get((u.key, i))
+
+    def keep(self, u: Units, i: int, data: bytes, spool: bool = False) -> None:
+        """A complete, checked unit: served from now on, written to the disk cache behind
+        (a stream's through the spool file when there is one, not RAM)."""
+        if not spool or self.wb.spool is None:
+            self.hot.put((u.key, i), data)
+        self.wb.put((u.key, i), data, spool)
+
+    def reading(self, now: float) -> None:
+        """A program reads now: the writer yields the disk to it (leaf)."""
+        self.wb.last_read = now
+
+    def close_files(self, keys: set[str]) -> None:
+        """Close the cache files held open for these file keys (leaf)."""
+        self.hot.close_files(keys)
+
+    def drop_files(self, keys: set[str]) -> None:
+        """Forget every unit of these file keys: pending writes, RAM and the disk cache."""
+        self.wb.drop_files(keys, lambda: [self.cache.drop_file(k) for k in keys])
+        self.hot.drop_files(keys)
+
+    def flush(self) -> None:
+        """Wait until every unit kept so far is in the disk cache (or given up)."""
+        self.wb.flush()
+
+    def close(self) -> None:
+        """Write what is pending and stop the loaders (the cache stays open)."""
+        self.wb.close()
+        self.ahead.close()
+
+    def stats(self) -> dict:
+        """Hits and bytes from the cache, the writer's health, and what RAM holds."""
+        out = dict(self.counts)
+        out.update(self.wb.stats())
+        out["hot_bytes"] = self.hot.bytes
+        out["hot_open_files"] = self.hot.open_files
+        return out

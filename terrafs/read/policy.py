@@ -22,12 +22,21 @@ bytes cost less than the request they save:
 * Missing units separated by cached ones are fetched as one range when the
   cached gap costs less to fetch again than a request (`merge_gap`).
 
+Every speculative byte is priced (cost.py) against the link and budget the
+reader measured (`Conditions`): a neighbouring tile, the margin past a random
+read and the head beyond the format's first piece come only when their price
+is below the chance that they save a request times that request's price. The
+margin the kernel asks past a read is what the reader measured (`kernel_ahead`
+of the conditions), not a constant.
+
 Everything here is pure: state in, decision out; no threads, locks or I/O.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from terrafs.read import cost
+from terrafs.read.cost import Conditions, Link
 from terrafs.read.tiff import TiffLayout
 
 PAGE = 4096  # the kernel reads files in pages: tiles closer than this are one run
@@ -88,6 +97,26 @@ class ReadPolicy:
     #: read's end, and one more for its read-ahead (lowered to 96 KiB in fs.py); measured up to 228 KiB.
     #: Fetched with the tiles, or they cost a request of their own.
     kernel_ahead: int = 256 << 10
+    #: Chance that the tile after the one a read enters is read next (a window straddling a tile edge).
+    chance_next: float = 0.5
+    #: Chance that a further adjacent tile within `tile_ahead` is read (a run of tiles in one read()).
+    chance_run: float = 0.25
+    #: Chance that a probe needs more of the head than its first piece (IFDs past 16 KiB).
+    chance_head: float = 0.5
+    #: Reads past the head that look for a TIFF layout in the cached bytes before giving up on a file.
+    layout_tries: int = 8
+
+    @property
+    def wait_gap(self) -> int:
+        """A read waits for a live stream rather than fetching if its unit is at most this far ahead."""
+        return max(2 * self.block_size, min(self.readahead, 4 << 20))
+
+    def assumed(self) -> Conditions:
+        """Conditions before anything is measured: the old fixed prices (a bound budget, `bandwidth`)."""
+        from terrafs.ratelimit import BudgetState
+
+        bound = BudgetState(room=0, wait=0.0, spacing=self.request_cost, used=1.0)
+        return Conditions(Link(0.0, self.bandwidth), bound, self.kernel_ahead)
 
     @property
     def merge_gap(self) -> int:
@@ -112,6 +141,7 @@ class Access:
     run_start: int = 0
     seq_end: int = 0  # highest end of the current run
     run_reads: int = 0
+    finished: tuple[int, int] | None = None  # the run the last read ended, if it ended one
 
     def note(self, offset: int, end: int, slack: int) -> bool:
         """Record a read; True if it continues a sequential run.
@@ -119,10 +149,13 @@ class Access:
         FUSE may deliver the reads of one pass slightly out of order, so
         "sequential" tolerates `slack` bytes either way.
         """
+        self.finished = None
         if self.last_end >= 0 and abs(offset - self.last_end) <= slack and end > self.seq_end:
             self.run_reads += 1
             self.seq_end = end
         elif not (self.run_start <= offset and end <= self.seq_end):
+            if self.last_end >= 0:
+                self.finished = (self.run_start, self.seq_end)
             self.run_start, self.seq_end, self.run_reads = offset, end, 1
         # else: a repeat inside the run (another thread, or the kernel re-asking)
         self.last_end = end
@@ -136,6 +169,7 @@ class StreamView:
     start: int
     end: int
     allowed_end: int
+    pos: int = 0  # bytes before this are delivered
 
 
 @dataclass(slots=True)  # not frozen: made per read, and a frozen init costs ~3x
@@ -146,6 +180,8 @@ class Facts:
     first_cached: bool  # the read's first block
     head_pieces_cached: bool  # pieces hold all of the read (only asked for reads at 0)
     read_cached: bool = False  # blocks or pieces hold all of the read: nothing to fetch
+    blocks_cached: bool = False  # whole blocks hold all of the read
+    coming: bool = False  # what the read misses is in flight, or a fetch planned before brings it
 
 
 @dataclass(slots=True)  # not frozen: made per read, and a frozen init costs ~3x
@@ -156,17 +192,32 @@ class Plan:
     start_stream: tuple[int, int, int] | None = None  # (start, allowed_end, end) of a new stream
     allow_stream_to: int | None = None  # let the live stream run this far
     disk_ahead_from: int | None = None  # block index to load ahead from the disk cache
+    overshoot: int | None = None  # how far the run this read ended went past its tiles (the kernel's reach)
     notes: tuple[str, ...] = field(default=())
 
 
 def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, stream: StreamView | None,
-         facts: Facts, layout: TiffLayout | None) -> Plan:
-    """Decide how to serve bytes [offset, end) of a file of `size` bytes; updates `access`."""
+         facts: Facts, layout: TiffLayout | None, cond: Conditions | None = None) -> Plan:
+    """Decide how to serve bytes [offset, end) of a file of `size` bytes; updates `access`.
+
+    `cond` is the link, budget and kernel read-ahead measured now (default: `p.assumed()`).
+    """
+    c = cond or p.assumed()
+    decided = _plan(p, c, access, size, offset, end, stream, facts, layout)
+    if decided.pieces and (size <= p.block_size or facts.blocks_cached):
+        decided.pieces = False  # served from the blocks that hold it (or one block is the file)
+    if access.finished is not None:
+        decided.overshoot = overshoot(layout, *access.finished)
+    return decided
+
+
+def _plan(p: ReadPolicy, c: Conditions, access: Access, size: int, offset: int, end: int,
+          stream: StreamView | None, facts: Facts, layout: TiffLayout | None) -> Plan:
     bs = p.block_size
     first = offset // bs
     # In a tiled file, reads further apart than the kernel reads ahead are not one run: the next
     # tile row of a window, planned as the run going on, fetched a whole block past that row.
-    sequential = access.note(offset, end, p.kernel_ahead if stream is None and layout is not None else bs)
+    sequential = access.note(offset, end, c.kernel_ahead if stream is None and layout is not None else bs)
     run = access.seq_end - access.run_start
     ahead = min(p.readahead, max(run, 2 * bs))
     if access.run_start > 0:  # mid-file (a run of strips or tiles, not a copy): a quarter of the run ahead
@@ -182,8 +233,8 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
     if first == 0 and not facts.head_cached:
         if end - offset >= p.bulk_read and not facts.head_pieces_cached:
             return Plan(False, offset, end, start_stream=(0, min(size, p.head_size), size), disk_ahead_from=disk)
-        return Plan(pieces_on, offset, max(end, p.head_size), disk_ahead_from=disk)
-    if facts.read_cached:  # held, or another read's fetch brings it: in the units it is held in
+        return Plan(pieces_on, offset, max(end, head(p, c)), disk_ahead_from=disk)
+    if facts.read_cached or facts.coming:  # held, or another read's fetch brings it: in the units it is held in
         # Served in the units that hold it: the reader takes whole blocks where it has them.
         return Plan(pieces_on, offset, end, disk_ahead_from=disk)
     if sequential and run >= p.stream_after and not facts.first_cached:
@@ -194,25 +245,52 @@ def plan(p: ReadPolicy, access: Access, size: int, offset: int, end: int, *, str
         return Plan(False, offset, end, disk_ahead_from=disk)
     # A random read, or a short run (a tile range the kernel cut up, or the next tile
     # row close by): pieces, reaching further the longer the run.
-    start, stop = reach(p, layout, offset, end, run if sequential else 0)
+    start, stop = reach(p, layout, offset, end, run if sequential else 0, c)
     return Plan(pieces_on, start, min(size, stop), disk_ahead_from=disk)
 
 
-def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int, run: int = 0) -> tuple[int, int]:
+def head(p: ReadPolicy, c: Conditions) -> int:
+    """A probe's first request: `head_size`, less where the link makes the bytes past the first
+    piece cost more than the request they may save (whole pieces, one at least)."""
+    want = max(p.piece_size, min(p.head_size, cost.affordable(c, p.chance_head)))
+    return -(-want // p.piece_size) * p.piece_size
+
+
+def overshoot(layout: TiffLayout | None, start: int, end: int) -> int | None:
+    """How far a finished run of FUSE reads [start, end) went past the last whole tile in it:
+    what the kernel read past the program's read (None without a layout or a tile)."""
+    if layout is None or end <= start:
+        return None
+    segs = layout.segments
+    i = layout.after(end)
+    i = (len(segs) if i is None else i) - 1
+    while i >= 0 and segs[i].end > end:
+        i -= 1
+    if i < 0 or segs[i].end <= start or segs[i].offset < start - PAGE:
+        return None
+    return end - segs[i].end
+
+
+def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int, run: int = 0,
+          cond: Conditions | None = None) -> tuple[int, int]:
     """The bytes a random read at [offset, end) should fetch.
 
-    Without a layout: the read and `random_ahead` past it. With one: whole
+    Without a layout: the read and `random_ahead` past it (what is worth its
+    price, and the kernel's read-ahead at least). With one: whole
     tiles, from the start of the one the read enters, through each adjacent
     tile that starts before `tile_ahead` (`strip_ahead`) past the read (so that one request
-    brings the run of tiles a program reads in one read()), and the kernel's
-    read-ahead past the last of them.
+    brings the run of tiles a program reads in one read()) while its bytes are
+    worth their price, and the kernel's read-ahead past the last of them.
     """
+    c = cond or p.assumed()
+    ka = c.kernel_ahead
+    generic = max(run, min(p.random_ahead, max(ka, cost.affordable(c, p.chance_next))))
     if layout is None:
-        return offset, end + max(run, p.random_ahead)
+        return offset, end + generic
     segs = layout.segments
     i = layout.at(offset)
     if i is None:
-        return offset, end + p.random_ahead  # the IFDs or a gap between tiles: the generic policy
+        return offset, end + generic  # the IFDs or a gap between tiles: the generic policy
     if segs[i].end - offset < p.piece_size and i + 1 < len(segs) and segs[i + 1].offset - segs[i].end <= PAGE:
         # GDAL reads a COG tile's 4-byte leader first, and the kernel rounds that read
         # out to pages of the tile before: a read in the last bytes of a tile enters the next.
@@ -225,11 +303,61 @@ def reach(p: ReadPolicy, layout: TiffLayout | None, offset: int, end: int, run: 
     ahead = max(run, p.strip_ahead if layout.across[segs[k].image] == 1 else p.tile_ahead)
     nxt = segs[k + 1].offset + 1 if k + 1 < len(segs) else 0
     want = max(end, segs[k].offset + ahead, nxt)
+    entered = k
     while (k + 1 < len(segs) and segs[k + 1].offset < want and segs[k + 1].offset - stop <= PAGE
            and segs[k + 1].end - start <= p.max_fetch):
+        nxt_seg = segs[k + 1]
+        if nxt_seg.offset >= end:  # not asked yet: speculative, priced (a run of FUSE reads going on
+            # past the tiles a program read is the kernel's read-ahead as often as the program's)
+            chance = p.chance_next if k == entered else p.chance_run
+            if not cost.worth(c, nxt_seg.end - max(stop, end), chance):
+                break
         k += 1
         stop = segs[k].end
-    return start, max(stop, end) + p.kernel_ahead
+    return start, max(stop, end) + ka
+
+
+def wants_layout(p: ReadPolicy, tries: int, offset: int) -> bool:
+    """Whether a read at `offset` should look for the file's TIFF layout (once past the head,
+    and `layout_tries` times at most)."""
+    return tries < p.layout_tries and offset >= p.piece_size
+
+
+def layout_tried(p: ReadPolicy, tries: int, permanent: bool) -> int:
+    """The tries after one that found no layout (`permanent`: the file is not a TIFF we read)."""
+    return p.layout_tries if permanent else tries + 1
+
+
+def wait_for_stream(p: ReadPolicy, st: StreamView, unit_start: int, unit_end: int) -> int | None:
+    """How far to let a live stream run so that it brings [unit_start, unit_end) soon, instead of a
+    request (None: it will not, fetch it)."""
+    if st.start <= unit_start < st.end and unit_start - st.pos <= p.wait_gap:
+        return min(st.end, unit_end)
+    return None
+
+
+def extras(first: int, last: int, fetch_first: int, fetch_last: int, held: int) -> list[int]:
+    """The units a read's own fetch also brings (the plan's reach around first..last), only when the
+    read fetches anyway (fewer than all of its units are held)."""
+    if held > last - first:
+        return []
+    return [*range(fetch_first, first), *range(last + 1, fetch_last + 1)]
+
+
+def missing_runs(held: list[bool]) -> list[tuple[int, int]]:
+    """The runs [i, j) of units not held: what a prefetch streams, one request each."""
+    runs: list[tuple[int, int]] = []
+    i, n = 0, len(held)
+    while i < n:
+        if held[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not held[j]:
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
 
 
 def ranges(missing: list[int], gap: int) -> list[tuple[int, int]]:

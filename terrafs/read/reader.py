@@ -1,39 +1,43 @@
 """The reader: the read path's facade, which serves reads of remote files.
 
-For each read: plan (policy.py, from what is cached and streaming), then look
-the bytes up (hot set, pending writes, disk cache), then fetch what is missing
-(fetches.py, or wait for a stream, streams.py), then copy into the caller's
-buffer. Blocks that arrive are served at once and written to the disk cache
-behind (writebehind.py). Only complete blocks from a response whose size and
-identity (ETag / Last-Modified) were checked are cached.
+For each read: gather what is cached once (a snapshot: RAM, pending writes,
+disk, the TIFF layout, through `Lookup`), with the link and budget measured
+now; plan under the file's cursor (cursor.py) with the pure policy; then
+fetch what is missing (fetches.py, or wait for a stream, streams.py) and copy
+into the caller's buffer. Blocks that arrive are served at once and written to
+the disk cache behind (writebehind.py, through Lookup). Only complete blocks
+from a response whose size and identity (ETag / Last-Modified) were checked
+are cached. Every choice is the policy's; this module carries plans out.
 
-Lock order (a thread holding one lock takes only locks further down):
-  1. _FileState.planning       one read of a file plans at a time (cache lookups included)
-  2. WriteBehind._write_lock   held while a batch of blocks goes to disk
-  3. Reader._cond              per-file state, streams, in-flight fetches
-  4. leaf locks: HotSet._lock, WriteBehind._lock, Spool._lock, DiskAhead._lock
-No disk or SQLite call, and no HTTP, is made while _cond is held: what is
-cached is looked up before the plan, and fetches and streams run outside it.
+Lock order, pairwise (a thread holding the left one may take the right one, never the reverse):
+    Cursor.lock    ->  Reader._cond   a file's planning, then streams and in-flight fetches
+    Reader._cond   ->  leaf locks     HotSet, WriteBehind._lock, Spool, DiskAhead, the meters
+    Cursor.lock    ->  leaf locks
+    WriteBehind._write_lock -> WriteBehind._lock (the writer thread; it takes neither of the above)
+No disk or SQLite call, and no HTTP, is made while a cursor's lock or _cond is
+held: the snapshot is gathered before them, and fetches and streams run outside.
 
 Must not: import FUSE, or do HTTP itself (a Downloader does, see terrafs/http.py).
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import threading
 import time
-from typing import Callable, Union
+from typing import Callable, Iterator, Union
 
 from terrafs.blockcache import BlockCache, DiskBlock
 from terrafs.errors import FetchError
-from terrafs.read import tiff
-from terrafs.read.fetches import Fetches
+from terrafs.read import policy as decide
+from terrafs.read.cost import Conditions, describe
+from terrafs.read.cursor import Cursor
+from terrafs.read.fetches import RANGE_CHUNK, Fetches
 from terrafs.read.hotset import HotSet
 from terrafs.read.identity import IdentityGuard
+from terrafs.read.link import Gauges
 from terrafs.read.lookup import Lookup
-from terrafs.read.policy import Access, Facts, Plan, ReadPolicy, plan
+from terrafs.read.policy import Facts, Plan, ReadPolicy, plan
 from terrafs.read.remote import Downloader, RemoteFile, Units, blocks_of, pieces_of, unit_keys
 from terrafs.read.spool import Spooled
 from terrafs.read.streams import Stream, Streams
@@ -42,31 +46,10 @@ from terrafs.read.writebehind import WriteBehind
 log = logging.getLogger(__name__)
 
 _WAIT_LIMIT = 600.0  # seconds a reader waits on another thread's fetch before giving up
-_LAYOUT_TRIES = 8  # reads that look for a TIFF layout before giving up on a file
-_FOLLOWING = Facts(True, True, True)  # a read behind a live stream needs no cache lookups
+_FOLLOWING = Facts(True, True, True)  # a read behind a live stream needs no cache lookups (never mutated)
 
 # A block as the reader holds it: bytes in RAM, a slot of the spool file, or its verified cache file.
 Block = Union[bytes, Spooled, DiskBlock]
-
-
-def _debug() -> bool:
-    return log.isEnabledFor(logging.DEBUG)
-
-
-class _FileState:
-    """One file being read (guarded by Reader._cond)."""
-
-    def coming_covers(self, key: tuple[str, int], pieces: Units) -> bool:  # (caller holds Reader._cond)
-        return key[0] == pieces.key and self.coming[0] <= key[1] * pieces.unit < self.coming[1]
-
-    def __init__(self) -> None:
-        self.access = Access()
-        self.planning = threading.Lock()  # one read of the file plans at a time (before _cond)
-        self.stream: Stream | None = None
-        # What the last planned fetch will bring: a read planned before it is claimed joins it.
-        self.coming: tuple[int, int] = (0, 0)
-        self.layout: tiff.TiffLayout | None = None
-        self.layout_tries = 0  # 0..; _LAYOUT_TRIES = given up
 
 
 class Reader:
@@ -83,18 +66,15 @@ class Reader:
         self._dl = downloader
         self._cache = cache
         self._cond = threading.Condition(threading.Lock())  # a plain lock: an RLock makes every wait and notify slower
-        self._files: dict[str, _FileState] = {}
+        self._cursors: dict[str, Cursor] = {}  # file key -> its cursor (the dict guarded by _cond)
         self._generations: dict[str, int] = {}  # file key -> how often its remote content changed
         self._closed = False
-        self._hot = HotSet(p.hot_bytes)
-        self._wb = WriteBehind(cache, p.block_size, p.write_queue)
-        self._held = Lookup(cache, self._hot, self._wb, p.block_size)
+        self._held = Lookup(cache, HotSet(p.hot_bytes), WriteBehind(cache, p.block_size, p.write_queue), p.block_size)
         self._fetches = Fetches(self._cond, p)
         self._identity = IdentityGuard(cache, self.invalidate)
         self._streams = Streams(downloader, self._cond, p, self._deliver, self._identity.check)
-        # A reader waits for a stream rather than fetching if its block is at most this far ahead of it.
-        self._wait_gap = max(2 * p.block_size, min(p.readahead, 4 << 20))
         self._counts = {"bytes_from_network": 0, "reads": 0}
+        self._gauges = Gauges(downloader, p.assumed())  # the cost model's inputs, measured
 
     @property
     def block_size(self) -> int:
@@ -123,11 +103,11 @@ class Reader:
             return 0
         bs = self.policy.block_size
         first, last = offset // bs, (end - 1) // bs
-        self._wb.last_read = time.monotonic()
+        self._held.reading(time.monotonic())
         self._counts["reads"] += 1
         decided = self._plan(f, offset, end)
         blocks = blocks_of(f, bs)
-        if decided.pieces and f.size > bs and not all(self._held.has(blocks, i) for i in range(first, last + 1)):
+        if decided.pieces:
             self._read_pieces(f, offset, end, decided, out)
             return end - offset
         fetch_last = (min(decided.fetch_end, f.size) - 1) // bs
@@ -143,40 +123,38 @@ class Reader:
         progress, if given, is called with the number of bytes of f cached so far.
         """
         blocks = blocks_of(f, self.policy.block_size)
-        self._streams.fill(blocks, lambda i: self._held.has(blocks, i), progress)
+        runs = decide.missing_runs([self._held.has(blocks, i) for i in range(blocks.count())])
+        self._streams.fill(blocks, runs, progress)
         self.flush()
 
     def release(self, f: RemoteFile) -> None:
         """All openers closed f: stop its stream, forget its access pattern, close its cache files."""
         with self._cond:
-            state = self._files.pop(f.key, None)
-            if state and state.stream and state.stream.alive:
-                state.stream.stop = True
+            cur = self._cursors.pop(f.key, None)
+            if cur is not None:
+                cur.stop()
             self._cond.notify_all()
         # Its cache files held open go too: a re-read comes from the kernel's pages, and a
         # daemon that served a thousand files must not keep a descriptor for each.
-        self._hot.close_files(set(unit_keys(f, self.policy.piece_size)))
+        self._held.close_files(set(unit_keys(f, self.policy.piece_size)))
 
     def close(self) -> None:
         """Stop every stream, write what is pending (the cache stays open: the caller owns it)."""
         with self._cond:
             self._closed = True
         self._streams.close()
-        self._wb.close()
-        self._held.ahead.close()
+        self._held.close()
 
     def flush(self) -> None:
         """Wait until every block fetched so far is in the disk cache (or given up)."""
-        self._wb.flush()
+        self._held.flush()
 
     def stats(self) -> dict:
         """Live figures: bytes by source, open streams, RAM held, the cache's health."""
         out = dict(self._counts)
-        out.update(self._held.counts)
-        out.update(self._wb.stats())
+        out.update(self._held.stats())
         out["open_streams"] = self._streams.count()
-        out["hot_bytes"] = self._hot.bytes
-        out["hot_open_files"] = self._hot.open_files
+        out.update(self._gauges.stats())
         return out
 
     # -- planning -------------------------------------------------------------
@@ -184,44 +162,77 @@ class Reader:
     def _plan(self, f: RemoteFile, offset: int, end: int) -> Plan:
         """Decide how to serve [offset, end), and start or move this file's stream accordingly.
 
-        Reads of one file plan one at a time (its `planning` lock): the kernel sends a
-        program's reads concurrently, and the first must start the stream the others follow.
+        What is cached is gathered before the cursor's lock (disk and SQLite lookups, the
+        layout, the limiter's state); the plan is made under it, one read of a file at a time
+        and in the order the reads arrived: the kernel sends a program's reads concurrently,
+        and the first must start the stream or plan the fetch that the others follow.
         """
+        p = self.policy
         with self._cond:
             if self._closed:
                 raise FetchError("reader is closed")
-            state = self._files.get(f.key) or self._files.setdefault(f.key, _FileState())
-            st = state.stream if state.stream is not None and state.stream.running else None
-            if st is not None:  # no facts needed: the plan follows the stream
-                return self._apply(f, state, offset, end, _FOLLOWING)
-        with state.planning:
-            facts, missing = self._facts(f, offset, end)  # disk lookups, outside the reader's lock
-            self._find_layout(f, state, offset)
-            with self._cond:
-                pieces = pieces_of(f, self.policy.piece_size)
-                if missing and all(self._fetches.in_flight(k) or state.coming_covers(k, pieces) for k in missing):
-                    # Another reader's fetch brings them (the kernel's concurrent reads of one
-                    # program read): no new request, and no stream either.
-                    facts = dataclasses.replace(facts, read_cached=True)
-                return self._apply(f, state, offset, end, facts)
+            cur = self._cursors.get(f.key) or self._cursors.setdefault(f.key, Cursor())
+        with cur.lock:
+            ticket = cur.arrive()
+            follow = cur.live_stream() is not None  # no snapshot needed: the plan follows the stream
+            find_layout = not follow and cur.layout is None and decide.wants_layout(p, cur.layout_tries, offset)
+        planned = False
+        try:
+            facts, missing, layout, permanent, cond = Facts(True, True, True), [], None, False, None
+            if not follow:
+                facts, missing = self._facts(f, offset, end)
+                if find_layout:
+                    units = (blocks_of(f, p.block_size), pieces_of(f, p.piece_size))
+                    layout, permanent = self._held.layout(f, units)
+                cond = self.conditions() if missing or not facts.head_cached else None
+            with cur.lock:
+                cur.wait_turn(ticket)
+                planned = True
+                try:
+                    if layout is not None:
+                        cur.layout = cur.layout or layout
+                    elif find_layout and cur.layout is None:
+                        cur.layout_tries = decide.layout_tried(p, cur.layout_tries, permanent)
+                    with self._cond:
+                        if cur.live_stream() is not None:  # (another read of the file may have started it)
+                            return self._apply(f, cur, offset, end, _FOLLOWING)
+                        pieces = pieces_of(f, p.piece_size)
+                        # Another read's fetch brings them (the kernel's concurrent reads of one program read).
+                        facts.coming = bool(missing) and all(
+                            self._fetches.in_flight(k) or cur.coming_covers(k, pieces) for k in missing)
+                        return self._apply(f, cur, offset, end, facts, cond)
+                finally:
+                    cur.planned()
+        finally:
+            if not planned:  # the snapshot failed: let the reads behind this one plan
+                with cur.lock:
+                    cur.wait_turn(ticket)
+                    cur.planned()
 
-    def _apply(self, f: RemoteFile, state: _FileState, offset: int, end: int, facts: Facts) -> Plan:
-        """Plan and act on it (caller holds _cond)."""
-        st = state.stream if state.stream is not None and state.stream.running else None
-        p = plan(self.policy, state.access, f.size, offset, end, stream=st.view() if st else None,
-                 facts=facts, layout=state.layout)
+    def conditions(self) -> Conditions:
+        """The link, budget and kernel read-ahead as measured now (never under a lock of the read path)."""
+        return self._gauges.conditions()
+
+    def _apply(self, f: RemoteFile, cur: Cursor, offset: int, end: int, facts: Facts,
+               cond: Conditions | None = None) -> Plan:
+        """Plan and act on it (caller holds cur.lock and _cond)."""
+        st = cur.live_stream()
+        p = plan(self.policy, cur.access, f.size, offset, end, stream=cur.stream_view(),
+                 facts=facts, layout=cur.layout, cond=cond)
+        if p.overshoot is not None:
+            self._gauges.kernel.overshoot(p.overshoot)
         if p.pieces and p.fetch_end > end:
-            state.coming = (p.fetch_start, p.fetch_end)
+            cur.coming = (p.fetch_start, p.fetch_end)
         if p.allow_stream_to is not None and st is not None:
             self._streams.allow(st, p.allow_stream_to)
         if p.start_stream is not None:
             new = self._streams.start(f, *p.start_stream)
             if new is not None:
-                state.stream = new
-        if _debug():
-            log.debug("read %s [%d, %d): %s%s", f.url, offset, end,
+                cur.stream = new
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("read %s [%d, %d): %s%s%s", f.url, offset, end,
                       f"fetch [{p.fetch_start}, {p.fetch_end}) in {'pieces' if p.pieces else 'blocks'}",
-                      f", stream from {p.start_stream[0]}" if p.start_stream else "")
+                      f", stream from {p.start_stream[0]}" if p.start_stream else "", describe(cond))
         if p.disk_ahead_from is not None and self.policy.disk_ahead:
             blocks = blocks_of(f, self.policy.block_size)
             self._held.schedule_ahead(f, blocks, p.disk_ahead_from, max(1, self.policy.disk_ahead // blocks.unit),
@@ -239,26 +250,17 @@ class Reader:
         if first == 0 and not head and pieces.unit < blocks.unit:
             pieces_cached = all(self._held.has(pieces, j) for j in pieces.span(offset, end))
         missing: list[tuple[str, int]] = []
+        blocks_cached = True
         for i in blocks.span(offset, end):
             if self._held.has(blocks, i):
                 continue
+            blocks_cached = False
             if pieces.unit >= blocks.unit:
                 missing.append((blocks.key, i))
                 continue
             span = pieces.span(max(offset, i * blocks.unit), min(end, (i + 1) * blocks.unit))
             missing += [(pieces.key, j) for j in span if not self._held.has(pieces, j)]
-        return Facts(head, first_cached, pieces_cached, not missing), missing
-
-    def _find_layout(self, f: RemoteFile, state: _FileState, offset: int) -> None:
-        """Learn the file's TIFF layout from cached bytes, once the program reads past the head."""
-        if state.layout is not None or state.layout_tries >= _LAYOUT_TRIES or offset < self.policy.piece_size:
-            return
-        units = (blocks_of(f, self.policy.block_size), pieces_of(f, self.policy.piece_size))
-        layout, permanent = self._held.layout(f, units)
-        if layout is None:
-            state.layout_tries = _LAYOUT_TRIES if permanent else state.layout_tries + 1
-            return
-        state.layout = layout
+        return Facts(head, first_cached, pieces_cached, not missing, blocks_cached), missing
 
     # -- serving units ----------------------------------------------------------
 
@@ -297,11 +299,10 @@ class Reader:
             if data is not None:
                 got[i] = data
         deadline = time.monotonic() + _WAIT_LIMIT
-        around = itertools.chain(range(fetch_first, first), range(last + 1, fetch_last + 1))
         # Extras are not looked up on disk: the lookups would delay this read's claim past the
         # moment the kernel's other reads of the same program read join its batch, and one more
         # cached piece in the same request costs bytes, not a request.
-        extra = list(around) if len(got) <= last - first else []
+        extra = decide.extras(first, last, fetch_first, fetch_last, len(got))
         while True:
             missing = [i for i in range(first, last + 1) if i not in got]
             if not missing:
@@ -310,15 +311,15 @@ class Reader:
                 lead, theirs, coming = self._fetches.claim(u, missing, extra, lambda i: self._elsewhere(u, i))
             extra = []
             if lead is not None:
-                got.update(self._fetches.run(u, lead, lambda a, b: self._get_range(u.file, a, b),
-                                             lambda i, data: self._store(u, i, data)))
+                self._fetches.start(u, lead, lambda a, b: self._chunks(u.file, a, b),
+                                    lambda i, data: self._store(u, i, data))
             for i, fetch in theirs.items():
-                if not fetch.done.wait(max(0.0, deadline - time.monotonic())):
+                if not fetch.wait(i, max(0.0, deadline - time.monotonic())):
                     raise FetchError(f"timed out waiting for block {i} of {u.url}")
-                if fetch.error is not None:
-                    raise FetchError(f"fetch of {u.url} failed: {fetch.error}")
                 if i in fetch.blocks:
                     got[i] = fetch.blocks[i]
+                elif fetch.error is not None:
+                    raise FetchError(f"fetch of {u.url} failed: {fetch.error}")
             if coming:
                 self._wait_stream(u, coming, got, deadline)
 
@@ -326,26 +327,27 @@ class Reader:
         """Whether unit i is held in RAM or a stream brings it soon (caller holds _cond)."""
         if self._held.in_ram(u, i):
             return True
-        state = self._files.get(u.file.key)
-        st = state.stream if state else None
-        if u.key != u.file.key or st is None or not st.running:
+        cur = self._cursors.get(u.file.key)
+        st = cur.live_stream() if cur is not None else None
+        if u.key != u.file.key or st is None:
             return False  # streams bring whole blocks only
-        if st.start <= i * u.unit < st.end and i * u.unit - st.pos <= self._wait_gap:
-            self._streams.allow(st, min(st.end, (i + 1) * u.unit))  # cheaper than a request
-            return True
-        return False
+        allow = decide.wait_for_stream(self.policy, cur.stream_view(), i * u.unit, (i + 1) * u.unit)
+        if allow is None:
+            return False
+        self._streams.allow(st, allow)  # cheaper than a request
+        return True
 
     def _wait_stream(self, u: Units, wanted: list[int], got: dict[int, Block], deadline: float) -> None:
         """Wait until the stream delivered `wanted` or died; what it failed to bring is fetched later."""
         for i in wanted:
             with self._cond:
                 while True:
-                    data = self._hot.get((u.key, i)) or self._wb.get((u.key, i))
+                    data = self._held.ram(u, i)
                     if data is not None:
                         got[i] = data
                         break
-                    state = self._files.get(u.file.key)
-                    st = state.stream if state else None
+                    cur = self._cursors.get(u.file.key)
+                    st = cur.stream if cur else None
                     if st is None or not st.alive or st.pos > i * u.unit:
                         break  # not coming (or evicted from RAM): look in the cache, else fetch
                     if time.monotonic() > deadline:
@@ -367,11 +369,13 @@ class Reader:
 
     # -- arrivals -------------------------------------------------------------
 
-    def _get_range(self, f: RemoteFile, start: int, end: int) -> bytes:
-        data, info = self._dl.get_range(f.url, start, end, urgent=True)
-        self._identity.check(f, info)
-        self._counts["bytes_from_network"] += len(data)
-        return data
+    def _chunks(self, f: RemoteFile, start: int, end: int) -> Iterator[bytes]:
+        """Bytes [start, end) of f in one ranged request, chunk by chunk, once its identity is checked."""
+        it = self._dl.stream(f.url, start, end, urgent=True, chunk_size=RANGE_CHUNK)
+        return self._gauges.answer(it, lambda info: self._identity.check(f, info), self._received)
+
+    def _received(self, n: int) -> None:
+        self._counts["bytes_from_network"] += n
 
     def _deliver(self, st: Stream, pos: int, block: bytes) -> None:
         self._counts["bytes_from_network"] += len(block)
@@ -381,9 +385,7 @@ class Reader:
         """A complete, checked unit: served from now on, written to the disk cache behind."""
         if len(data) != u.length(i):
             raise FetchError(f"block {i} of {u.url} is {len(data)} bytes, expected {u.length(i)}")
-        if not spool or self._wb.spool is None:
-            self._hot.put((u.key, i), data)
-        self._wb.put((u.key, i), data, spool)
+        self._held.keep(u, i, data, spool)
 
     def generation(self, f: RemoteFile) -> int:
         """How often f's content was seen to change on the server (bytes of two generations never mix)."""
@@ -393,7 +395,5 @@ class Reader:
         """Forget every cached byte of f (pending writes, RAM, disk); its generation moves on."""
         with self._cond:
             self._generations[f.key] = self._generations.get(f.key, 0) + 1
-            self._files.pop(f.key, None)
-        keys = set(unit_keys(f, self.policy.piece_size))
-        self._wb.drop_files(keys, lambda: [self._cache.drop_file(k) for k in keys])
-        self._hot.drop_files(keys)
+            self._cursors.pop(f.key, None)
+        self._held.drop_files(set(unit_keys(f, self.policy.piece_size)))

@@ -6,9 +6,11 @@ once; it runs only while a program reads behind it: it pauses when it reaches
 nobody moves it for `idle_timeout` seconds, on release, or on close.
 
 Locking: every Stream field is guarded by the reader's condition (`cond`),
-which this module shares with fetches.py; it waits on it, and never holds it
-while receiving or delivering bytes.
-Must not: cache blocks itself (deliver does), or choose when to stream (policy.py).
+which this module shares with fetches.py (the condition is the reader's; a
+method that says "caller holds cond" is called with it held); it waits on it,
+and never holds it while receiving or delivering bytes. It takes no other lock
+while holding cond except the leaf locks `deliver` takes.
+Must not: cache blocks itself (deliver does), or choose when to stream or which runs (policy.py).
 """
 from __future__ import annotations
 
@@ -175,20 +177,14 @@ class Streams:
                 self._cond.wait(min(left, 1.0))
             return not st.stop
 
-    def fill(self, u: Units, held: Callable[[int], bool], progress: Callable[[int], None] | None) -> None:
-        """Bring every block of a file that `held` says is missing, with non-urgent streams over
-        the missing runs (prefetch); progress gets the bytes of the file held so far."""
-        f, n, done, i = u.file, u.count(), 0, 0
-        while i < n:
-            if held(i):
-                done += u.length(i)
-                i += 1
-                if progress:
-                    progress(done)
-                continue
-            j = i
-            while j < n and not held(j):
-                j += 1
+    def fill(self, u: Units, runs: list[tuple[int, int]], progress: Callable[[int], None] | None) -> None:
+        """Bring the runs [i, j) of units a prefetch was given (policy.missing_runs), one non-urgent
+        stream each; progress gets the bytes of the file held so far."""
+        f = u.file
+        done = f.size - sum(min(j * u.unit, f.size) - i * u.unit for i, j in runs)
+        if progress:
+            progress(done)
+        for i, j in runs:
             start = i * u.unit
             st = Stream(f, start, min(j * u.unit, f.size), allowed_end=f.size, urgent=False)
             self.run(st, on_block=(lambda pos, base=done, start=start: progress(base + pos - start))
@@ -196,5 +192,3 @@ class Streams:
             if st.pos < st.end:
                 raise FetchError(f"prefetch of {f.url} stopped at byte {st.pos}: {st.error}")
             done += st.end - st.start
-            i = j
-
