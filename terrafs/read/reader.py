@@ -32,7 +32,7 @@ from terrafs.read import tiff
 from terrafs.read.fetches import Fetches
 from terrafs.read.hotset import HotSet
 from terrafs.read.identity import IdentityGuard
-from terrafs.read.lookup import Lookup
+from terrafs.read.lookup import Lookup, SharedTier
 from terrafs.read.policy import Access, Facts, Plan, ReadPolicy, plan
 from terrafs.read.remote import Downloader, RemoteFile, Units, blocks_of, pieces_of, unit_keys
 from terrafs.read.spool import Spooled
@@ -73,7 +73,7 @@ class Reader:
     """Serves reads of remote files from the block cache, fetching what is missing. Thread-safe."""
 
     def __init__(self, downloader: Downloader, cache: BlockCache, policy: ReadPolicy | None = None, *,
-                 block_size: int | None = None, **knobs):
+                 block_size: int | None = None, shared: SharedTier | None = None, **knobs):
         if block_size is not None and block_size != cache.block_size:
             raise ValueError(f"reader block_size {block_size} differs from the cache's {cache.block_size}")
         if "max_workers" in knobs:
@@ -88,9 +88,9 @@ class Reader:
         self._closed = False
         self._hot = HotSet(p.hot_bytes)
         self._wb = WriteBehind(cache, p.block_size, p.write_queue)
-        self._held = Lookup(cache, self._hot, self._wb, p.block_size)
+        self._held = Lookup(cache, self._hot, self._wb, p.block_size, shared)
         self._fetches = Fetches(self._cond, p)
-        self._identity = IdentityGuard(cache, self.invalidate)
+        self._identity = IdentityGuard(self._held.identities(), self.invalidate)
         self._streams = Streams(downloader, self._cond, p, self._deliver, self._identity.check)
         # A reader waits for a stream rather than fetching if its block is at most this far ahead of it.
         self._wait_gap = max(2 * p.block_size, min(p.readahead, 4 << 20))
@@ -172,7 +172,7 @@ class Reader:
     def stats(self) -> dict:
         """Live figures: bytes by source, open streams, RAM held, the cache's health."""
         out = dict(self._counts)
-        out.update(self._held.counts)
+        out.update(self._held.stats())
         out.update(self._wb.stats())
         out["open_streams"] = self._streams.count()
         out["hot_bytes"] = self._hot.bytes
@@ -310,7 +310,7 @@ class Reader:
                 lead, theirs, coming = self._fetches.claim(u, missing, extra, lambda i: self._elsewhere(u, i))
             extra = []
             if lead is not None:
-                got.update(self._fetches.run(u, lead, lambda a, b: self._get_range(u.file, a, b),
+                got.update(self._fetches.run(u, lead, self._held.fetcher(u, self._get_range),
                                              lambda i, data: self._store(u, i, data)))
             for i, fetch in theirs.items():
                 if not fetch.done.wait(max(0.0, deadline - time.monotonic())):
@@ -376,6 +376,7 @@ class Reader:
     def _deliver(self, st: Stream, pos: int, block: bytes) -> None:
         self._counts["bytes_from_network"] += len(block)
         self._store(blocks_of(st.file, self.policy.block_size), pos // self.policy.block_size, block, spool=True)
+        self._held.streamed(st.file, pos // self.policy.block_size, block)
 
     def _store(self, u: Units, i: int, data: bytes, spool: bool = False) -> None:
         """A complete, checked unit: served from now on, written to the disk cache behind."""
