@@ -60,6 +60,14 @@ class SharedFetch:
         self.tier.counts["shared_claims"] += len(mine)
         out = bytearray(end - start)
         have: set[int] = set()
+        # A unit may have arrived between the read's look and the claim (its claim released with its put).
+        arrived = self.tier.get_many(u, mine)
+        if arrived:
+            self.tier.call(lambda: self.tier._client.delete(*[claim_key(u, i) for i in arrived]))
+            self._place(arrived, u, start, out)
+            have.update(arrived)
+            self.tier.counts["shared_hits"] += len(arrived)
+            mine = [i for i in mine if i not in arrived]
         if mine:
             a, b = mine[0], mine[-1]
             self._fetch_mine(u, a, b, start, end, fetch, out)
@@ -88,6 +96,12 @@ class SharedFetch:
             s = i * u.unit - lo
             self.tier.put(u, i, bytes(data[s: s + u.length(i)]), claim_key(u, i) if claimed else "")
 
+    @staticmethod
+    def _place(found: dict[int, bytes], u: Units, start: int, out: bytearray) -> None:
+        for i, data in found.items():
+            pos = i * u.unit - start
+            out[pos: pos + len(data)] = data
+
     def _wait(self, u: Units, wanted: list[int], start: int, out: bytearray) -> set[int]:
         """Units of `wanted` whose bytes another node put in the tier while its claim lived."""
         got: set[int] = set()
@@ -98,13 +112,10 @@ class SharedFetch:
         while pending and time.monotonic() < deadline:
             # Claims first: a claim gone before the look below means its bytes are there, or never will be.
             alive = self.tier.call(lambda: self.tier._client.exists(*[claim_key(u, i) for i in pending]), 0)
-            for i in list(pending):
-                data = self.tier.get(u, i, count=False)
-                if data is not None:
-                    pos = i * u.unit - start
-                    out[pos: pos + len(data)] = data
-                    got.add(i)
-                    pending.remove(i)
+            arrived = self.tier.get_many(u, pending)
+            self._place(arrived, u, start, out)
+            got.update(arrived)
+            pending = [i for i in pending if i not in arrived]
             if pending and alive < len(pending):
                 break  # a claim ended without bytes (a failed fetch, or Redis away): fetch here
             if pending:
