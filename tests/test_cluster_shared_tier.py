@@ -142,3 +142,21 @@ def test_redis_away_is_a_miss_with_one_warning_each_way(redis_server, caplog):
     back = [r for r in caplog.records if "answers again" in r.message]
     assert len(away) == 1 and len(back) == 1, [r.message for r in caplog.records]
     assert "127.0.0.1" in away[0].message
+
+
+def test_the_config_names_the_tier_by_a_redis_url_and_never_echoes_it(tmp_path):
+    import pytest
+
+    from terrafs.config import load_config
+    from terrafs.errors import ConfigError
+
+    env = {"HOME": str(tmp_path)}
+    config = load_config(None, env=env, overrides={"cache.shared": "rediss://:s3cret@tier:6380/2",
+                                                   "cache.shared_stream_max": "8MiB"})
+    assert config.shared_cache == "rediss://:s3cret@tier:6380/2" and config.shared_stream_max == 8 << 20
+    assert "s3cret" not in repr(config)
+    assert load_config(None, env=env).shared_cache is None
+    for bad in ("http://:s3cret@tier:6380/0", "redis://:s3cret@tier:6380/x", 6380):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, env=env, overrides={"cache.shared": bad})
+        assert "cache.shared" in str(err.value) and "s3cret" not in str(err.value)
