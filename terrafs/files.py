@@ -130,6 +130,8 @@ class Files:
         remote = handle.remote
         if offset >= remote.size:
             return 0
+        if self._shared is not None and self._shared.stale(remote, every=1.0):  # another node saw a new version
+            self._reader.invalidate(remote)
         before = self._reader.generation(remote)
         if handle.generation is None:
             handle.generation = before

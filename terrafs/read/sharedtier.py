@@ -58,6 +58,7 @@ RETRY_EVERY = 5.0  # seconds between tries of a Redis that went away
 REDIS_TIMEOUT = 1.0  # a Redis slower than this counts as away: a read must not wait on it
 STALE_DAYS = 30  # how long a replaced version stays marked (longer than local caches keep blocks unread)
 WRITE_QUEUE_BYTES = 64 << 20  # puts waiting for the writer; more are dropped (a later read fetches them)
+_MEMO_MAX = 100_000  # files whose version is remembered in RAM
 _MAGIC = b"TFT1"
 _HEAD = struct.Struct(">4sII")  # magic, header length, CRC-32 of the bytes
 
@@ -158,6 +159,7 @@ class SharedTier:
         self._away = False
         self._cache: Any = None
         self._versions: dict[str, Version | None] = {}  # url -> the version this node holds (memo of the meta)
+        self._asked: dict[str, float] = {}  # url -> when a read last asked whether its version is stale
         self.counts = {"shared_hits": 0, "shared_misses": 0, "shared_bytes_read": 0, "shared_puts": 0,
                        "shared_bytes_written": 0, "shared_waits": 0, "shared_wait_seconds": 0.0,
                        "shared_claims": 0, "shared_stale_dropped": 0, "shared_corrupt": 0}
@@ -172,7 +174,7 @@ class SharedTier:
         got = self.call(lambda: self._client.config_get("maxmemory*"), {}) or {}
         text = {str(k, "utf-8", "replace") if isinstance(k, bytes) else k:
                 str(v, "utf-8", "replace") if isinstance(v, bytes) else str(v) for k, v in got.items()}
-        if text and (text.get("maxmemory") == "0" or "allkeys" not in text.get("maxmemory-policy", "")):
+        if text and (text.get("maxmemory") == "0" or text.get("maxmemory-policy") == "noeviction"):
             log.warning("the shared tier's Redis at %s has maxmemory %s and policy %s: give it a byte budget "
                         "with an allkeys LRU policy (see the README), or it grows until it refuses writes",
                         self.where, text.get("maxmemory"), text.get("maxmemory-policy"))
@@ -221,6 +223,8 @@ class SharedTier:
             pass
         raw = self._cache.get_meta("ident:" + url) if self._cache is not None else None
         v = tuple(raw) if isinstance(raw, (list, tuple)) and len(raw) == 2 else None
+        if len(self._versions) > _MEMO_MAX:
+            self._versions.clear()  # a memo: the meta records stay
         self._versions[url] = v  # type: ignore[assignment]
         return v  # type: ignore[return-value]
 
@@ -235,11 +239,21 @@ class SharedTier:
         if answer == b"moved":
             log.info("%s: a new version; the cluster's copies of the old one are marked stale", url)
 
-    def stale(self, f: RemoteFile) -> bool:
+    def stale(self, f: RemoteFile, every: float = 0.0) -> bool:
         """Whether another node saw the version of f held here replaced; then it is forgotten here
-        (the caller drops its bytes), so the next response of the file is its first version."""
+        (the caller drops its bytes), so the next response of the file is its first version.
+        every > 0: ask Redis at most that often per file (a read's check; an open asks always)."""
         v = self.version(f.url)
-        if v is None or not self.call(lambda: self._client.exists(f"{PREFIX}:s:{version_id(f.url, f.size, v)}")):
+        if v is None:
+            return False
+        now = time.monotonic()
+        if every > 0:
+            if now - self._asked.get(f.url, -every) < every:
+                return False
+            if len(self._asked) > _MEMO_MAX:
+                self._asked.clear()
+            self._asked[f.url] = now
+        if not self.call(lambda: self._client.exists(f"{PREFIX}:s:{version_id(f.url, f.size, v)}")):
             return False
         log.info("%s changed on the server (another node saw it): dropping what is cached of it", f.url)
         self.counts["shared_stale_dropped"] += 1
@@ -286,11 +300,11 @@ class SharedTier:
         if not isinstance(res, list) or len(res) != 2 or not res[1]:
             return None
         pointer, entry = res
-        try:
+        try:  # what Redis holds is input like any other
             url, etag, modified = json.loads(pointer[40:])
-        except ValueError:
-            return None
-        got = unpack(entry)
+            got = unpack(entry)
+        except (ValueError, TypeError, struct.error):
+            got = url = etag = modified = None
         if got is None:
             self.counts["shared_corrupt"] += 1
             log.debug("a damaged shared entry for unit %d of %s: a miss", i, u.url)
