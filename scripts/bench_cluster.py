@@ -182,7 +182,8 @@ def main() -> int:
             except subprocess.TimeoutExpired:
                 p.kill()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n| time series, {SIDE}x{SIDE} window from each of {len(paths)} {LAYOUT} files ({PROFILE} data) | requests |")
+    head = f"time series, {SIDE}x{SIDE} window from each of {len(paths)} {LAYOUT} files ({PROFILE} data)"
+    print(f"\n| {head} | requests |")
     print("|---|---|")
     for label, value in rows:
         print(f"| {label} | {value} |")

@@ -72,7 +72,8 @@ def test_nodes_share_what_one_fetched_and_fetch_each_block_once(emulator, emulat
         together = client.gather(futures)
         by_three = downloads(emulator, mark)
 
-    wrong = [p for p, (_, px) in zip(first_set * 3, first + others) if not np.array_equal(px, expected(probe, emulator_data, p))]
+    wrong = [p for p, (_, px) in zip(first_set * 3, first + others)
+             if not np.array_equal(px, expected(probe, emulator_data, p))]
     wrong += [p for p, (_, px) in zip(second_set * 4, alone + together)
               if not np.array_equal(px, expected(probe, emulator_data, p))]
     throttled = [r for r in by_first + by_others + by_alone + by_three if r["status"] == 429]
