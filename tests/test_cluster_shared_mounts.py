@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +118,10 @@ def test_redis_stopped_mid_read_every_read_is_exact_and_the_tier_comes_back(emul
         if time.monotonic() > deadline:
             break
     assert back, "the tier was not used again after Redis came back"
+    out = subprocess.run([sys.executable, "-m", "terrafs", "cache", "stats", "--config", str(b.config)],
+                         capture_output=True, text=True, timeout=60, env=b.env)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("shared tier:")]
+    assert out.returncode == 0 and lines and re.match(r"shared tier:\s+[1-9]\d* hits", lines[0]), out.stdout
     for m in (a, b):
         text = m.log_text()
         away = re.findall(r"shared tier at redis://127\.0\.0\.1:\d+/0 cannot be reached", text)
