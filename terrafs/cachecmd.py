@@ -50,6 +50,11 @@ def cmd_cache(args, load) -> int:
         for d in live:
             reader = d.get("reader") or {}
             print(f"mounted:      {d['mountpoint']} (pid {d['pid']}){_served(reader)}")
+            if "shared_hits" in reader:
+                print(f"shared tier:  {reader['shared_hits']} hits, {reader['shared_misses']} misses, "
+                      f"{_human(reader['shared_bytes_read'])} read, {_human(reader['shared_bytes_written'])} "
+                      f"written, {reader['shared_waits']} waits ({reader['shared_wait_seconds']:.1f} s)"
+                      f"{'' if reader.get('shared_available', True) else ', Redis away'}")
             why = reader.get("cache_degraded") or (d.get("cache") or {}).get("degraded")
             if why:
                 print(f"degraded:     {why}")

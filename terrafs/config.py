@@ -49,6 +49,11 @@ DEFAULTS: dict[str, Any] = {
         "listing_ttl": 3600,
         "recent_listing_ttl": 300,
         "block_size": "1MiB",
+        # [cluster] A redis(s):// URL: a block tier shared by every node (read/sharedtier.py, README).
+        "shared": None,
+        "shared_ttl": 86400,  # seconds an entry lives unread (the byte budget is the Redis's maxmemory)
+        "shared_stream_max": "64MiB",  # whole-file streams go to the tier only for files up to this size
+        "shared_wait": 30,  # most seconds a node waits for the bytes of another node's fetch
     },
     # The download service's documented limits, per IP address.
     "rate_limits": [{"requests": 80, "seconds": 10}, {"requests": 200, "seconds": 60}],
@@ -106,6 +111,10 @@ class Config:
     log_file: Path
     source: Path | None  # the file read, for messages
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
+    shared_cache: str | None = field(default=None, repr=False)  # redis(s):// URL of the shared tier (a password)
+    shared_ttl: float = 86400.0
+    shared_stream_max: int = 64 << 20
+    shared_wait: float = 30.0
 
 
 # ---- loading -------------------------------------------------------------------
@@ -299,6 +308,10 @@ def _build(
         log_file=_expand(logv["file"], home),
         source=source,
         metrics_listen=v["metrics"]["listen"],
+        shared_cache=cache["shared"],
+        shared_ttl=cache["shared_ttl"],
+        shared_stream_max=cache["shared_stream_max"],
+        shared_wait=cache["shared_wait"],
     )
 
 

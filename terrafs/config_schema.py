@@ -126,11 +126,24 @@ def _state(v: Any) -> str:
     # [cluster] A redis(s):// URL shares the budget through Redis (ratelimit_redis.py); the
     # value may hold a password, so it is never echoed.
     if isinstance(v, str) and "://" in v:
-        parts = urlsplit(v)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname or not re.fullmatch(r"/?\d*", parts.path):
+        if not _is_redis_url(v):
             raise BadValue("must be a file path or a redis://[:PASSWORD@]HOST[:PORT][/DB] URL (rediss:// for TLS)")
         return v
     return _path(v)
+
+
+def _is_redis_url(v: str) -> bool:
+    parts = urlsplit(v)
+    return parts.scheme in ("redis", "rediss") and bool(parts.hostname) and bool(re.fullmatch(r"/?\d*", parts.path))
+
+
+def _shared(v: Any) -> str | None:
+    # [cluster] The shared block tier (read/sharedtier.py); may hold a password: never echoed.
+    if v is None:
+        return None
+    if not isinstance(v, str) or not _is_redis_url(v):
+        raise BadValue("must be a redis://[:PASSWORD@]HOST[:PORT][/DB] URL (rediss:// for TLS)")
+    return v
 
 
 def check_level(v: Any) -> str:
@@ -157,7 +170,8 @@ SCHEMA: dict[str, Any] = {
     "auth": {"method": _choice("bearer", "basic"), "client_id": _string,
              "username": _optional_string, "password": _secret, "hosts": _hosts},
     "cache": {"dir": _path, "size": _positive_size, "listing_ttl": _seconds,
-              "recent_listing_ttl": _seconds, "block_size": _positive_size},
+              "recent_listing_ttl": _seconds, "block_size": _positive_size,
+              "shared": _shared, "shared_ttl": _seconds, "shared_stream_max": _size, "shared_wait": _seconds},
     "rate_limits": "rate_limits",
     "rate_limit_state": _state,
     "rate_limit_max_pause": _optional_pause,

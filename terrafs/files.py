@@ -37,8 +37,9 @@ class Handle:
 
 
 class Files:
-    def __init__(self, downloader, reader: Reader, meta_cache):
+    def __init__(self, downloader, reader: Reader, meta_cache, shared=None):
         self._downloader = downloader
+        self._shared = shared  # the cluster's shared tier (read/sharedtier.py), or None
         self._reader = reader
         self._meta = meta_cache  # diskcache.Cache or None
         self._sizes: dict[str, int] = {}
@@ -105,6 +106,8 @@ class Files:
         kernel would otherwise end reads at the size it last heard of.
         """
         remote = self.remote(node)
+        if self._shared is not None and self._shared.stale(remote):  # another node saw a new version
+            self._reader.invalidate(remote)
         generation = self._reader.generation(remote)
         with self._lock:
             keep = self._opened.get(remote.key) == generation
@@ -127,6 +130,8 @@ class Files:
         remote = handle.remote
         if offset >= remote.size:
             return 0
+        if self._shared is not None and self._shared.stale(remote, every=1.0):  # another node saw a new version
+            self._reader.invalidate(remote)
         before = self._reader.generation(remote)
         if handle.generation is None:
             handle.generation = before

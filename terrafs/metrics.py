@@ -120,6 +120,7 @@ def _families(f: Figures) -> Iterator[Any]:
         yield served
     if "open_streams" in reader:
         yield GaugeMetricFamily("terrafs_open_streams", "Download streams open now", value=reader["open_streams"])
+    yield from _shared_families(reader)
     cache = f.cache()
     hits = reader.get("hits", cache.get("hits"))
     misses = reader.get("misses", cache.get("misses"))
@@ -152,6 +153,28 @@ def _limiter_families(lim: dict[str, float]) -> Iterator[Any]:
     if "waiting" in lim:
         yield GaugeMetricFamily("terrafs_limiter_queue", "Download requests waiting for the limiter now",
                                 value=lim["waiting"])
+
+
+def _shared_families(r: dict[str, Any]) -> Iterator[Any]:
+    """The cluster's shared block tier (read/sharedtier.py), when the config names one."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    if "shared_hits" not in r:
+        return
+    yield CounterMetricFamily("terrafs_shared_hits", "Units found in the shared tier", value=r["shared_hits"])
+    yield CounterMetricFamily("terrafs_shared_misses", "Units looked for in the shared tier and not found",
+                              value=r["shared_misses"])
+    b = CounterMetricFamily("terrafs_shared_bytes", "Bytes read from and written to the shared tier",
+                            labels=["direction"])
+    b.add_metric(["read"], r["shared_bytes_read"])
+    b.add_metric(["written"], r["shared_bytes_written"])
+    yield b
+    yield CounterMetricFamily("terrafs_shared_waits", "Fetches that waited for another node's claimed fetch",
+                              value=r["shared_waits"])
+    yield CounterMetricFamily("terrafs_shared_wait_seconds", "Time spent waiting for other nodes' fetches",
+                              value=r["shared_wait_seconds"])
+    yield GaugeMetricFamily("terrafs_shared_available", "1 while the shared tier's Redis answers",
+                            value=1 if r.get("shared_available") else 0)
 
 
 class Collector:

@@ -11,7 +11,7 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import diskcache
 import requests
@@ -195,6 +195,7 @@ class Daemon:
     caches: list
     blocks: BlockCache | None = None  # for metrics, cache stats and prefetch --check
     downloader: Downloader | None = None  # for metrics (its and its limiter's counters)
+    shared: Any = None  # the cluster's shared block tier (read/sharedtier.py), if the config names one
 
     def close(self) -> None:
         self.reader.close()
@@ -288,6 +289,19 @@ def make_redis_limiter(config: Config) -> RateLimiter:
                             fallback_path=LOCAL_STATE.expanduser(), max_pause=config.rate_limit_max_pause)
 
 
+def make_shared_tier(config: Config):
+    """The cluster's shared block tier (cache.shared: redis://...), or None when the config names none."""
+    if not config.shared_cache:
+        return None
+    from terrafs.read.sharedtier import SharedTier, TierSettings, redis
+
+    if redis is None:
+        raise ConfigError("cache.shared names a Redis server, which needs the cluster extra "
+                          "(pip install 'terrafs[cluster]')")
+    return SharedTier(TierSettings(config.shared_cache, config.shared_ttl, config.shared_stream_max,
+                                   config.shared_wait))
+
+
 def selection_of(config: Config) -> dict[str, Filter] | None:
     if config.collections is None:
         return None
@@ -300,13 +314,16 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     meta = open_meta_cache(config)
     # Blocks waiting for their cache write (and the spool's reserved space) never
     # need to exceed what the cache can hold.
-    reader = Reader(downloader, blocks, block_size=config.block_size, write_queue=min(256 << 20, config.cache_size))
+    shared = make_shared_tier(config)
+    reader = Reader(downloader, blocks, block_size=config.block_size, write_queue=min(256 << 20, config.cache_size),
+                    shared=shared)
     catalogue = make_catalogue(config)
     sampler = make_catalogue(config, with_local_paths=True) if config.layout == "platform" else None
     store = listing_store(config, meta)
     tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler)
-    files = Files(downloader, reader, meta)
-    return Daemon(tree, files, reader, [blocks, meta], blocks=blocks, downloader=downloader)
+    files = Files(downloader, reader, meta, shared=shared)
+    return Daemon(tree, files, reader, [blocks, meta] + ([shared] if shared else []), blocks=blocks,
+                  downloader=downloader, shared=shared)
 
 
 def fuse_options(extra: str | None) -> dict:

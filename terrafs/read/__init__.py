@@ -14,6 +14,8 @@
     writebehind blocks waiting for the disk cache, and the writer thread
     spool       the unlinked file that holds stream blocks until written
     diskahead   cached blocks verified ahead of a sequential re-read
+    sharedtier  a second cache level in Redis shared by a cluster's nodes (cache.shared)
+    sharedfetch one fetch per unit across the cluster (claims in Redis)
 """
 from terrafs.read.policy import ReadPolicy
 from terrafs.read.reader import Reader

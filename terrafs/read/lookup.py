@@ -1,4 +1,4 @@
-"""Where a unit of a file is held now: RAM (hot set), pending writes, the disk cache.
+"""Where a unit of a file is held now: RAM (hot set), pending writes, the disk cache, the shared tier.
 
 The read path's one way to RAM, pending writes, the spool and disk read-ahead:
 the reader keeps no reference of its own to any of them. Looking a unit up in
@@ -6,17 +6,28 @@ the disk cache reads and verifies it (CRC) and may ask SQLite: never call into
 here while holding a cursor's lock or the reader's condition, except `in_ram`,
 `ram`, `keep`, `close_files` and `reading`, which take only leaf locks.
 
+The shared tier (sharedtier.py, when the config names one) is the last level:
+a unit found there is kept in RAM and written to the disk cache like a fetched
+one. The reader reaches the tier's other roles through here too: `fetcher`
+(one fetch per unit across the cluster), `streamed` (stream blocks offered to
+the tier) and `identities` (the versions the guard sees, published to the cluster).
+
 Must not: fetch, or decide anything (the reader and the policy do).
 """
 from __future__ import annotations
 
 import logging
+from typing import Callable, Iterable
 
 from terrafs.blockcache import BlockCache, DiskBlock
 from terrafs.read import tiff
 from terrafs.read.diskahead import DiskAhead
 from terrafs.read.hotset import HotSet
-from terrafs.read.remote import RemoteFile, Units
+from terrafs.read.remote import RemoteFile, Units, blocks_of
+from terrafs.read.sharedfetch import SharedFetch
+from terrafs.read.sharedtier import SharedMeta, SharedTier
+
+__all__ = ["Lookup", "SharedTier"]
 from terrafs.read.spool import Spooled
 from terrafs.read.writebehind import WriteBehind
 
@@ -25,8 +36,12 @@ log = logging.getLogger(__name__)
 _WAIT_LIMIT = 600.0  # seconds to wait for a loader thread's block
 
 class Lookup:
-    def __init__(self, cache: BlockCache, hot: HotSet, wb: WriteBehind, block_size: int):
+    def __init__(self, cache: BlockCache, hot: HotSet, wb: WriteBehind, block_size: int,
+                 shared: SharedTier | None = None):
         self.cache = cache
+        self.shared = shared
+        if shared is not None:
+            shared.bind(cache)
         self.hot = hot
         self.wb = wb
         self._block_size = block_size
@@ -59,7 +74,7 @@ class Lookup:
             self._scratch.append(scratch)
         if data is None:
             self.counts["misses"] += 1
-            return None
+            return self._from_shared(u, i)
         self.counts["hits"] += 1
         if len(data) != u.length(i):
             log.warning("cached block %d of %s has the wrong length; refetching", i, u.url)
@@ -67,6 +82,32 @@ class Lookup:
         self.counts["bytes_from_cache"] += len(data)
         self.hot.put((u.key, i), data)
         return data
+
+    def _from_shared(self, u: Units, i: int) -> bytes | None:
+        """Unit i from the shared tier (verified there), then held as a fetched unit is; None if absent."""
+        if self.shared is None:
+            return None
+        data = self.shared.get(u, i)
+        if data is not None:
+            self.hot.put((u.key, i), data)
+            self.wb.put((u.key, i), data, False)
+        return data
+
+    def fetcher(self, u: Units, chunks: Callable[[int, int], Iterable[bytes]]) -> Callable[[int, int], Iterable[bytes]]:
+        """chunks(start, end) of u's file, fetched once across the cluster when a tier is shared (then in one piece)."""
+        if self.shared is None:
+            return chunks
+        shared = SharedFetch(self.shared)
+        return lambda start, end: (shared.fetch_range(u, start, end, lambda a, b: b"".join(chunks(a, b))),)
+
+    def streamed(self, f: RemoteFile, i: int, data: bytes) -> None:
+        """A stream brought block i: offered to the shared tier for files up to its stream size."""
+        if self.shared is not None and f.size <= self.shared.settings.stream_max:
+            self.shared.put(blocks_of(f, self._block_size), i, data)
+
+    def identities(self):
+        """Where the identity guard records the versions it sees: the disk cache, and the cluster if shared."""
+        return self.cache if self.shared is None else SharedMeta(self.cache, self.shared)
 
     def peek(self, units: tuple[Units, ...], offset: int, n: int) -> bytes | None:
         """Bytes [offset, offset+n) if cached in any of these unit sizes, else None; never fetches."""
@@ -170,4 +211,6 @@ class Lookup:
         out.update(self.wb.stats())
         out["hot_bytes"] = self.hot.bytes
         out["hot_open_files"] = self.hot.open_files
+        if self.shared is not None:
+            out.update(self.shared.stats())
         return out

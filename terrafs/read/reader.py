@@ -36,7 +36,7 @@ from terrafs.read.fetches import RANGE_CHUNK, Fetches
 from terrafs.read.hotset import HotSet
 from terrafs.read.identity import IdentityGuard
 from terrafs.read.link import Gauges
-from terrafs.read.lookup import Lookup
+from terrafs.read.lookup import Lookup, SharedTier
 from terrafs.read.policy import Facts, Plan, ReadPolicy, plan
 from terrafs.read.remote import Downloader, RemoteFile, Units, blocks_of, pieces_of, unit_keys
 from terrafs.read.spool import Spooled
@@ -56,7 +56,7 @@ class Reader:
     """Serves reads of remote files from the block cache, fetching what is missing. Thread-safe."""
 
     def __init__(self, downloader: Downloader, cache: BlockCache, policy: ReadPolicy | None = None, *,
-                 block_size: int | None = None, **knobs):
+                 block_size: int | None = None, shared: SharedTier | None = None, **knobs):
         if block_size is not None and block_size != cache.block_size:
             raise ValueError(f"reader block_size {block_size} differs from the cache's {cache.block_size}")
         if "max_workers" in knobs:
@@ -69,9 +69,9 @@ class Reader:
         self._cursors: dict[str, Cursor] = {}  # file key -> its cursor (the dict guarded by _cond)
         self._generations: dict[str, int] = {}  # file key -> how often its remote content changed
         self._closed = False
-        self._held = Lookup(cache, HotSet(p.hot_bytes), WriteBehind(cache, p.block_size, p.write_queue), p.block_size)
+        self._held = Lookup(cache, HotSet(p.hot_bytes), WriteBehind(cache, p.block_size, p.write_queue), p.block_size, shared)
         self._fetches = Fetches(self._cond, p)
-        self._identity = IdentityGuard(cache, self.invalidate)
+        self._identity = IdentityGuard(self._held.identities(), self.invalidate)
         self._streams = Streams(downloader, self._cond, p, self._deliver, self._identity.check)
         self._counts = {"bytes_from_network": 0, "reads": 0}
         self._gauges = Gauges(downloader, p.assumed())  # the cost model's inputs, measured
@@ -311,7 +311,7 @@ class Reader:
                 lead, theirs, coming = self._fetches.claim(u, missing, extra, lambda i: self._elsewhere(u, i))
             extra = []
             if lead is not None:
-                self._fetches.start(u, lead, lambda a, b: self._chunks(u.file, a, b),
+                self._fetches.start(u, lead, self._held.fetcher(u, lambda a, b: self._chunks(u.file, a, b)),
                                     lambda i, data: self._store(u, i, data))
             for i, fetch in theirs.items():
                 if not fetch.wait(i, max(0.0, deadline - time.monotonic())):
@@ -380,6 +380,7 @@ class Reader:
     def _deliver(self, st: Stream, pos: int, block: bytes) -> None:
         self._counts["bytes_from_network"] += len(block)
         self._store(blocks_of(st.file, self.policy.block_size), pos // self.policy.block_size, block, spool=True)
+        self._held.streamed(st.file, pos // self.policy.block_size, block)
 
     def _store(self, u: Units, i: int, data: bytes, spool: bool = False) -> None:
         """A complete, checked unit: served from now on, written to the disk cache behind."""
