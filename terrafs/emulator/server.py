@@ -4,9 +4,10 @@ port until SIGINT/SIGTERM, exit 0.
 The first stdout line is exactly "terrafs emulator: http://HOST:PORT" (the
 test harness reads it to learn the port); it is printed only once the socket
 listens. It also writes a ready terrafs config for itself (CONFIG_NAME in the
-data folder, 0600: it holds the demo password) and names it on stdout. This module parses arguments and runs the server (the app wrapped
-in the link profile of link.py); it holds no service logic (that is app.py
-and its handlers).
+data folder, 0600: it holds the demo password) and names it on stdout. This
+module parses arguments and runs the server (the app wrapped in the link
+profile of link.py); it holds no service logic (that is app.py and its
+handlers).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -46,10 +48,14 @@ def write_client_config(data_dir: Path, base: str) -> Path:
             f"cache: {{dir: {client}/cache, size: 2GiB}}\n"
             f"rate_limit_state: {client}/ratelimit.state\n"
             f"log: {{file: {client}/terrafs.log}}\n")
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
+    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".terrafs-config-")  # 0600; emulators may share data_dir
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -172,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Token URL: {base}{REALM_PATH}/protocol/openid-connect/token", flush=True)
     print("user demo, password demo", flush=True)
     print(f"request log: {log_path}", flush=True)
-    config = write_client_config(data_dir, base)
-    print(f"terrafs config: {config}   (terrafs mount --config {config} MOUNTPOINT)", flush=True)
+    try:
+        config = write_client_config(data_dir, base)
+        print(f"terrafs config: {config}   (terrafs mount --config {config} MOUNTPOINT)", flush=True)
+    except OSError as exc:
+        print(f"terrafs config: not written ({exc.strerror})", flush=True)
     try:
         while not stop.wait(0.5):
             if not thread.is_alive():
