@@ -3,9 +3,11 @@ port until SIGINT/SIGTERM, exit 0.
 
 The first stdout line is exactly "terrafs emulator: http://HOST:PORT" (the
 test harness reads it to learn the port); it is printed only once the socket
-listens. This module parses arguments and runs the server (the app wrapped
-in the link profile of link.py); it holds no service logic (that is app.py
-and its handlers).
+listens. It also writes a ready terrafs config for itself (CONFIG_NAME in the
+data folder, 0600: it holds the demo password) and names it on stdout. This
+module parses arguments and runs the server (the app wrapped in the link
+profile of link.py); it holds no service logic (that is app.py and its
+handlers).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -29,6 +32,31 @@ from terrafs.emulator.settings import FAULT_KINDS, EmulatorSettings
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA = Path("~/.cache/terrafs-emulator")
+CONFIG_NAME = "terrafs-config.yaml"
+
+
+def write_client_config(data_dir: Path, base: str) -> Path:
+    """A terrafs config for this emulator: its endpoints, the demo account, and a cache,
+    rate-limit state and log of its own in data_dir (so the real service's budget is untouched)."""
+    client = data_dir / "client"
+    path = data_dir / CONFIG_NAME
+    text = (f"# terrafs config for the emulator at {base} (written by terrafs emulator at each start)\n"
+            f"catalogue: stac\n"
+            f"endpoints:\n  stac: {base}/stac/\n  opensearch: {base}/catalogue/\n"
+            f"  token: {base}{REALM_PATH}/protocol/openid-connect/token\n"
+            f"auth: {{username: demo, password: demo, hosts: [\"{base}\"]}}\n"
+            f"cache: {{dir: {client}/cache, size: 2GiB}}\n"
+            f"rate_limit_state: {client}/ratelimit.state\n"
+            f"log: {{file: {client}/terrafs.log}}\n")
+    fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".terrafs-config-")  # 0600; emulators may share data_dir
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _rate(text: str) -> float:
@@ -150,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Token URL: {base}{REALM_PATH}/protocol/openid-connect/token", flush=True)
     print("user demo, password demo", flush=True)
     print(f"request log: {log_path}", flush=True)
+    try:
+        config = write_client_config(data_dir, base)
+        print(f"terrafs config: {config}   (terrafs mount --config {config} MOUNTPOINT)", flush=True)
+    except OSError as exc:
+        print(f"terrafs config: not written ({exc.strerror})", flush=True)
     try:
         while not stop.wait(0.5):
             if not thread.is_alive():
