@@ -210,7 +210,8 @@ class EmulatorApp:
             # Catalogue handlers get the path after their prefix, with its leading slash.
             if kind == "stac":
                 from terrafs.emulator.stac import handle_stac
-                return handle_stac(request, self.archive, base_url, path[len("/stac"):] or "/")
+                return handle_stac(request, self.archive, base_url, path[len("/stac"):] or "/",
+                                   fields_extension=self.settings.stac_fields)
             if kind == "opensearch":
                 from terrafs.emulator.opensearch import handle_opensearch
                 return handle_opensearch(request, self.archive, base_url, path[len("/catalogue"):] or "/")

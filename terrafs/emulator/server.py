@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap per download response (0 = none)")
     p.add_argument("--ignore-range", action="store_true", help="answer Range requests with 200 + whole body")
     p.add_argument("--no-retry-after", action="store_true", help="send 429 without Retry-After")
+    p.add_argument("--no-stac-fields", action="store_true",
+                   help="serve a STAC API without the fields extension (no item-search#fields conformance, "
+                        "`fields` ignored)")
     p.add_argument("--fault-rate", type=_rate, default=0.0,
                    help="share of download GETs given a fault of a kind drawn from --fault-kinds")
     p.add_argument("--fault-kinds", default=",".join(FAULT_KINDS), metavar="K,...",
@@ -92,6 +95,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         send_retry_after=not args.no_retry_after,
         fault_rate=args.fault_rate,
         fault_kinds=[k.strip() for k in args.fault_kinds.split(",") if k.strip()],
+        stac_fields=not args.no_stac_fields,
     )
 
 

@@ -2,7 +2,8 @@
 
 handle_stac() answers one request below /stac: landing page, conformance,
 collections, items (current and older item form), GET and POST /search with
-token paging, datetime/bbox/ids, `query` and CQL2 `filter`. It also holds the
+token paging, datetime/bbox/ids, `query`, CQL2 `filter` and the fields extension
+(fields.py; handle_stac's fields_extension=False serves a STAC API without it). It also holds the
 small parsing helpers (instants, bboxes, JSON responses) that opensearch.py shares.
 
 It must not serve downloads or tokens, check authentication, or import anything
@@ -20,6 +21,7 @@ from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
+from terrafs.emulator import fields as fields_ext
 from terrafs.emulator.archive import Archive, EmuCollection, EmuFile, EmuProduct
 
 log = logging.getLogger(__name__)
@@ -356,7 +358,12 @@ def collection_json(c: EmuCollection, base_url: str) -> dict:
     }
 
 
-def _landing(base_url: str) -> dict:
+def conformance(fields_extension: bool = True) -> list[str]:
+    """The conformance classes served (without the fields class when that extension is off)."""
+    return [c for c in CONFORMANCE if fields_extension or c != fields_ext.CONFORMANCE_CLASS]
+
+
+def _landing(base_url: str, fields_extension: bool = True) -> dict:
     root = _stac_root(base_url)
     return {
         "type": "Catalog",
@@ -364,7 +371,7 @@ def _landing(base_url: str) -> dict:
         "title": "Terrascope",
         "description": "Terrascope STAC API",
         "stac_version": "1.0.0",
-        "conformsTo": CONFORMANCE,
+        "conformsTo": conformance(fields_extension),
         "links": [
             {"rel": "self", "type": "application/json", "href": root},
             {"rel": "root", "type": "application/json", "href": root},
@@ -594,8 +601,14 @@ def _query_ext_match(query: dict, item: dict) -> bool:
 # Searching
 
 
-def _search(archive: Archive, base_url: str, params: dict) -> tuple[list[dict], int, int]:
+def _search(archive: Archive, base_url: str, params: dict, fields_extension: bool = True
+            ) -> tuple[list[dict], int, int]:
     """-> (items of the page, number matched, offset of the next page or -1)."""
+    try:
+        # A server without the extension ignores the parameter, as stac-fastapi does.
+        fields = fields_ext.parse_fields(params.get("fields")) if fields_extension else None
+    except fields_ext.FieldsError as exc:
+        raise BadRequest(str(exc)) from None
     collections = _as_list(params.get("collections"))
     if collections:
         cols = [c for c in (archive.collection(k) for k in collections) if c is not None and c.in_stac]
@@ -654,7 +667,7 @@ def _search(archive: Archive, base_url: str, params: dict) -> tuple[list[dict], 
     _sort(matched, _parse_sortby(params.get("sortby")))
     page = matched[offset:offset + limit]
     nxt = offset + limit if offset + limit < len(matched) else -1
-    return [item_json(p, c, base_url) for p, c in page], len(matched), nxt
+    return [fields_ext.apply(item_json(p, c, base_url), fields) for p, c in page], len(matched), nxt
 
 
 def _filter_param(params: dict) -> Any:
@@ -709,8 +722,9 @@ def _get_next_link(url: str, request: Request, token: str) -> dict:
     return {"rel": "next", "type": GEOJSON, "method": "GET", "href": url + "?" + urlencode(pairs)}
 
 
-def _search_get(request: Request, archive: Archive, base_url: str, url: str, params: dict) -> Response:
-    items, matched, nxt = _search(archive, base_url, params)
+def _search_get(request: Request, archive: Archive, base_url: str, url: str, params: dict,
+                fields_extension: bool = True) -> Response:
+    items, matched, nxt = _search(archive, base_url, params, fields_extension)
     root = _stac_root(base_url)
     links = [{"rel": "root", "type": "application/json", "href": root},
              {"rel": "self", "type": GEOJSON, "href": request.url}]
@@ -719,14 +733,14 @@ def _search_get(request: Request, archive: Archive, base_url: str, url: str, par
     return json_response(_item_collection(items, matched, links), content_type=GEOJSON)
 
 
-def _search_post(request: Request, archive: Archive, base_url: str) -> Response:
+def _search_post(request: Request, archive: Archive, base_url: str, fields_extension: bool = True) -> Response:
     try:
         body = json.loads(request.get_data(as_text=True) or "{}")
     except ValueError:
         raise BadRequest("Request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object")
-    items, matched, nxt = _search(archive, base_url, body)
+    items, matched, nxt = _search(archive, base_url, body, fields_extension)
     root = _stac_root(base_url)
     links = [{"rel": "root", "type": "application/json", "href": root},
              {"rel": "self", "type": GEOJSON, "href": root + "search"}]
@@ -760,25 +774,25 @@ def _stac_collection(archive: Archive, cid: str) -> EmuCollection:
     return c
 
 
-def _route(request: Request, archive: Archive, base_url: str, subpath: str) -> Response:
+def _route(request: Request, archive: Archive, base_url: str, subpath: str, fx: bool) -> Response:
     parts = [p for p in subpath.split("/") if p]
     method = request.method
     root = _stac_root(base_url)
     if method not in ("GET", "HEAD") and parts != ["search"]:
         raise BadRequest("Method not allowed", 405, "MethodNotAllowed")
     if not parts:
-        return json_response(_landing(base_url))
+        return json_response(_landing(base_url, fx))
     if parts == ["conformance"]:
-        return json_response({"conformsTo": CONFORMANCE})
+        return json_response({"conformsTo": conformance(fx)})
     if parts == ["queryables"]:
         return json_response(_queryables(base_url, None), content_type="application/schema+json")
     if parts in (["_mgmt", "ping"], ["_mgmt", "health"]):
         return json_response({"message": "PONG"})
     if parts == ["search"]:
         if method == "POST":
-            return _search_post(request, archive, base_url)
+            return _search_post(request, archive, base_url, fx)
         if method in ("GET", "HEAD"):
-            return _search_get(request, archive, base_url, root + "search", _get_params(request))
+            return _search_get(request, archive, base_url, root + "search", _get_params(request), fx)
         raise BadRequest("Method not allowed", 405, "MethodNotAllowed")
     if parts[0] != "collections":
         raise BadRequest(f"Not found: /stac{subpath}", 404, "NotFoundError")
@@ -793,7 +807,7 @@ def _route(request: Request, archive: Archive, base_url: str, subpath: str) -> R
         params = _get_params(request)
         params["collections"] = c.stac_id
         params.pop("ids", None)
-        return _search_get(request, archive, base_url, f"{root}collections/{c.stac_id}/items", params)
+        return _search_get(request, archive, base_url, f"{root}collections/{c.stac_id}/items", params, fx)
     if parts[2] == "items" and len(parts) == 4:
         for p in archive.products(c.stac_id):
             if p.id == parts[3]:
@@ -802,10 +816,13 @@ def _route(request: Request, archive: Archive, base_url: str, subpath: str) -> R
     raise BadRequest(f"Not found: /stac{subpath}", 404, "NotFoundError")
 
 
-def handle_stac(request: Request, archive: Archive, base_url: str, subpath: str) -> Response:
-    """Answer one STAC API request; `subpath` is the path after "/stac" ("/", "/search", ...)."""
+def handle_stac(request: Request, archive: Archive, base_url: str, subpath: str,
+                fields_extension: bool = True) -> Response:
+    """Answer one STAC API request; `subpath` is the path after "/stac" ("/", "/search", ...).
+    fields_extension=False: a server without the fields extension (no conformance class,
+    `fields` ignored)."""
     try:
-        return _route(request, archive, base_url.rstrip("/"), subpath or "/")
+        return _route(request, archive, base_url.rstrip("/"), subpath or "/", fields_extension)
     except BadRequest as exc:
         log.info("STAC %s %s -> %d: %s", request.method, subpath, exc.status, exc.description)
         return json_response({"code": exc.code, "description": exc.description}, status=exc.status)
