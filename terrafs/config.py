@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "listing_ttl": 3600,
         "recent_listing_ttl": 300,
         "block_size": "1MiB",
+        "listing_memory": "96MiB",  # listings kept in RAM; the rest come back from the disk cache
     },
     # The download service's documented limits, per IP address.
     "rate_limits": [{"requests": 80, "seconds": 10}, {"requests": 200, "seconds": 60}],
@@ -56,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     "rate_limit_state": "~/.cache/terrafs/ratelimit.state",
     "rate_limit_max_pause": None,  # seconds; None: the longest window, at least 60
     "catalogue_limits": {"max_pages": 1000, "max_response_size": "64MiB"},
+    # STAC fields extension: "auto" asks for the fields the tree reads where the API conforms to it.
+    "catalogue_fields": "auto",
     # Download retries: attempts in a row without progress, the first backoff (doubling, with
     # jitter, at most 4 s) and a bound on the time one fetch spends retrying. With 8 attempts a
     # server that faults 40% of requests fails 0.4^8 = 0.07% of fetches; one that answers only
@@ -106,6 +109,8 @@ class Config:
     log_file: Path
     source: Path | None  # the file read, for messages
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
+    listing_memory: int = 96 << 20  # bytes of listings kept in RAM (cache.listing_memory)
+    catalogue_fields: str = "auto"  # "auto" | "off": the STAC fields extension
 
 
 # ---- loading -------------------------------------------------------------------
@@ -299,6 +304,8 @@ def _build(
         log_file=_expand(logv["file"], home),
         source=source,
         metrics_listen=v["metrics"]["listen"],
+        listing_memory=cache["listing_memory"],
+        catalogue_fields=v["catalogue_fields"],
     )
 
 

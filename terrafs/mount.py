@@ -78,7 +78,7 @@ def make_catalogue(config: Config, *, with_local_paths: bool = False) -> Catalog
     if config.catalogue == "opensearch":
         return OpenSearchCatalogue(config.opensearch_url, session, with_local_paths=with_local_paths,
                                    limits=limits)
-    return StacCatalogue(config.stac_url, session, limits=limits)
+    return StacCatalogue(config.stac_url, session, limits=limits, fields=config.catalogue_fields)
 
 
 def make_downloader(config: Config, auth: requests.auth.AuthBase | None) -> Downloader:
@@ -276,7 +276,8 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     catalogue = make_catalogue(config)
     sampler = make_catalogue(config, with_local_paths=True) if config.layout == "platform" else None
     store = listing_store(config, meta)
-    tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler)
+    tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler,
+                memory=config.listing_memory)
     files = Files(downloader, reader, meta)
     return Daemon(tree, files, reader, [blocks, meta], blocks=blocks, downloader=downloader)
 
