@@ -122,6 +122,8 @@ class EmulatorApp:
     def _last_modified(archive: Archive) -> dict[str, datetime]:
         out: dict[str, datetime] = {}
         for c in archive.collections:
+            if c.stac_id in archive.generated:
+                continue  # its files carry no date here: served with the default Last-Modified
             for p in archive.products(c.stac_id):
                 when = p.updated or p.published or p.datetime
                 for f in p.files:
@@ -356,7 +358,7 @@ class EmulatorApp:
             return _json({"error": "limit, min_size and max_size must be integers"}, 400)
         layout = request.args.get("layout")
         collection = request.args.get("collection")
-        listed = self.archive.file_listing(request.host_url.rstrip("/"))
+        listed = self.archive.file_listing(request.host_url.rstrip("/"), collection)
         rows = [row for row in listed if min_size <= row["size"] <= max_size
                 and (layout is None or row["layout"] == layout)
                 and (collection is None or collection in (row["collection"], row["collection_urn"]))]

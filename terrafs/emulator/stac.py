@@ -647,7 +647,12 @@ def _search(archive: Archive, base_url: str, params: dict, fields_extension: boo
 
     matched: list[tuple[EmuProduct, EmuCollection]] = []
     for c in cols:
-        for p in archive.products(c.stac_id):
+        if ids and c.stac_id in archive.generated:
+            # A generated collection finds ids without making every day's products.
+            candidates = [p for p in (archive.product(c.stac_id, i) for i in sorted(ids)) if p is not None]
+        else:
+            candidates = archive.products_between(c.stac_id, start, end)
+        for p in candidates:
             if ids and p.id not in ids:
                 continue
             if not p.overlaps(start, end):
@@ -809,9 +814,9 @@ def _route(request: Request, archive: Archive, base_url: str, subpath: str, fx: 
         params.pop("ids", None)
         return _search_get(request, archive, base_url, f"{root}collections/{c.stac_id}/items", params, fx)
     if parts[2] == "items" and len(parts) == 4:
-        for p in archive.products(c.stac_id):
-            if p.id == parts[3]:
-                return json_response(item_json(p, c, base_url), content_type=GEOJSON)
+        found = archive.product(c.stac_id, parts[3])
+        if found is not None:
+            return json_response(item_json(found, c, base_url), content_type=GEOJSON)
         raise BadRequest(f"Item {parts[3]} in collection {c.stac_id} not found", 404, "NotFoundError")
     raise BadRequest(f"Not found: /stac{subpath}", 404, "NotFoundError")
 
