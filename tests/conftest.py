@@ -108,6 +108,11 @@ class Emulator:
         r = requests.post(self.url("/_emulator/device/approve"), params={"user_code": user_code}, timeout=10)
         assert r.status_code == 200, f"device approval failed: {r.status_code} {r.text}"
 
+    def catalogue(self) -> tuple[int, int]:
+        """(catalogue requests, body bytes) since start or the last reset()/mark(): STAC and OpenSearch."""
+        entries = [e for e in self.requests() if e.get("kind") in ("stac", "opensearch")]
+        return len(entries), sum(int(e.get("bytes") or 0) for e in entries)
+
     def requests(self, kind: str | None = None) -> list[dict]:
         """Logged requests since start or the last reset(). kind=None gives
         every kind except "control" (the harness's own calls)."""

@@ -57,6 +57,13 @@ def test_include_wins_over_exclude_of_itself_or_its_parent():
     assert out["properties"] == {"datetime": "2020-01-01T00:00:00Z"} and out["bbox"] == [0, 0, 1, 1]
 
 
+def test_keeps_tells_what_survives():
+    assert parse_fields("properties.datetime").keeps("assets") is False
+    assert parse_fields("assets.B02.href").keeps("assets") is True
+    assert parse_fields("-assets").keeps("assets") is False
+    assert parse_fields("-geometry").keeps("assets") is True
+
+
 def test_missing_keys_are_left_out():
     # As stac-fastapi: a parent that exists stays (empty) when the named child does not.
     out = apply(_item(), parse_fields("properties.nope,nothing"))
@@ -84,6 +91,7 @@ def test_server_conforms_and_trims_get_and_post(emulator):
                         "properties": {"datetime": feat["properties"]["datetime"]}}
     # The request log counts the catalogue bytes: the slim page is a small share of the full one.
     logged = emulator.requests("stac")
+    assert emulator.catalogue() == (1, logged[0]["bytes"])
     assert len(logged) == 1 and 0 < logged[0]["bytes"] < len(requests.get(
         emulator.stac_url + "/search", params={"collections": TOC, "limit": 3}, timeout=30).content) / 5
     nxt = [link for link in slim["links"] if link["rel"] == "next"][0]

@@ -38,6 +38,12 @@ class Fields:
     def empty(self) -> bool:
         return not self.include and not self.exclude
 
+    def keeps(self, key: str) -> bool:
+        """Whether anything of the top-level `key` survives (so a server may skip building it)."""
+        if key in self.exclude:
+            return False
+        return not self.include or any(i == key or i.startswith(key + ".") for i in self.include)
+
 
 def _name(value: Any) -> str:
     if not isinstance(value, str):

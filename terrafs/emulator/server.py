@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help=f"archive directory (default {DEFAULT_DATA})")
     p.add_argument("--profile", choices=PROFILES, default="small",
                    help="archive size: small (tests), large (full-size Sentinel-2 bands), "
-                        "bench (large plus 4096 x 4096 raster layouts, 40 files each)")
+                        "bench (large plus 4096 x 4096 raster layouts, 40 files each), "
+                        "archive (small, with S2 TOC at the real archive's size: ~100 products a day, "
+                        "2020-01..2020-03, bytes made on demand)")
     p.add_argument("--bulk", type=int, default=0, metavar="N", help="extra generated bulk products")
     p.add_argument("--log", type=Path, default=None, help="request log, JSON lines (default <data>/requests.jsonl)")
     p.add_argument("--access-token-lifetime", type=_nonneg, default=300.0, metavar="S")

@@ -298,8 +298,9 @@ def _properties(p: EmuProduct, base_url: str, old: bool) -> dict:
     return props
 
 
-def item_json(p: EmuProduct, coll: EmuCollection, base_url: str) -> dict:
-    """The STAC item of a product, in the collection's item form."""
+def item_json(p: EmuProduct, coll: EmuCollection, base_url: str, with_assets: bool = True) -> dict:
+    """The STAC item of a product, in the collection's item form (without its assets when
+    the fields asked for leave them out: they are most of an item's cost)."""
     old = coll.older_item_form
     root = _stac_root(base_url)
     doc: dict[str, Any] = {
@@ -323,6 +324,8 @@ def item_json(p: EmuProduct, coll: EmuCollection, base_url: str) -> dict:
             {"rel": "collection", "type": "application/json", "href": coll_url},
             {"rel": "root", "type": "application/json", "href": root},
         ]
+    if not with_assets:
+        return doc
     doc["assets"] = {f.asset_key: _asset(f, p, base_url, old) for f in p.files}
     wms = None if old else wms_preview_url(p, base_url)
     if wms:
@@ -672,7 +675,8 @@ def _search(archive: Archive, base_url: str, params: dict, fields_extension: boo
     _sort(matched, _parse_sortby(params.get("sortby")))
     page = matched[offset:offset + limit]
     nxt = offset + limit if offset + limit < len(matched) else -1
-    return [fields_ext.apply(item_json(p, c, base_url), fields) for p, c in page], len(matched), nxt
+    assets = fields is None or fields.keeps("assets")
+    return [fields_ext.apply(item_json(p, c, base_url, assets), fields) for p, c in page], len(matched), nxt
 
 
 def _filter_param(params: dict) -> Any:
