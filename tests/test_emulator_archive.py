@@ -130,8 +130,8 @@ def test_single_items_and_ids_without_walking_the_archive(archive_emulator):
 
 
 def test_days_are_planned_the_same_every_time(archive_data):
-    a = DailyCollection(archive_data / "archive")
-    b = DailyCollection(archive_data / "archive")
+    a = DailyCollection(archive_data / "archive-templates")
+    b = DailyCollection(archive_data / "archive-templates")
     from datetime import date
     assert a.tiles_on(date(2020, 1, 3)) == b.tiles_on(date(2020, 1, 3))
     assert 8000 <= a.count() <= 9500

@@ -24,8 +24,6 @@ from the client side of terrafs.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 import struct
 import threading
@@ -119,12 +117,11 @@ def _offsets(data: bytes, needle: bytes) -> tuple[int, ...]:
     return tuple(out)
 
 
-def load_templates(root: Path, specs: dict[str, object]) -> dict[str, Template]:
+def load_templates(folder: Path, specs: dict[str, RasterSpec]) -> dict[str, Template]:
     """The templates for `specs` (kind -> RasterSpec at _TEMPLATE_TILE), written into
-    root/templates/ once, read into memory, their georeferencing located."""
+    `folder` once, read into memory, their georeferencing located."""
     from terrafs.emulator.data import _write_raster
 
-    folder = root / "templates"
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     _, epsg, ulx, uly = _TEMPLATE_TILE
@@ -132,7 +129,7 @@ def load_templates(root: Path, specs: dict[str, object]) -> dict[str, Template]:
         key = hashlib.sha256(repr((TEMPLATE_VERSION, spec)).encode()).hexdigest()[:16]
         path = folder / f"{kind}-{key}.tif"
         if not path.is_file():
-            _write_raster(path, spec)  # type: ignore[arg-type]
+            _write_raster(path, spec)
         data = path.read_bytes()
         template = Template(data, _offsets(data, struct.pack("<6d", 0.0, 0.0, 0.0, ulx, uly, 0.0)),
                             tuple(at + 6 for at in _offsets(data, struct.pack("<4H", 3072, 0, 1, epsg))),
@@ -155,7 +152,7 @@ class DailyCollection:
 
     stac_id = STAC_ID
 
-    def __init__(self, root: Path, first: date = FIRST_DAY, last: date = LAST_DAY, cached_days: int = CACHED_DAYS):
+    def __init__(self, templates: Path, first: date = FIRST_DAY, last: date = LAST_DAY, cached_days: int = CACHED_DAYS):
         from terrafs.emulator.data import RASTER_SIDE, TOC_BANDS
 
         self.first, self.last = first, last
@@ -170,7 +167,7 @@ class DailyCollection:
             specs.setdefault(_kind(band, res, dtype), utm_raster(epsg, ulx, uly, self._sides[res], 1, dtype,
                                                                  f"template-{band}", nodata))
         specs["ql"] = utm_raster(epsg, ulx, uly, self._sides["ql"], 3, "uint8", "template-ql")
-        self.templates = load_templates(root, specs)
+        self.templates = load_templates(templates, specs)
         self._days: OrderedDict[date, tuple[list[EmuProduct], dict[str, EmuFile]]] = OrderedDict()
         self._cached_days = cached_days
         self._lock = threading.Lock()
@@ -282,10 +279,3 @@ def _kind(band: str, res: int, dtype: str) -> str:
     return f"{res}m-{dtype}"
 
 
-def write_manifest(root: Path, collection: DailyCollection) -> None:
-    """A small JSON note of what the profile serves (for people looking at the data directory)."""
-    note = {"collection": STAC_ID, "first": str(collection.first), "last": str(collection.last),
-            "products": collection.count(), "templates": {k: len(t.data) for k, t in collection.templates.items()}}
-    tmp = root / f".archive.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(note, indent=1))
-    os.replace(tmp, root / "archive.json")

@@ -485,7 +485,8 @@ def build_archive(data_dir: Path, profile: str = "small", bulk_products: int = 0
     if profile == "archive":
         from terrafs.emulator.daily import DailyCollection
 
-        daily.append(DailyCollection(root))
+        # Its templates live beside the profile's directory, which keeps only planned files.
+        daily.append(DailyCollection(Path(data_dir) / "archive-templates"))
     planned = ([] if daily else _plan_toc(profile)) + (_plan_lai() + _plan_s1() + _plan_worldcover()
                + shapes.plan_shapes() + layouts.plan_layouts("small" if daily else profile))
     sizes = _ensure_files(root, planned)
