@@ -10,16 +10,18 @@ with every path lookup included (the command is given the full path):
   find month `find` over one month                target <= 1.5 x floor
   rss        the daemon's RSS after `find` over every month of the profile, one mount
              target <= 250 MiB
-with the catalogue requests and bytes of each (the emulator's request log, kind "stac").
+with the catalogue requests and bytes of each (the emulator's request log, kind "stac") and the
+daemon's CPU time during the command (less sensitive than wall time to a shared machine).
 Prints a Markdown table and the machine; a report, not a test: exits 0 unless it cannot run.
 
 Usage: scripts/bench catalogue      (or: python scripts/bench_catalogue.py)
-  TERRAFS_BENCH_DATA   emulator data dir (default ~/.cache/terrafs-bench; the archive profile adds
-                       ~10 MB of templates and small files under <dir>/archive)
+  TERRAFS_BENCH_DATA   emulator data dir (default ~/.cache/terrafs-bench; the archive profile writes
+                       ~70 MB: <dir>/archive, the small profile's other collections, and
+                       <dir>/archive-templates)
   BENCH_LAYOUTS        default,platform (default both)
   BENCH_DAY            the day listed (default 2020-01-15); its month is the floor's and find's
   BENCH_NOFIELDS       1: add the rows again against a STAC API without the fields extension
-  BENCH_REPEAT         floor runs, the median is used (default 3)
+  BENCH_REPEAT         floor runs at the start (default 3); one more after each layout; the median of all is the floor
 """
 from __future__ import annotations
 
@@ -193,6 +195,12 @@ def timed(cmd: list[str]) -> tuple[float, bytes]:
     return elapsed, proc.stdout
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -201,6 +209,7 @@ def rss_mib(pid: int) -> float:
 
 
 def measure(run: Run, layout: str, label: str, floor_s: float, rows: list[dict]) -> None:
+    """The rows of one layout; floor_s: the floor's median time (it may change once all are in)."""
     y, m, d = DAY.split("-")
     base = PREFIX[layout]
     cases = [("ls day", ["ls", "-l"], f"{base}/{y}/{m}/{d}"), ("ls month", ["ls", "-l"], f"{base}/{y}/{m}"),
@@ -209,14 +218,16 @@ def measure(run: Run, layout: str, label: str, floor_s: float, rows: list[dict])
         mnt, proc = run.mount(f"{layout}{label}-{i}", layout)
         try:
             mark = run.mark()
+            cpu0 = cpu_seconds(proc.pid)
             seconds, out = timed(cmd + [str(mnt / rel)])
+            cpu = cpu_seconds(proc.pid) - cpu0
             time.sleep(0.2)  # the emulator logs a request as its last chunk goes out
             n, size = run.catalogue_since(mark)
             entries = len(out.splitlines())
         finally:
             run.unmount(mnt, proc)
         rows.append({"layout": layout + label, "case": case, "seconds": seconds, "floor": floor_s,
-                     "requests": n, "bytes": size, "entries": entries})
+                     "requests": n, "bytes": size, "entries": entries, "cpu": cpu})
         note(f"{layout}{label} {case}: {seconds:.2f} s, {n} requests, {size / 1e6:.1f} MB, {entries} lines")
     mnt, proc = run.mount(f"{layout}{label}-rss", layout)
     try:
@@ -247,22 +258,23 @@ def verdict(row: dict) -> str:
     return "ok" if ok else "MISSED"
 
 
-def table(rows: list[dict], floor: tuple[float, int, int, int], month: str) -> str:
+def table(rows: list[dict], floor: tuple[float, int, int, int], month: str, samples: list[float]) -> str:
     fs, items, pages, size = floor
-    lines = [f"Floor: a plain client paging {month}'s full items: {fs:.2f} s (median of {REPEAT}), "
-             f"{items} items, {pages} requests, {size / 1e6:.1f} MB.", "",
-             "| layout | case | time (s) | x floor | target | catalogue requests | catalogue MB | result |",
-             "|---|---|---:|---:|---|---:|---:|---|"]
+    lines = [f"Floor: a plain client paging {month}'s full items: {fs:.2f} s (median of {len(samples)} runs spread "
+             f"over the run: {', '.join(f'{s:.1f}' for s in samples)}), {items} items, {pages} requests, "
+             f"{size / 1e6:.1f} MB.", "",
+             "| layout | case | time (s) | x floor | target | daemon CPU (s) | catalogue requests | catalogue MB | result |",
+             "|---|---|---:|---:|---|---:|---:|---:|---|"]
     for r in rows:
         if r["case"] == "rss":
             lines.append(f"| {r['layout']} | RSS after find over {len(MONTHS)} months ({r['steps']} MiB) | "
-                         f"{r['seconds']:.1f} | | <= {MAX_RSS_MIB} MiB: **{r['rss']:.0f} MiB** | {r['requests']} | "
+                         f"{r['seconds']:.1f} | | <= {MAX_RSS_MIB} MiB: **{r['rss']:.0f} MiB** | | {r['requests']} | "
                          f"{r['bytes'] / 1e6:.1f} | {verdict(r)} |")
             continue
         target = {"ls day": "<= 0.25 x, <= 5 MB", "find month": "<= 1.5 x"}.get(r["case"], "")
         lines.append(f"| {r['layout']} | {r['case']} ({r['entries']} lines) | {r['seconds']:.2f} | "
-                     f"{r['seconds'] / r['floor']:.2f} | {target} | {r['requests']} | {r['bytes'] / 1e6:.2f} | "
-                     f"{verdict(r)} |")
+                     f"{r['seconds'] / r['floor']:.2f} | {target} | {r['cpu']:.1f} | {r['requests']} | "
+                     f"{r['bytes'] / 1e6:.2f} | {verdict(r)} |")
     return "\n".join(lines)
 
 
@@ -285,17 +297,23 @@ def main() -> int:
         for m in MONTHS:
             requests.get(run.base + "/stac/search", timeout=600, params={
                 "collections": COLLECTION, "datetime": month_range(m), "limit": 10000, "fields": "id,-links"})
+        # The machine is shared: floor runs at the start and after each layout, the median is the floor.
         floors = [run.floor(month) for _ in range(REPEAT)]
-        floor = (statistics.median(f[0] for f in floors), *floors[0][1:])
-        note(f"floor {month}: {floor[0]:.2f} s, {floor[1]} items, {floor[2]} pages, {floor[3] / 1e6:.1f} MB")
+        note(f"floor {month}: {floors[0][0]:.2f} s, {floors[0][1]} items, {floors[0][2]} pages, "
+             f"{floors[0][3] / 1e6:.1f} MB")
         rows: list[dict] = []
         variants = [("", {})] + ([("-nofields", {"stac_fields": False})] if os.environ.get("BENCH_NOFIELDS") else [])
         for label, patch in variants:
-            run.settings(reset=True, **patch)
             for layout in LAYOUTS:
-                measure(run, layout, label, floor[0], rows)
-        run.settings(reset=True)
-        print(table(rows, floor, month))
+                run.settings(reset=True, **patch)
+                measure(run, layout, label, statistics.median(f[0] for f in floors), rows)
+                run.settings(reset=True)
+                floors.append(run.floor(month))
+                note(f"floor {month}: {floors[-1][0]:.2f} s")
+        floor = (statistics.median(f[0] for f in floors), *floors[0][1:])
+        for r in rows:
+            r["floor"] = floor[0]
+        print(table(rows, floor, month, [f[0] for f in floors]))
         print()
         print(machine())
     finally:
