@@ -200,6 +200,9 @@ def listing_store(config: Config, meta: diskcache.Cache) -> ListingStore:
                         config.recent_listing_ttl)
 
 
+FIELDS_KEY = "stac-fields"  # whether the STAC API conforms to the fields extension, in the listing store
+
+
 def check_catalogue(config: Config) -> str | None:
     """Fail fast on a catalogue that cannot be used, before anything is mounted.
 
@@ -211,7 +214,11 @@ def check_catalogue(config: Config) -> str | None:
     try:
         store = listing_store(config, meta)
         try:
-            collections = make_catalogue(config).collections()
+            catalogue = make_catalogue(config)
+            collections = catalogue.collections()
+            if isinstance(catalogue, StacCatalogue) and config.catalogue_fields == "auto":
+                # Read once here, before the mount, so that no listing waits for it.
+                store.put(FIELDS_KEY, catalogue.uses_fields, recent=False)
         except CatalogueError as exc:
             url = redact_url(config.stac_url if config.catalogue == "stac" else config.opensearch_url)
             if store.get_stale("collections") is None:
@@ -276,6 +283,8 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     catalogue = make_catalogue(config)
     sampler = make_catalogue(config, with_local_paths=True) if config.layout == "platform" else None
     store = listing_store(config, meta)
+    if isinstance(catalogue, StacCatalogue) and config.catalogue_fields == "auto":
+        catalogue.assume_fields(store.get_stale(FIELDS_KEY))
     tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler,
                 memory=config.listing_memory)
     files = Files(downloader, reader, meta)

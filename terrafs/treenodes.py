@@ -49,7 +49,7 @@ class DirNode:
     source: object = field(default=None, repr=False)  # where its products' records are (tree's)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileNode:
     file: ProductFile
     product: Product

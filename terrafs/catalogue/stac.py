@@ -67,6 +67,11 @@ class StacCatalogue:
             self._fields = conforms_to_fields(self._request, self.url)
         return self._fields
 
+    def assume_fields(self, known: object) -> None:
+        """What an earlier look at the conformance classes found (ignored unless a bool)."""
+        if self._fields is None and isinstance(known, bool):
+            self._fields = known
+
     trims_records = uses_fields  # listed records are then trimmed: record() gives the full one
 
     @property
