@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "listing_ttl": 3600,
         "recent_listing_ttl": 300,
         "block_size": "1MiB",
-        "listing_memory": "96MiB",  # listings kept in RAM; the rest come back from the disk cache
+        "listing_memory": "64MiB",  # listings kept in RAM; the rest come back from the disk cache
     },
     # The download service's documented limits, per IP address.
     "rate_limits": [{"requests": 80, "seconds": 10}, {"requests": 200, "seconds": 60}],
@@ -109,7 +109,7 @@ class Config:
     log_file: Path
     source: Path | None  # the file read, for messages
     metrics_listen: str | None = None  # HOST:PORT of the Prometheus endpoint; None: off
-    listing_memory: int = 96 << 20  # bytes of listings kept in RAM (cache.listing_memory)
+    listing_memory: int = 64 << 20  # bytes of listings kept in RAM (cache.listing_memory)
     catalogue_fields: str = "auto"  # "auto" | "off": the STAC fields extension
 
 

@@ -35,6 +35,7 @@ from terrafs.read import Reader
 from terrafs.scope import CredentialScope
 from terrafs.text import origin_of, redact_url, strip_userinfo
 from terrafs.tree import Tree
+from terrafs.treenodes import limit_malloc_arenas
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +326,7 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
     from terrafs.options import parse_options
 
     opts = parse_options(options)  # only its FUSE options reach libfuse (uid=, _netdev, config= ... do not)
+    limit_malloc_arenas()  # before FUSE's threads: listings parsed in many threads keep many heaps
     daemon = build(config, auth)
     control = metrics = None
     try:

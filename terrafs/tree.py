@@ -43,7 +43,7 @@ __all__ = ["DirNode", "FileNode", "Node", "NotFound", "Placement", "Tree", "plat
            "product_folders", "split_path"]
 log = logging.getLogger(__name__)
 
-DEFAULT_MEMORY = 96 << 20  # bytes of listings kept in RAM (config cache.listing_memory)
+DEFAULT_MEMORY = 64 << 20  # bytes of listings kept in RAM (config cache.listing_memory)
 
 
 class NotFound(TerrafsError):

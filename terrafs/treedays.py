@@ -34,7 +34,7 @@ from typing import Callable
 from terrafs.catalogue import Collection, Product
 from terrafs.dating import platform_date
 from terrafs.errors import CatalogueError
-from terrafs.treenodes import DirNode, Node, _ts, product_folders
+from terrafs.treenodes import DirNode, Node, _ts, give_back_memory, product_folders
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,8 @@ class DatedFolders:
             self._pending = pending  # one month at a time: RAM stays bounded
         listed = [d for d, found in by_day.items() if found]
         self.store.put(self._key("days", pl, f"{year:04d}-{month:02d}"), listed, recent)
+        del by_day
+        give_back_memory()
         return listed
 
     # ---- whole months and spans (as listed before) --------------------

@@ -13,6 +13,7 @@ Must not: query catalogues, touch the disk cache, or know about FUSE.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import threading
@@ -149,3 +150,34 @@ class MemoryBudget:
         with self._lock:
             if id(node) in self._lru:
                 self._lru.move_to_end(id(node))
+
+
+_libc: object = None
+_M_ARENA_MAX = -8  # glibc mallopt parameter
+MALLOC_ARENAS = 2  # FUSE's threads each parse listings: one heap each would keep RAM many times over
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        try:
+            lib = ctypes.CDLL("libc.so.6")
+            _libc = lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else False
+        except OSError:
+            _libc = False
+    return _libc
+
+
+def limit_malloc_arenas() -> None:
+    """At most MALLOC_ARENAS malloc heaps for the process (glibc; elsewhere nothing): call before
+    the threads start."""
+    lib = _glibc()
+    if lib:
+        lib.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
+
+
+def give_back_memory() -> None:
+    """Heap pages freed by a large listing back to the OS (glibc's malloc_trim; elsewhere nothing)."""
+    lib = _glibc()
+    if lib:
+        lib.malloc_trim(0)

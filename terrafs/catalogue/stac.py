@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterator
 from urllib.parse import quote
 
@@ -39,6 +39,8 @@ from terrafs.text import SizeTooLarge, shown
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 1000
+LONG_RANGE = timedelta(days=2)  # a listing longer than this (a month) is paged by LONG_RANGE_PAGE_SIZE
+LONG_RANGE_PAGE_SIZE = 200
 # Elasticsearch's default cap on counted hits: a numberMatched of exactly this
 # may mean "at least", so it must not stop the walk.
 _CAPPED_COUNT = 10000
@@ -113,11 +115,15 @@ class StacCatalogue:
         if not nonempty:
             return []
         size = self._page_size if limit is None else max(1, min(self._page_size, limit))
+        if limit is None and start is not None and end is not None and end - start > LONG_RANGE:
+            # A month of whole items in pages of 1000 parses into hundreds of MB at once, and
+            # the RAM stays with the process: smaller pages keep the daemon small (a day fits one).
+            size = min(size, LONG_RANGE_PAGE_SIZE)
         selection = ProductSelection(start, end, flt, limit)
         fields = TREE_FIELDS if limit is None and self.uses_fields else None
         for raw in self._search(collection, start, end, flt, size, fields):
             props = properties_of(raw)
-            product = parse_item(raw, collection.id)
+            product = parse_item(raw, collection.id, with_record=fields is None)
             if selection.add(product, to_float(props.get("eo:cloud_cover")), item_tile_id(props)):
                 break
         log.debug("STAC %s %s..%s: %d products, %d requests so far",
@@ -314,8 +320,9 @@ def parse_collection(raw: dict) -> Collection | None:
                       start=start, end=end)
 
 
-def parse_item(raw: dict, collection_id: str) -> Product | None:
-    """A STAC item as a Product; None (with a warning) when it is unusable."""
+def parse_item(raw: dict, collection_id: str, with_record: bool = True) -> Product | None:
+    """A STAC item as a Product; None (with a warning) when it is unusable. Without `with_record`
+    (an item trimmed by the fields extension: record() gives the whole one) its record is ""."""
     item_id = raw.get("id")
     props = raw.get("properties")
     if not isinstance(item_id, str) or not item_id or not isinstance(props, dict):
@@ -325,7 +332,7 @@ def parse_item(raw: dict, collection_id: str) -> Product | None:
     if when is None:
         log.warning("skipping STAC item %s: no datetime (or a malformed one)", shown(item_id, 200))
         return None
-    record = record_text(raw)
+    record = record_text(raw) if with_record else ""
     if record is None:
         log.warning("skipping STAC item %s: nested too deep", shown(item_id, 200))
         return None
