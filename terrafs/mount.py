@@ -217,8 +217,9 @@ def check_catalogue(config: Config) -> str | None:
         try:
             catalogue = make_catalogue(config)
             collections = catalogue.collections()
-            if isinstance(catalogue, StacCatalogue) and config.catalogue_fields == "auto":
-                # Read once here, before the mount, so that no listing waits for it.
+            if isinstance(catalogue, StacCatalogue) and config.catalogue_fields == "auto" \
+                    and store.get(FIELDS_KEY) is None:
+                # Read here, before the mount (kept like a listing), so that no listing waits for it.
                 store.put(FIELDS_KEY, catalogue.uses_fields, recent=False)
         except CatalogueError as exc:
             url = redact_url(config.stac_url if config.catalogue == "stac" else config.opensearch_url)

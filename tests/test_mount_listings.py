@@ -77,3 +77,55 @@ def test_a_day_costs_its_own_query_and_a_month_only_ids_and_dates(emulator, emul
         month_bytes[server] = asked[0]["bytes"]
         mount.stop()
     assert month_bytes[True] * 3 < month_bytes[False], f"a month's days with and without fields: {month_bytes}"
+
+
+@pytest.fixture(scope="module")
+def archive_emulator(emulator_data: Path, tmp_path_factory):
+    from conftest import start_emulator
+
+    emu = start_emulator(emulator_data, tmp_path_factory.mktemp("archive-emulator"),
+                         ["--profile", "archive", "--rate-limit", "off"])
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+def _prefix(layout: str) -> str:
+    return "terrascope-s2-toc-v2" if layout == "default" else "MTDA/TERRASCOPE_Sentinel2/TOC_V2"
+
+
+@pytest.mark.parametrize("layout", ["default", "platform"])
+@pytest.mark.parametrize("fields", ["auto", "off"])
+def test_archive_ls_of_a_day_is_one_search_of_about_a_days_items(archive_emulator, mount_factory, tmp_path,
+                                                                 layout, fields):
+    emu = archive_emulator
+    mount = mount_factory(emu, layout=layout, catalogue_fields=fields, collections=["terrascope-s2-toc-v2"],
+                          cache_dir=tmp_path / "cache")
+    emu.mark()
+    names = os.listdir(mount.path / _prefix(layout) / "2020" / "01" / "15")
+    assert 80 <= len(names) <= 120
+    asked = searches(emu)
+    assert len(asked) == 1, f"ls of one day sent {len(asked)} searches"
+    assert sum(r["bytes"] for r in asked) < 5e6
+
+
+def test_archive_find_over_a_month_costs_the_months_pages_and_a_few(archive_emulator, mount_factory, tmp_path):
+    from terrafs.catalogue.stac import LONG_RANGE_PAGE_SIZE
+    from terrafs.treedays import WALK_DAYS
+
+    emu = archive_emulator
+    mount = mount_factory(emu, collections=["terrascope-s2-toc-v2"], cache_dir=tmp_path / "cache")
+    month = mount.path / _prefix("default") / "2020" / "02"
+    emu.mark()
+    files = [f for _, _, fs in os.walk(month) for f in fs]
+    asked = searches(emu)
+    days = os.listdir(month)
+    products = sum(len(os.listdir(month / d)) for d in days)
+    assert len(days) == 29 and len(files) > 20 * products
+    pages = -(-products // LONG_RANGE_PAGE_SIZE)
+    # the month's days (ids and dates: a few pages), the first days one by one, then the month
+    assert len(asked) <= pages + WALK_DAYS + 4, f"{len(asked)} searches for a month of {pages} pages"
+    emu.mark()
+    assert [f for _, _, fs in os.walk(month) for f in fs] == files
+    assert searches(emu) == [], "a second walk reached the catalogue"
