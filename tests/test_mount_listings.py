@@ -106,7 +106,8 @@ def test_archive_ls_of_a_day_is_one_search_of_about_a_days_items(archive_emulato
     names = os.listdir(mount.path / _prefix(layout) / "2020" / "01" / "15")
     assert 80 <= len(names) <= 120
     asked = searches(emu)
-    assert len(asked) == 1, f"ls of one day sent {len(asked)} searches"
+    # The platform layout learns where the collection lives from one product, once: one small search more.
+    assert len(asked) == (1 if layout == "default" else 2), f"ls of one day sent {len(asked)} searches"
     assert sum(r["bytes"] for r in asked) < 5e6
 
 
@@ -122,7 +123,7 @@ def test_archive_find_over_a_month_costs_the_months_pages_and_a_few(archive_emul
     asked = searches(emu)
     days = os.listdir(month)
     products = sum(len(os.listdir(month / d)) for d in days)
-    assert len(days) == 29 and len(files) > 20 * products
+    assert len(days) == 29 and len(files) >= 20 * products
     pages = -(-products // LONG_RANGE_PAGE_SIZE)
     # the month's days (ids and dates: a few pages), the first days one by one, then the month
     assert len(asked) <= pages + WALK_DAYS + 4, f"{len(asked)} searches for a month of {pages} pages"
