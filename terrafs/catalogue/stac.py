@@ -121,7 +121,7 @@ class StacCatalogue:
             size = min(size, LONG_RANGE_PAGE_SIZE)
         selection = ProductSelection(start, end, flt, limit)
         fields = TREE_FIELDS if limit is None and self.uses_fields else None
-        for raw in self._search(collection, start, end, flt, size, fields):
+        for raw in self._search(collection, start, end, flt, size, fields, ahead=limit is None):
             props = properties_of(raw)
             product = parse_item(raw, collection.id, with_record=fields is None)
             if selection.add(product, to_float(props.get("eo:cloud_cover")), item_tile_id(props)):
@@ -165,7 +165,8 @@ class StacCatalogue:
         return record_text(raw)
 
     def _search(self, collection: Collection, start: datetime | None, end: datetime | None,
-                flt: Filter | None, size: int, fields: dict | None = None) -> Iterator[dict]:
+                flt: Filter | None, size: int, fields: dict | None = None,
+                ahead: bool = False) -> Iterator[dict]:
         state = _Walk(size=size, fields=fields)
 
         def first() -> Any:
@@ -196,7 +197,7 @@ class StacCatalogue:
             return self._follow(page, state)
 
         return walk_pages(first, next_page, _matched, f"STAC items of {collection.remote_id}",
-                          self._request.limits.max_pages)
+                          self._request.limits.max_pages, ahead=ahead)
 
     def _first_search(self, collection: Collection, start: datetime | None, end: datetime | None,
                       flt: Filter | None, state: "_Walk") -> Any:
