@@ -147,7 +147,10 @@ class DatedFolders:
         days = self.store.query(self._key("days", pl, f"{year:04d}-{month:02d}"), index,
                                 recent=self._is_recent(last))
         out: dict[str, Node] = {}
-        for d in days:
+        last_day = calendar.monthrange(year, month)[1]
+        for d in days if isinstance(days, list) else ():
+            if not isinstance(d, int) or isinstance(d, bool) or not 1 <= d <= last_day:
+                continue  # a damaged cache entry: no such day
             name = f"{d:02d}"
             hit = node.found.get(name)
             out[name] = hit[1] if hit is not None and hit[1] is not None else self._day_node(pl, year, month, d)
