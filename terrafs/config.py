@@ -54,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
         "shared_ttl": 86400,  # seconds an entry lives unread (the byte budget is the Redis's maxmemory)
         "shared_stream_max": "64MiB",  # whole-file streams go to the tier only for files up to this size
         "shared_wait": 30,  # most seconds a node waits for the bytes of another node's fetch
+        "listing_memory": "64MiB",  # listings kept in RAM; the rest come back from the disk cache
     },
     # The download service's documented limits, per IP address.
     "rate_limits": [{"requests": 80, "seconds": 10}, {"requests": 200, "seconds": 60}],
@@ -61,6 +62,8 @@ DEFAULTS: dict[str, Any] = {
     "rate_limit_state": "~/.cache/terrafs/ratelimit.state",
     "rate_limit_max_pause": None,  # seconds; None: the longest window, at least 60
     "catalogue_limits": {"max_pages": 1000, "max_response_size": "64MiB"},
+    # STAC fields extension: "auto" asks for the fields the tree reads where the API conforms to it.
+    "catalogue_fields": "auto",
     # Download retries: attempts in a row without progress, the first backoff (doubling, with
     # jitter, at most 4 s) and a bound on the time one fetch spends retrying. With 8 attempts a
     # server that faults 40% of requests fails 0.4^8 = 0.07% of fetches; one that answers only
@@ -115,6 +118,8 @@ class Config:
     shared_ttl: float = 86400.0
     shared_stream_max: int = 64 << 20
     shared_wait: float = 30.0
+    listing_memory: int = 64 << 20  # bytes of listings kept in RAM (cache.listing_memory)
+    catalogue_fields: str = "auto"  # "auto" | "off": the STAC fields extension
 
 
 # ---- loading -------------------------------------------------------------------
@@ -312,6 +317,8 @@ def _build(
         shared_ttl=cache["shared_ttl"],
         shared_stream_max=cache["shared_stream_max"],
         shared_wait=cache["shared_wait"],
+        listing_memory=cache["listing_memory"],
+        catalogue_fields=v["catalogue_fields"],
     )
 
 

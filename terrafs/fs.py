@@ -134,6 +134,8 @@ class TerraFS(fuse.Operations):
         attrs = self._xattrs(path)
         if name not in attrs:
             raise fuse.FuseOSError(fuse.ENOATTR)
+        if name == XATTR_PREFIX + "record":  # read from the disk cache or the catalogue only when asked
+            return self.tree.record(path).encode()
         return attrs[name].encode()
 
     @translated
@@ -151,7 +153,7 @@ class TerraFS(fuse.Operations):
         product = node.product
         if product is not None:
             out[XATTR_PREFIX + "product_id"] = product.id
-            out[XATTR_PREFIX + "record"] = product.record
+            out[XATTR_PREFIX + "record"] = ""
         if isinstance(node, FileNode):
             out[XATTR_PREFIX + "url"] = node.file.href
         if self.tree.layout == "platform" and product is not None:

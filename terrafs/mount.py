@@ -35,6 +35,7 @@ from terrafs.read import Reader
 from terrafs.scope import CredentialScope, unlisted_hosts_note
 from terrafs.text import Origin, origin_of, redact_url, strip_userinfo
 from terrafs.tree import Tree
+from terrafs.treenodes import limit_malloc_arenas
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def make_catalogue(config: Config, *, with_local_paths: bool = False) -> Catalog
     if config.catalogue == "opensearch":
         return OpenSearchCatalogue(config.opensearch_url, session, with_local_paths=with_local_paths,
                                    limits=limits)
-    return StacCatalogue(config.stac_url, session, limits=limits)
+    return StacCatalogue(config.stac_url, session, limits=limits, fields=config.catalogue_fields)
 
 
 def make_downloader(config: Config, auth: requests.auth.AuthBase | None) -> Downloader:
@@ -229,6 +230,9 @@ def listing_store(config: Config, meta: diskcache.Cache) -> ListingStore:
                         config.recent_listing_ttl)
 
 
+FIELDS_KEY = "stac-fields"  # whether the STAC API conforms to the fields extension, in the listing store
+
+
 def check_catalogue(config: Config) -> str | None:
     """Fail fast on a catalogue that cannot be used, before anything is mounted.
 
@@ -240,7 +244,12 @@ def check_catalogue(config: Config) -> str | None:
     try:
         store = listing_store(config, meta)
         try:
-            collections = make_catalogue(config).collections()
+            catalogue = make_catalogue(config)
+            collections = catalogue.collections()
+            if isinstance(catalogue, StacCatalogue) and config.catalogue_fields == "auto" \
+                    and store.get(FIELDS_KEY) is None:
+                # Read here, before the mount (kept like a listing), so that no listing waits for it.
+                store.put(FIELDS_KEY, catalogue.uses_fields, recent=False)
         except CatalogueError as exc:
             url = redact_url(config.stac_url if config.catalogue == "stac" else config.opensearch_url)
             if store.get_stale("collections") is None:
@@ -320,7 +329,10 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     catalogue = make_catalogue(config)
     sampler = make_catalogue(config, with_local_paths=True) if config.layout == "platform" else None
     store = listing_store(config, meta)
-    tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler)
+    if isinstance(catalogue, StacCatalogue) and config.catalogue_fields == "auto":
+        catalogue.assume_fields(store.get_stale(FIELDS_KEY))
+    tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler,
+                memory=config.listing_memory)
     files = Files(downloader, reader, meta, shared=shared)
     return Daemon(tree, files, reader, [blocks, meta] + ([shared] if shared else []), blocks=blocks,
                   downloader=downloader, shared=shared)
@@ -358,6 +370,7 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
     from terrafs.options import parse_options
 
     opts = parse_options(options)  # only its FUSE options reach libfuse (uid=, _netdev, config= ... do not)
+    limit_malloc_arenas()  # before FUSE's threads: listings parsed in many threads keep many heaps
     daemon = build(config, auth)
     control = metrics = None
     try:

@@ -13,68 +13,41 @@ collection id; in the platform layout it is learnt from the catalogue's own
 local paths, one sample product per collection, so new collections need no
 release.
 
-A month is the unit of querying: listing a month (or a day in it) costs one
-paged catalogue query whose results fill every day of that month. Listings are
-kept in memory and in the disk cache with lifetimes.
+How date folders are asked for is treedays.py's job; nodes and the RAM budget
+are treenodes.py's. Listings are kept in memory (within the budget) and in the
+disk cache with lifetimes; catalogue records are read back from there (or from
+the catalogue) when a `user.terrafs.record` is asked for.
 
 This module knows nothing of FUSE or HTTP; it raises NotFound, CatalogueError.
 """
 from __future__ import annotations
 
-import calendar
 import logging
 import math
 import posixpath
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable
+from typing import Callable
 
-from terrafs.catalogue import Catalogue, Collection, Filter, Product, ProductFile
-from terrafs.dating import date_folders, platform_date
-from terrafs.errors import CatalogueError, TerrafsError
+from terrafs.catalogue import Catalogue, Collection, Filter, Product
 from terrafs.catalogue.parse import safe_name
+from terrafs.dating import date_folders
+from terrafs.errors import CatalogueError, TerrafsError
 from terrafs.listings import ListingStore
 from terrafs.text import shown
+from terrafs.treedays import EARLIEST, DatedFolders, Placement, Source
+from terrafs.treenodes import DirNode, FileNode, MemoryBudget, Node, _ts, product_folders
 
+__all__ = ["DirNode", "FileNode", "Node", "NotFound", "Placement", "Tree", "platform_placement",
+           "product_folders", "split_path"]
 log = logging.getLogger(__name__)
 
-# No Earth-observation archive reaches further back (Landsat 1 flew in 1972).
-EARLIEST = datetime(1950, 1, 1, tzinfo=timezone.utc)
+DEFAULT_MEMORY = 64 << 20  # bytes of listings kept in RAM (config cache.listing_memory)
 
 
 class NotFound(TerrafsError):
     """No such path in the tree."""
-
-
-@dataclass
-class DirNode:
-    mtime: float = 0.0
-    children: dict[str, "Node"] | None = None  # None: not loaded yet
-    loader: Callable[[], dict[str, "Node"]] | None = field(default=None, repr=False)
-    product: Product | None = None  # set on product folders (for xattrs)
-    ttl: float = math.inf  # seconds a loaded listing is kept in memory
-    expires: float = math.inf  # time.monotonic() deadline of the loaded listing
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-
-@dataclass(frozen=True)
-class FileNode:
-    file: ProductFile
-    product: Product
-    mtime: float
-
-
-Node = DirNode | FileNode
-
-
-@dataclass(frozen=True)
-class Placement:
-    collection: Collection
-    prefix: tuple[str, ...]
-    dated: bool
-    depth: int = 3  # date folders below the prefix: 3 = YYYY/MM/DD, 2 = YYYY/MM, 1 = YYYY
 
 
 def split_path(path: str) -> list[str]:
@@ -84,11 +57,7 @@ def split_path(path: str) -> list[str]:
     return parts
 
 
-def _ts(dt: datetime | None) -> float:
-    return dt.timestamp() if dt is not None else 0.0
-
-
-class Tree:
+class Tree(DatedFolders):
     def __init__(
         self,
         catalogue: Catalogue,
@@ -98,7 +67,9 @@ class Tree:
         store: ListingStore | None = None,
         sampler: Catalogue | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        memory: int = DEFAULT_MEMORY,
     ):
+        super().__init__()
         self.catalogue = catalogue
         # Learning platform prefixes needs local paths, which OpenSearch only
         # gives on request (accessedFrom=MEP): a separate catalogue may do that.
@@ -106,6 +77,7 @@ class Tree:
         self.selection = selection  # collection id -> filter; None: every collection
         self.layout = layout
         self.store = store or ListingStore(None, "", 0, 0)
+        self.budget = MemoryBudget(memory)
         self._now = now
         self._lock = threading.Lock()
         self._root: DirNode | None = None
@@ -118,10 +90,10 @@ class Tree:
         for name in split_path(path):
             if not isinstance(node, DirNode):
                 raise NotFound(path)
-            children = self._children(node)
-            if name not in children:
+            child = self._child(node, name)
+            if child is None:
                 raise NotFound(path)
-            node = children[name]
+            node = child
         return node
 
     def listdir(self, path: str) -> list[str]:
@@ -136,22 +108,61 @@ class Tree:
                 self._placements = self._learn_placements()
             return self._placements
 
+    def record(self, path: str) -> str:
+        """The catalogue record (JSON text) of the product of a product folder or file: from the
+        disk cache while it holds it, else from the catalogue."""
+        node = self.lookup(path)
+        p = node.product
+        if p is None:
+            raise NotFound(path)
+        if isinstance(node, FileNode):  # its folder knows where the records are
+            node = self.lookup(path.rstrip("/").rsplit("/", 1)[0])
+        source = node.source if isinstance(node, DirNode) else None
+        if not isinstance(source, Source):
+            return p.record or "{}"
+        if getattr(self.catalogue, "trims_records", False):
+            found = self.store.query(f"record:{source.collection.remote_id}:{p.id}",
+                                     lambda: self.catalogue.record(source.collection, p.id) or "{}",
+                                     recent=False)
+            return found if isinstance(found, str) else "{}"
+        return next((q.record for q in source.products() if q.id == p.id), "{}")
+
     # ---- building ----------------------------------------------------
+    def _child(self, node: DirNode, name: str) -> Node | None:
+        children = node.children
+        if children is not None and time.monotonic() < node.expires:
+            if node.weighed:
+                self.budget.touched(node)
+            return children.get(name)
+        if node.find is not None:
+            hit = node.found.get(name)
+            if hit is not None and time.monotonic() < hit[0]:
+                return hit[1]
+            return node.find(name)
+        return self._children(node).get(name)
+
     def _children(self, node: DirNode) -> dict[str, Node]:
-        if node.children is not None and time.monotonic() < node.expires:
-            return node.children
+        children = node.children
+        if children is not None and time.monotonic() < node.expires:
+            if node.weighed:
+                self.budget.touched(node)
+            return children
         with node.lock:
-            if node.children is not None and time.monotonic() < node.expires:
-                return node.children
+            children = node.children
+            if children is not None and time.monotonic() < node.expires:
+                return children
             assert node.loader is not None
             try:
-                node.children = node.loader()
+                children = node.loader()
             except CatalogueError:
-                if node.children is None:
+                if children is None:
                     raise
                 log.warning("keeping an expired listing: the catalogue failed")
+            node.children = children
             node.expires = time.monotonic() + node.ttl
-            return node.children
+        if node.weighed:
+            self.budget.loaded(node, children)
+        return children
 
     def _root_node(self) -> DirNode:
         if self._root is None:
@@ -193,15 +204,18 @@ class Tree:
 
     def _learn_platform_placement(self, c: Collection) -> Placement | None:
         def learn():
-            found = platform_placement(c, self.sampler.products(c, None, None, None, limit=1))
-            return (list(found.prefix), found.depth if found.dated else 0) if found else ([], 0)
+            sample = self.sampler.products(c, None, None, None, limit=1)
+            found = platform_placement(c, sample)
+            if not found:
+                return [], 0, False
+            return list(found.prefix), found.depth if found.dated else 0, self.shifted(found, sample)
 
-        prefix, depth = self.store.query(f"placement-depth:{c.remote_id}", learn, recent=False)
+        prefix, depth, *shift = self.store.query(f"placement-depth:{c.remote_id}", learn, recent=False)
         if not prefix:
             log.warning("collection %s: the catalogue gives no usable platform path; left out of the platform "
                         "layout", shown(c.id))
             return None
-        return Placement(c, tuple(prefix), depth > 0, depth or 3)
+        return Placement(c, tuple(prefix), depth > 0, depth or 3, bool(shift and shift[0]))
 
     def _load_root(self) -> dict[str, Node]:
         # Build the folder trie of every placement's prefix.
@@ -241,7 +255,9 @@ class Tree:
         mtime = _ts(pl.collection.start) or self.mount_time
         if pl.dated:
             return DirNode(mtime=mtime, loader=lambda: self._load_years(pl))
-        return DirNode(mtime=mtime, loader=lambda: self._load_flat(pl), ttl=self._ttl(recent=True))
+        node = DirNode(mtime=mtime, ttl=self._ttl(recent=True), weighed=True)
+        node.loader = lambda: self._load_flat(pl)
+        return node
 
     def _extent(self, pl: Placement) -> tuple[datetime, datetime]:
         """The collection's time extent, within the filter's and within EARLIEST..next year:
@@ -256,82 +272,15 @@ class Tree:
                 end = flt.end
         return start, end
 
-    def _load_years(self, pl: Placement) -> dict[str, Node]:
-        start, end = self._extent(pl)
-        return {
-            f"{y:04d}": DirNode(
-                mtime=_ts(datetime(y, 1, 1, tzinfo=timezone.utc)),
-                loader=lambda y=y: self._load_months(pl, y) if pl.depth > 1 else self._load_span(pl, y),
-            )
-            for y in range(start.year, end.year + 1)
-        }
-
-    def _load_months(self, pl: Placement, year: int) -> dict[str, Node]:
-        start, end = self._extent(pl)
-        out: dict[str, Node] = {}
-        for m in range(1, 13):
-            first = datetime(year, m, 1, tzinfo=timezone.utc)
-            last = first + timedelta(days=calendar.monthrange(year, m)[1]) - timedelta(microseconds=1)
-            if last < start or first > end:
-                continue
-            load = self._load_days if pl.depth > 2 else self._load_span
-            out[f"{m:02d}"] = DirNode(mtime=_ts(first), loader=lambda m=m, load=load: load(pl, year, m),
-                                      ttl=self._ttl(recent=self._is_recent(last)))
-        return out
-
-    def _date_of(self, pl: Placement, p: Product) -> tuple[int, int, int]:
-        """The date folders that hold `p`: its platform path's in the platform layout."""
-        found = self.layout == "platform" and platform_date(pl.depth, p.folder,
-                                                            (f.local_path or f.href for f in p.files))
-        d = p.datetime.astimezone(timezone.utc)
-        return found or (d.year, d.month, d.day)
-
-    def _load_span(self, pl: Placement, year: int, month: int | None = None) -> dict[str, Node]:
-        """Product folders of a month (YYYY/MM platform paths) or a year (YYYY/YYYYMMDD)."""
-        want = (year, month) if month else (year,)
-        products = self._span_products(pl, year, month)
-        return product_folders(p for p in products if self._date_of(pl, p)[: len(want)] == want)
-
-    def _load_days(self, pl: Placement, year: int, month: int) -> dict[str, Node]:
-        products = self._span_products(pl, year, month)
-        by_day: dict[str, list[Product]] = {}
-        for p in products:
-            y, m, d = self._date_of(pl, p)
-            if (y, m) != (year, month):
-                continue  # the service may return products outside the range (facts §1.2)
-            by_day.setdefault(f"{d:02d}", []).append(p)
-        return {
-            day: DirNode(
-                mtime=_ts(datetime(year, month, int(day), tzinfo=timezone.utc)),
-                children=product_folders(prods),
-            )
-            for day, prods in sorted(by_day.items())
-        }
-
     def _load_flat(self, pl: Placement) -> dict[str, Node]:
         flt = self._filter_for(pl.collection)
         start, end = self._extent(pl)
-        products = self.store.query(
-            f"flat:{pl.collection.remote_id}:{flt!r}",
-            lambda: self.catalogue.products(pl.collection, start, end, flt),
-            recent=True,
-        )
-        return product_folders(products)
+        key = f"flat:{pl.collection.remote_id}:{flt!r}"
 
-    def _span_products(self, pl: Placement, year: int, month: int | None) -> list[Product]:
-        """Products of a month, or of a whole year when month is None (one paged query)."""
-        first = datetime(year, month or 1, 1, tzinfo=timezone.utc)
-        days = calendar.monthrange(year, month)[1] if month else 365 + calendar.isleap(year)
-        last = first + timedelta(days=days) - timedelta(microseconds=1)
-        start, end = self._extent(pl)
-        q_start, q_end = max(first, start), min(last, end)
-        flt = self._filter_for(pl.collection)
-        span = f"{year:04d}-{month:02d}" if month else f"{year:04d}"
-        return self.store.query(
-            f"month:{pl.collection.remote_id}:{span}:{flt!r}",
-            lambda: self.catalogue.products(pl.collection, q_start, q_end, flt),
-            recent=self._is_recent(last),
-        )
+        def products() -> list[Product]:
+            return self.store.query(key, lambda: self.catalogue.products(pl.collection, start, end, flt),
+                                    recent=True)
+        return product_folders(products(), Source(pl.collection, products))
 
     def _is_recent(self, last: datetime) -> bool:
         # The archive still fills the last few days (late products, reprocessing).
@@ -340,45 +289,6 @@ class Tree:
     def _ttl(self, recent: bool) -> float:
         ttl = self.store.recent_ttl if recent else self.store.ttl
         return ttl if ttl > 0 else math.inf
-
-
-def product_folders(products: Iterable[Product]) -> dict[str, Node]:
-    """Product folders of one day; multi-resolution products share a folder.
-
-    Where two products of one folder name the same file, the first by (title, id)
-    keeps the name (stable whatever the catalogue's order) and a warning names both.
-    """
-    folders: dict[str, Node] = {}
-    for p in sorted(products, key=lambda p: (p.title, p.id)):
-        folder = folders.get(p.folder)
-        if not isinstance(folder, DirNode):
-            folder = DirNode(mtime=_ts(p.datetime), children={}, product=p)
-            folders[p.folder] = folder
-        for f in p.files:
-            _place_file(folder, f.relpath.split("/"), FileNode(f, p, _ts(p.datetime)))
-    return folders
-
-
-def _place_file(folder: DirNode, parts: list[str], node: FileNode) -> None:
-    assert folder.children is not None
-    if len(parts) == 1:
-        existing = folder.children.get(parts[0])
-        if existing is not None:
-            first = existing.product.id if isinstance(existing, FileNode) else "a folder"
-            log.warning("products %s and %s both have a file %s in one folder; showing the first's",
-                        shown(first), shown(node.product.id), shown(parts[0]))
-            return
-        folder.children[parts[0]] = node
-        return
-    sub = folder.children.get(parts[0])
-    if not isinstance(sub, DirNode):
-        if sub is not None:
-            log.warning("product %s: a file and a folder both named %s; keeping the file",
-                        shown(node.product.id), shown(parts[0]))
-            return
-        sub = DirNode(mtime=node.mtime, children={}, product=node.product)
-        folder.children[parts[0]] = sub
-    _place_file(sub, parts[1:], node)
 
 
 def platform_placement(c: Collection, sample: list[Product]) -> Placement | None:

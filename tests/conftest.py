@@ -7,6 +7,8 @@ Fixtures:
   settings (and with an empty limiter, no live tokens) before each test.
 - emulator_factory (function): emulator_factory(args=[...]) starts a fresh one
   with extra command-line arguments; all are stopped after the test.
+- archive_emulator (function): a module-shared emulator of the archive profile
+  (--profile archive: S2 TOC at the real archive's size, 2020-01..03), reset per test.
 
 Every emulator runs in its own session / process group, which teardown kills
 even when the test fails.
@@ -105,6 +107,11 @@ class Emulator:
     def approve_device(self, user_code: str) -> None:
         r = requests.post(self.url("/_emulator/device/approve"), params={"user_code": user_code}, timeout=10)
         assert r.status_code == 200, f"device approval failed: {r.status_code} {r.text}"
+
+    def catalogue(self) -> tuple[int, int]:
+        """(catalogue requests, body bytes) since start or the last reset()/mark(): STAC and OpenSearch."""
+        entries = [e for e in self.requests() if e.get("kind") in ("stac", "opensearch")]
+        return len(entries), sum(int(e.get("bytes") or 0) for e in entries)
 
     def requests(self, kind: str | None = None) -> list[dict]:
         """Logged requests since start or the last reset(). kind=None gives
@@ -226,3 +233,43 @@ def emulator_factory(emulator_data: Path, tmp_path: Path) -> Iterator[Callable[.
     finally:
         for emu in started:
             emu.stop()
+
+
+# -- the archive profile (issue 19): S2 TOC at the real archive's size ---------------------------
+# About 100 products a day for 2020-01..2020-03 in terrascope-s2-toc-v2, items of the real size,
+# bytes made on demand (terrafs/emulator/daily.py); every other collection as in the small profile.
+ARCHIVE_TOC = "terrascope-s2-toc-v2"
+ARCHIVE_MONTHS = ("2020/01", "2020/02", "2020/03")
+
+
+@pytest.fixture(scope="session")
+def archive_data(emulator_data: Path) -> Path:
+    """emulator_data with the archive profile's files (templates and the small collections) built."""
+    with open(emulator_data / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        subprocess.run(
+            [sys.executable, "-c",
+             "import sys; from pathlib import Path; from terrafs.emulator.data import build_archive; "
+             "build_archive(Path(sys.argv[1]), profile='archive')", str(emulator_data)],
+            cwd=REPO, env=env, check=True, timeout=START_TIMEOUT)
+    return emulator_data
+
+
+@pytest.fixture(scope="module")
+def _shared_archive_emulator(archive_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    emu = start_emulator(archive_data, tmp_path_factory.mktemp("archive-emulator"), ["--profile", "archive"])
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture
+def archive_emulator(_shared_archive_emulator: Emulator) -> Emulator:
+    """A running emulator of the archive profile, reset to its start-up settings
+    (pass {"stac_fields": False} to emulator.set() for a STAC API without the fields extension)."""
+    if _shared_archive_emulator.proc.poll() is not None:
+        pytest.fail(f"the archive emulator died (exit code {_shared_archive_emulator.proc.returncode})")
+    _shared_archive_emulator.reset()
+    return _shared_archive_emulator

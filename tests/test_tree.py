@@ -1,12 +1,18 @@
 """Unit tests of the tree's path logic, with an in-memory catalogue."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import dataclasses
+import json
+from datetime import datetime, timedelta, timezone
 
+import diskcache
 import pytest
 
 from terrafs.catalogue.model import Collection, Filter, Product, ProductFile
-from terrafs.tree import DirNode, FileNode, NotFound, Tree, platform_placement, split_path
+from terrafs.listings import ListingStore, NoPickleDisk
+from terrafs.tree import DirNode, FileNode, NotFound, Tree, platform_placement, product_folders, split_path
+from terrafs.treedays import WALK_DAYS
+from terrafs.treenodes import FILE_BYTES, weight
 
 UTC = timezone.utc
 TOC = Collection("terrascope-s2-toc-v2", "terrascope-s2-toc-v2", "TOC", datetime(2019, 12, 1, tzinfo=UTC),
@@ -85,12 +91,81 @@ def test_default_layout_dates_and_products(catalogue):
     assert isinstance(node, FileNode) and node.file.size == 101
 
 
-def test_month_listing_is_one_query_shared_by_its_days(catalogue):
+def test_a_day_is_its_own_query_and_a_month_listing_fills_the_days_left(catalogue):
     tree = Tree(catalogue, selection=None)
     tree.listdir("/terrascope-s2-toc-v2/2020/01/01")
+    assert [(q[1], q[2]) for q in catalogue.queries] == [
+        (datetime(2020, 1, 1, tzinfo=UTC), datetime(2020, 1, 1, 23, 59, 59, 999999, tzinfo=UTC))]
+    # No cheap index (no acquisitions()): the month's folder is its full listing, which fills its days.
+    assert tree.listdir("/terrascope-s2-toc-v2/2020/01") == ["01", "02"]
     tree.listdir("/terrascope-s2-toc-v2/2020/01/02")
-    tree.listdir("/terrascope-s2-toc-v2/2020/01")
-    assert [q[0] for q in catalogue.queries] == [TOC.id]
+    assert [q[2] - q[1] for q in catalogue.queries][1:] == [timedelta(days=31, microseconds=-1)]
+
+
+def test_a_day_without_products_is_not_found_after_one_day_query(catalogue):
+    tree = Tree(catalogue, selection=None)
+    with pytest.raises(NotFound):
+        tree.lookup("/terrascope-s2-toc-v2/2020/01/03")
+    with pytest.raises(NotFound):
+        tree.lookup("/terrascope-s2-toc-v2/2020/01/3x")
+    assert len(catalogue.queries) == 1
+
+
+class IndexedCatalogue(FakeCatalogue):
+    """A catalogue with the cheap answer (as STAC with the fields extension)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.index_queries = 0
+
+    def acquisitions(self, collection, start, end, flt=None):
+        self.index_queries += 1
+        return [p.datetime for p in self._products.get(collection.id, []) if start <= p.datetime <= end]
+
+
+def month_of_days(days: int = 31) -> list[Product]:
+    return [toc_product(d, tile) for d in range(1, days + 1) for tile in ("31UFS", "31UES")]
+
+
+def test_a_walk_over_a_month_lists_the_month_once_after_a_few_days():
+    cat = IndexedCatalogue({TOC.id: month_of_days()})
+    tree = Tree(cat, selection=None)
+    days = tree.listdir("/terrascope-s2-toc-v2/2020/01")
+    assert len(days) == 31 and cat.index_queries == 1 and cat.queries == []
+    for d in days:
+        assert len(tree.listdir(f"/terrascope-s2-toc-v2/2020/01/{d}")) == 2
+    spans = [q[2] - q[1] for q in cat.queries]
+    day, month = timedelta(days=1, microseconds=-1), timedelta(days=31, microseconds=-1)
+    assert spans == [day] * WALK_DAYS + [month], "a few days, then the month once"
+
+
+def test_listings_beyond_the_budget_come_back_from_the_disk_cache(tmp_path):
+    cat = IndexedCatalogue({TOC.id: month_of_days()})
+    meta = diskcache.Cache(str(tmp_path / "meta"), disk=NoPickleDisk)
+    tree = Tree(cat, selection=None, store=ListingStore(meta, "t", 3600, 300), memory=FILE_BYTES * 10)
+    first = {d: tree.listdir(f"/terrascope-s2-toc-v2/2020/01/{d}") for d in ("01", "02", "03")}
+    assert tree.budget.used <= FILE_BYTES * 10 + weight_of_a_day()
+    asked = len(cat.queries)
+    again = {d: tree.listdir(f"/terrascope-s2-toc-v2/2020/01/{d}") for d in ("01", "02", "03")}
+    assert again == first and len(cat.queries) == asked, "dropped listings come back from the disk cache"
+
+
+def weight_of_a_day() -> int:
+    return weight(product_folders([toc_product(1, "31UFS"), toc_product(1, "31UES")]))
+
+
+def test_records_are_not_kept_in_ram_but_read_back(tmp_path):
+    products = [dataclasses.replace(p, record=json.dumps({"id": p.id})) for p in month_of_days(2)]
+    cat = FakeCatalogue({TOC.id: products})
+    meta = diskcache.Cache(str(tmp_path / "meta"), disk=NoPickleDisk)
+    tree = Tree(cat, selection=None, store=ListingStore(meta, "t", 3600, 300))
+    name = tree.listdir("/terrascope-s2-toc-v2/2020/01/02")[0]
+    folder = tree.lookup(f"/terrascope-s2-toc-v2/2020/01/02/{name}")
+    assert folder.product.record == ""
+    assert json.loads(tree.record(f"/terrascope-s2-toc-v2/2020/01/02/{name}"))["id"] == folder.product.id
+    file = tree.listdir(f"/terrascope-s2-toc-v2/2020/01/02/{name}")[0]
+    assert json.loads(tree.record(f"/terrascope-s2-toc-v2/2020/01/02/{name}/{file}"))["id"] == folder.product.id
+    assert len(cat.queries) == 1, "the record came from the disk cache"
 
 
 def test_months_outside_the_extent_are_not_listed(catalogue):

@@ -198,8 +198,13 @@ def walk_pages(
     total: Callable[[Any], int | None],
     what: str,
     max_pages: int = CatalogueLimits.max_pages,
+    ahead: bool = False,
 ) -> Iterator[dict]:
     """Features of every page, each once.
+
+    With `ahead`, the next page is asked for while this page's features are used (the service's
+    time and the parsing overlap); for walks read to the end only: a walk left early may have
+    sent one request more.
 
     `first()` fetches the first page; `next_page(page)` the one after `page`, or
     None when there is none. The walk stops on an empty page, on a page that
@@ -216,6 +221,9 @@ def walk_pages(
         if not isinstance(feats, list):
             raise CatalogueError(f"catalogue answer for {shown(what)} has no 'features' list")
         raw += len(feats)
+        early = None
+        if ahead and feats and pages < max_pages and (total(page) is None or raw < total(page)):
+            early = _Ahead(next_page, page)
         new = 0
         for f in feats:
             if not isinstance(f, dict):
@@ -244,13 +252,36 @@ def walk_pages(
                         "incomplete", shown(what), pages)
             return
         pages += 1
-        page = next_page(page)
+        page = early.result() if early is not None else next_page(page)
         if page is None:
             if announced is not None:
                 # OpenSearch serves at most 100 000 results of one query.
                 log.warning("%s: %d results announced but only %d served; narrow the query "
                             "(a smaller date range or a filter) to see the rest", shown(what), announced, raw)
             return
+
+
+class _Ahead:
+    """next_page(page) run in a thread; result() waits for it and raises what it raised."""
+
+    def __init__(self, next_page: Callable[[Any], Any | None], page: Any):
+        self._out: list = []
+        self._thread = threading.Thread(target=self._run, args=(next_page, page), daemon=True,
+                                        name="catalogue-page-ahead")
+        self._thread.start()
+
+    def _run(self, next_page: Callable[[Any], Any | None], page: Any) -> None:
+        try:
+            self._out.append((True, next_page(page)))
+        except BaseException as exc:  # handed to the walk's thread
+            self._out.append((False, exc))
+
+    def result(self) -> Any | None:
+        self._thread.join()
+        ok, value = self._out[0]
+        if not ok:
+            raise value
+        return value
 
 
 def _content_key(feature: dict) -> str | None:

@@ -18,7 +18,7 @@ class Collection:
     end: datetime | None = None  # None: open (until now)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # many thousands in RAM: no __dict__ each
 class ProductFile:
     relpath: str  # path below the product folder: "x.tif" or "10M/x.tif"; made safe
     href: str  # http(s) download URL
@@ -29,7 +29,7 @@ class ProductFile:
     title: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Product:
     id: str  # STAC item id or OpenSearch feature id (URN)
     title: str

@@ -19,6 +19,7 @@ import json
 import logging
 import posixpath
 import re
+import sys
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -292,10 +293,15 @@ def _product_file(link: Link, known: Mapping[str, str]) -> ProductFile | None:
     lp = link.local_path or known.get(link.basename)
     _, res = place(lp) if lp else place(href_path(link.href))
     relpath = f"{res}/{name}" if res else name
+    # Types, roles and titles repeat in every product: one copy each in RAM.
     return ProductFile(
         relpath=relpath, href=link.href, size=link.size, local_path=lp,
-        type=link.type, role=link.role, title=link.title,
+        type=_interned(link.type), role=_interned(link.role), title=_interned(link.title),
     )
+
+
+def _interned(s: str | None) -> str | None:
+    return sys.intern(s) if isinstance(s, str) and len(s) < 200 else s
 
 
 def post_filter(

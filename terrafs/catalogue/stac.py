@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Iterator
 from urllib.parse import quote
 
 import requests
 
 from terrafs.catalogue.model import CatalogueLimits, Collection, Filter, Product
+from terrafs.catalogue.fields import INDEX_FIELDS, TREE_FIELDS, conforms_to_fields
 from terrafs.catalogue.fetch import CatalogueHTTPError, JsonRequester, SeenRequests, first_page, walk_pages
 from terrafs.catalogue.parse import (
     Link,
@@ -38,6 +39,8 @@ from terrafs.text import SizeTooLarge, shown
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 1000
+LONG_RANGE = timedelta(days=2)  # a listing longer than this (a month) is paged by LONG_RANGE_PAGE_SIZE
+LONG_RANGE_PAGE_SIZE = 200
 # Elasticsearch's default cap on counted hits: a numberMatched of exactly this
 # may mean "at least", so it must not stop the walk.
 _CAPPED_COUNT = 10000
@@ -51,11 +54,27 @@ class StacCatalogue:
     PAGE_SIZE = DEFAULT_PAGE_SIZE  # asked for unless the service is known to refuse it
 
     def __init__(self, url: str, session: requests.Session, page_size: int = PAGE_SIZE,
-                 limits: CatalogueLimits = CatalogueLimits()):
+                 limits: CatalogueLimits = CatalogueLimits(), fields: str = "off"):
         self.url = url if url.endswith("/") else url + "/"
         self._request = JsonRequester(session, limits)
         self._page_size = max(1, page_size)
         self._post_search = True
+        # fields "auto": the fields extension where the API conforms to it (None: not known yet)
+        self._fields: bool | None = None if fields == "auto" else False
+
+    @property
+    def uses_fields(self) -> bool:
+        """Whether searches ask for fields (the conformance classes are read once, on first use)."""
+        if self._fields is None:
+            self._fields = conforms_to_fields(self._request, self.url)
+        return self._fields
+
+    def assume_fields(self, known: object) -> None:
+        """What an earlier look at the conformance classes found (ignored unless a bool)."""
+        if self._fields is None and isinstance(known, bool):
+            self._fields = known
+
+    trims_records = uses_fields  # listed records are then trimmed: record() gives the full one
 
     @property
     def requests_made(self) -> int:
@@ -96,19 +115,59 @@ class StacCatalogue:
         if not nonempty:
             return []
         size = self._page_size if limit is None else max(1, min(self._page_size, limit))
+        if limit is None and start is not None and end is not None and end - start > LONG_RANGE:
+            # A month of whole items in pages of 1000 parses into hundreds of MB at once, and
+            # the RAM stays with the process: smaller pages keep the daemon small (a day fits one).
+            size = min(size, LONG_RANGE_PAGE_SIZE)
         selection = ProductSelection(start, end, flt, limit)
-        for raw in self._search(collection, start, end, flt, size):
+        fields = TREE_FIELDS if limit is None and self.uses_fields else None
+        for raw in self._search(collection, start, end, flt, size, fields, ahead=limit is None):
             props = properties_of(raw)
-            product = parse_item(raw, collection.id)
+            product = parse_item(raw, collection.id, with_record=fields is None)
             if selection.add(product, to_float(props.get("eo:cloud_cover")), item_tile_id(props)):
                 break
         log.debug("STAC %s %s..%s: %d products, %d requests so far",
                   shown(collection.remote_id), start, end, len(selection.products), self.requests_made)
         return selection.products
 
+    def acquisitions(self, collection: Collection, start: datetime | None, end: datetime | None,
+                     flt: Filter | None = None) -> list[datetime] | None:
+        """Acquisition times of the products in [start, end], from items that carry ids and
+        dates only; None where the service offers no such answer (no fields extension)."""
+        if not self.uses_fields:
+            return None
+        start, end, nonempty = query_range(start, end, flt)
+        if not nonempty:
+            return []
+        selection = ProductSelection(start, end, flt, None)
+        for raw in self._search(collection, start, end, flt, self._page_size, INDEX_FIELDS):
+            props = properties_of(raw)
+            item_id = raw.get("id")
+            when = parse_datetime(props.get("datetime")) or parse_datetime(props.get("start_datetime"))
+            if not isinstance(item_id, str) or not item_id or when is None:
+                continue
+            title = props.get("title") if isinstance(props.get("title"), str) else item_id
+            selection.add(Product(item_id, title, collection.id, when, item_id),
+                          to_float(props.get("eo:cloud_cover")), item_tile_id(props))
+        return [p.datetime for p in selection.products]
+
+    def record(self, collection: Collection, item_id: str) -> str | None:
+        """The full record of one item (GET .../items/{id}); None when the service has none."""
+        url = f"{self.url}collections/{quote(collection.remote_id, safe='')}/items/{quote(item_id, safe='')}"
+        try:
+            raw = self._request("GET", url)
+        except CatalogueHTTPError as e:
+            if e.status == 404:
+                return None
+            raise
+        if not isinstance(raw, dict) or raw.get("id") != item_id:
+            raise CatalogueError(f"STAC answered another item for {shown(item_id, 200)}")
+        return record_text(raw)
+
     def _search(self, collection: Collection, start: datetime | None, end: datetime | None,
-                flt: Filter | None, size: int) -> Iterator[dict]:
-        state = _Walk(size=size)
+                flt: Filter | None, size: int, fields: dict | None = None,
+                ahead: bool = False) -> Iterator[dict]:
+        state = _Walk(size=size, fields=fields)
 
         def first() -> Any:
             def ask(n: int) -> Any:
@@ -116,7 +175,14 @@ class StacCatalogue:
                 return self._first_search(collection, start, end, flt, state)
 
             asked = state.size
-            page, used = first_page(ask, asked, f"STAC items of {collection.remote_id}")
+            try:
+                page, used = first_page(ask, asked, f"STAC items of {collection.remote_id}")
+            except CatalogueHTTPError as e:
+                if state.fields is None or e.status not in (400, 422):
+                    raise
+                log.info("STAC refused the fields extension (HTTP %d); asking for whole items", e.status)
+                self._fields, state.fields = False, None
+                page, used = first_page(ask, asked, f"STAC items of {collection.remote_id}")
             if used != asked:
                 self._page_size = used
             return page
@@ -131,7 +197,7 @@ class StacCatalogue:
             return self._follow(page, state)
 
         return walk_pages(first, next_page, _matched, f"STAC items of {collection.remote_id}",
-                          self._request.limits.max_pages)
+                          self._request.limits.max_pages, ahead=ahead)
 
     def _first_search(self, collection: Collection, start: datetime | None, end: datetime | None,
                       flt: Filter | None, state: "_Walk") -> Any:
@@ -143,6 +209,8 @@ class StacCatalogue:
             body["bbox"] = list(flt.bbox)
         if flt is not None and flt.cloud_cover_max is not None:
             body["query"] = {"eo:cloud_cover": {"lte": flt.cloud_cover_max}}
+        if state.fields is not None:
+            body["fields"] = state.fields
         if self._post_search:
             url = self.url + "search"
             state.seen.first_time("POST", url, body)
@@ -161,6 +229,8 @@ class StacCatalogue:
             params["datetime"] = body["datetime"]
         if "bbox" in body:
             params["bbox"] = ",".join(f"{v:g}" for v in body["bbox"])
+        if state.fields is not None:
+            params["fields"] = ",".join([*state.fields["include"], *("-" + k for k in state.fields["exclude"])])
         state.seen.first_time("GET", url, params)
         state.body = None
         return self._request("GET", url, params=params)
@@ -191,6 +261,7 @@ class _Walk:
     """What one paged walk remembers: page size, last POST body, requests sent."""
 
     size: int
+    fields: dict | None = None  # the fields extension's include/exclude, when asked
     body: dict | None = None
     seen: SeenRequests = field(default_factory=SeenRequests)
 
@@ -250,8 +321,9 @@ def parse_collection(raw: dict) -> Collection | None:
                       start=start, end=end)
 
 
-def parse_item(raw: dict, collection_id: str) -> Product | None:
-    """A STAC item as a Product; None (with a warning) when it is unusable."""
+def parse_item(raw: dict, collection_id: str, with_record: bool = True) -> Product | None:
+    """A STAC item as a Product; None (with a warning) when it is unusable. Without `with_record`
+    (an item trimmed by the fields extension: record() gives the whole one) its record is ""."""
     item_id = raw.get("id")
     props = raw.get("properties")
     if not isinstance(item_id, str) or not item_id or not isinstance(props, dict):
@@ -261,7 +333,7 @@ def parse_item(raw: dict, collection_id: str) -> Product | None:
     if when is None:
         log.warning("skipping STAC item %s: no datetime (or a malformed one)", shown(item_id, 200))
         return None
-    record = record_text(raw)
+    record = record_text(raw) if with_record else ""
     if record is None:
         log.warning("skipping STAC item %s: nested too deep", shown(item_id, 200))
         return None

@@ -122,6 +122,8 @@ class EmulatorApp:
     def _last_modified(archive: Archive) -> dict[str, datetime]:
         out: dict[str, datetime] = {}
         for c in archive.collections:
+            if c.stac_id in archive.generated:
+                continue  # its files carry no date here: served with the default Last-Modified
             for p in archive.products(c.stac_id):
                 when = p.updated or p.published or p.datetime
                 for f in p.files:
@@ -210,7 +212,8 @@ class EmulatorApp:
             # Catalogue handlers get the path after their prefix, with its leading slash.
             if kind == "stac":
                 from terrafs.emulator.stac import handle_stac
-                return handle_stac(request, self.archive, base_url, path[len("/stac"):] or "/")
+                return handle_stac(request, self.archive, base_url, path[len("/stac"):] or "/",
+                                   fields_extension=self.settings.stac_fields)
             if kind == "opensearch":
                 from terrafs.emulator.opensearch import handle_opensearch
                 return handle_opensearch(request, self.archive, base_url, path[len("/catalogue"):] or "/")
@@ -355,7 +358,7 @@ class EmulatorApp:
             return _json({"error": "limit, min_size and max_size must be integers"}, 400)
         layout = request.args.get("layout")
         collection = request.args.get("collection")
-        listed = self.archive.file_listing(request.host_url.rstrip("/"))
+        listed = self.archive.file_listing(request.host_url.rstrip("/"), collection)
         rows = [row for row in listed if min_size <= row["size"] <= max_size
                 and (layout is None or row["layout"] == layout)
                 and (collection is None or collection in (row["collection"], row["collection_urn"]))]

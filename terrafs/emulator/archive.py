@@ -2,13 +2,16 @@
 
 Contract shared by the catalogue side (stac.py, opensearch.py) and the server
 side (app.py, download.py). data.py builds an Archive (synthetic, deterministic).
+A collection may be generated on demand (a GeneratedCollection, e.g. daily.py's
+archive-size TOC): the catalogues then ask for a time window (products_between)
+or one product, and never walk all of it unless asked to.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Protocol
 
 _RESOLUTION_DIR = re.compile(r"^\d+M$")
 
@@ -73,11 +76,27 @@ class EmuCollection:
     in_stac: bool = True  # WorldCover is OpenSearch-only on the real platform
 
 
+class GeneratedCollection(Protocol):
+    """A collection whose products are made on demand (see daily.py)."""
+
+    stac_id: str
+
+    def products_between(self, start: datetime | None, end: datetime | None) -> list[EmuProduct]: ...
+
+    def all_products(self) -> list[EmuProduct]: ...
+
+    def product(self, product_id: str) -> EmuProduct | None: ...
+
+    def file(self, download_path: str) -> EmuFile | None: ...
+
+
 class Archive:
     """What the emulator serves. Products are sorted by (datetime, title)."""
 
-    def __init__(self, collections: list[EmuCollection], products: list[EmuProduct]):
+    def __init__(self, collections: list[EmuCollection], products: list[EmuProduct],
+                 generated: Iterable[GeneratedCollection] = ()):
         self.collections = list(collections)
+        self.generated = {g.stac_id: g for g in generated}
         self._by_collection: dict[str, list[EmuProduct]] = {c.stac_id: [] for c in collections}
         self._files: dict[str, EmuFile] = {}
         for p in sorted(products, key=lambda p: (p.datetime, p.title)):
@@ -93,11 +112,35 @@ class Archive:
         return None
 
     def products(self, collection_stac_id: str) -> list[EmuProduct]:
+        """Every product of a collection (a generated one makes them all: prefer products_between)."""
+        gen = self.generated.get(collection_stac_id)
+        if gen is not None:
+            return gen.all_products()
         return self._by_collection.get(collection_stac_id, [])
+
+    def products_between(self, collection_stac_id: str, start: datetime | None,
+                         end: datetime | None) -> list[EmuProduct]:
+        """Products that may meet [start, end] (None: open); callers still filter with overlaps()."""
+        gen = self.generated.get(collection_stac_id)
+        if gen is not None:
+            return gen.products_between(start, end)
+        return self._by_collection.get(collection_stac_id, [])
+
+    def product(self, collection_stac_id: str, product_id: str) -> EmuProduct | None:
+        gen = self.generated.get(collection_stac_id)
+        if gen is not None:
+            return gen.product(product_id)
+        return next((p for p in self._by_collection.get(collection_stac_id, []) if p.id == product_id), None)
 
     def file(self, download_path: str) -> EmuFile | None:
         """The file served at /download/<download_path>, or None."""
-        return self._files.get(download_path)
+        found = self._files.get(download_path)
+        if found is None:
+            for gen in self.generated.values():
+                found = gen.file(download_path)
+                if found is not None:
+                    break
+        return found
 
     def replace_file(self, new: EmuFile) -> EmuFile:
         """Serve and list `new` in place of the file at its download path; returns the one replaced."""
@@ -112,11 +155,16 @@ class Archive:
     def all_files(self) -> list[EmuFile]:
         return list(self._files.values())
 
-    def file_listing(self, base_url: str) -> list[dict[str, Any]]:
+    def file_listing(self, base_url: str, collection: str | None = None) -> list[dict[str, Any]]:
         """Every served file with where it is: download URL, platform path and
-        its path in terrafs's default layout (STAC and OpenSearch folder names)."""
+        its path in terrafs's default layout (STAC and OpenSearch folder names).
+        A generated collection is listed only when `collection` names it."""
         rows = []
         for c in self.collections:
+            if collection is not None and collection not in (c.stac_id, c.urn):
+                continue
+            if c.stac_id in self.generated and collection is None:
+                continue
             for p in self.products(c.stac_id):
                 for f in p.files:
                     below = f"{p.datetime:%Y/%m/%d}/{product_relpath(f.platform_path)}"

@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 DATA_VERSION = 2
 # small: the tests' archive; large: full-size Sentinel-2 bands (the read-path bench);
 # bench: large plus full-size raster layouts (4096 x 4096, >= 40 files per layout).
-PROFILES = ("small", "large", "bench")
+# archive: the small profile with the S2 TOC collection at the real archive's size
+# (about 100 products a day for three months, bytes made on demand: daily.py).
+PROFILES = ("small", "large", "bench", "archive")
 
 # (platform, acquisition time, relative orbit, tiles, product version) per S2 datatake.
 S2_DATATAKES = [
@@ -117,9 +119,11 @@ def _collections() -> list[EmuCollection]:
 
 
 def s2_product_fields(platform: str, stamp: str, rel_orbit: int, tile: str, title: str, ptype: str,
-                      collection: str, resolution: int | None = None, wms: str | None = None) -> dict:
-    """EmuProduct keywords of a Sentinel-2 product (tile geometry, orbits, MGRS)."""
-    epsg, ulx, uly = S2_TILES[tile]
+                      collection: str, resolution: int | None = None, wms: str | None = None,
+                      corner: tuple[int, float, float] | None = None) -> dict:
+    """EmuProduct keywords of a Sentinel-2 product (tile geometry, orbits, MGRS); `corner`
+    (EPSG, upper-left x, y) for a tile that S2_TILES does not have."""
+    epsg, ulx, uly = corner or S2_TILES[tile]
     when = stamp_time(stamp)
     bbox = lonlat_bounds(epsg, ulx, uly - S2_TILE_SIZE_M, ulx + S2_TILE_SIZE_M, uly)
     extra = {
@@ -153,13 +157,13 @@ def _plan_toc(profile: str) -> list[PlannedProduct]:
 
 
 def _toc_product(urn: str, sides: dict, platform: str, stamp: str, orbit: int, tile: str,
-                 version: str) -> PlannedProduct:
+                 version: str, corner: tuple[int, float, float] | None = None) -> PlannedProduct:
     stem = f"{platform}_{stamp}_{tile}"
     title = f"{stem}_TOC_{version}"
     when = stamp_time(stamp)
     rel_dir = f"TERRASCOPE_Sentinel2/TOC_V2/{when:%Y/%m/%d}/{title}"
     dl_dir = f"Sentinel2/TOC_V2/{when:%Y/%m/%d}/{title}"
-    epsg, ulx, uly = S2_TILES[tile]
+    epsg, ulx, uly = corner or S2_TILES[tile]
     files = []
     for band, res, dtype, group, category, key, roles in TOC_BANDS:
         if band == "CLOUDMASK" and version < "V220":
@@ -178,7 +182,7 @@ def _toc_product(urn: str, sides: dict, platform: str, stamp: str, orbit: int, t
                              title="QUICKLOOK", category="QUICKLOOK"))
     files.append(metadata_file(rel_dir, dl_dir, f"{title}.xml", title, urn, when))
     prod = s2_product_fields(platform, stamp, orbit, tile, title, "TOC", "terrascope-s2-toc-v2",
-                             wms=S2_WMS_LAYERS["TOC"])
+                             wms=S2_WMS_LAYERS["TOC"], corner=corner)
     return PlannedProduct(prod, files)
 
 
@@ -477,8 +481,14 @@ def build_archive(data_dir: Path, profile: str = "small", bulk_products: int = 0
         raise ValueError("bulk_products must be >= 0")
     root = Path(data_dir) / profile
     root.mkdir(parents=True, exist_ok=True)
-    planned = (_plan_toc(profile) + _plan_lai() + _plan_s1() + _plan_worldcover()
-               + shapes.plan_shapes() + layouts.plan_layouts(profile))
+    daily = []
+    if profile == "archive":
+        from terrafs.emulator.daily import DailyCollection
+
+        # Its templates live beside the profile's directory, which keeps only planned files.
+        daily.append(DailyCollection(Path(data_dir) / "archive-templates"))
+    planned = ([] if daily else _plan_toc(profile)) + (_plan_lai() + _plan_s1() + _plan_worldcover()
+               + shapes.plan_shapes() + layouts.plan_layouts("small" if daily else profile))
     sizes = _ensure_files(root, planned)
     products = []
     for pp in planned:
@@ -493,4 +503,4 @@ def build_archive(data_dir: Path, profile: str = "small", bulk_products: int = 0
         )
         products.append(EmuProduct(files=files, **pp.product))
     products.extend(_bulk_products(bulk_products))
-    return Archive(_collections() + shapes.collections() + layouts.collections(), products)
+    return Archive(_collections() + shapes.collections() + layouts.collections(), products, daily)

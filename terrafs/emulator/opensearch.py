@@ -438,7 +438,8 @@ def _products(request: Request, archive: Archive, base_url: str) -> Response:
     mep = _accessed_from(args)
     coll = archive.collection(args["collection"])
     keep = _product_filter(args, coll) if coll else None
-    matched = [p for p in archive.products(coll.stac_id) if keep(p)] if coll and keep else []
+    window = (_instant_param(args, "start", False), _instant_param(args, "end", True))
+    matched = [p for p in archive.products_between(coll.stac_id, *window) if keep(p)] if coll and keep else []
     sort = _sort_keys(args.get("sortKeys"))
     if sort:
         name, asc = sort

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 
 MTDA = "/data/MTDA/"
 TIFF = "image/tiff"
@@ -93,6 +94,7 @@ def stamp_time(stamp: str) -> datetime:
     return datetime.strptime(stamp, "%Y%m%dT%H%M%S").replace(microsecond=24000, tzinfo=UTC)
 
 
+@lru_cache(maxsize=4096)  # pure; the archive profile asks for the same tiles every few days
 def lonlat_bounds(epsg: int, left: float, bottom: float, right: float, top: float) -> tuple[float, float, float, float]:
     from rasterio.warp import transform_bounds
 

@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help=f"archive directory (default {DEFAULT_DATA})")
     p.add_argument("--profile", choices=PROFILES, default="small",
                    help="archive size: small (tests), large (full-size Sentinel-2 bands), "
-                        "bench (large plus 4096 x 4096 raster layouts, 40 files each)")
+                        "bench (large plus 4096 x 4096 raster layouts, 40 files each), "
+                        "archive (small, with S2 TOC at the real archive's size: ~100 products a day, "
+                        "2020-01..2020-03, bytes made on demand)")
     p.add_argument("--bulk", type=int, default=0, metavar="N", help="extra generated bulk products")
     p.add_argument("--log", type=Path, default=None, help="request log, JSON lines (default <data>/requests.jsonl)")
     p.add_argument("--access-token-lifetime", type=_nonneg, default=300.0, metavar="S")
@@ -113,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'not each answer\'s (default: loopback, no delay)')
     p.add_argument("--ignore-range", action="store_true", help="answer Range requests with 200 + whole body")
     p.add_argument("--no-retry-after", action="store_true", help="send 429 without Retry-After")
+    p.add_argument("--no-stac-fields", action="store_true",
+                   help="serve a STAC API without the fields extension (no item-search#fields conformance, "
+                        "`fields` ignored)")
     p.add_argument("--fault-rate", type=_rate, default=0.0,
                    help="share of download GETs given a fault of a kind drawn from --fault-kinds")
     p.add_argument("--fault-kinds", default=",".join(FAULT_KINDS), metavar="K,...",
@@ -136,6 +141,7 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         send_retry_after=not args.no_retry_after,
         fault_rate=args.fault_rate,
         fault_kinds=[k.strip() for k in args.fault_kinds.split(",") if k.strip()],
+        stac_fields=not args.no_stac_fields,
     )
 
 

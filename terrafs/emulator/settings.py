@@ -36,7 +36,8 @@ _NUMBER_FIELDS = ("access_token_lifetime", "refresh_token_lifetime", "error_rate
                   "latency", "bandwidth", "device_interval", "fault_rate", "stall_seconds",
                   "link_rtt", "link_bandwidth")
 _RATE_FIELDS = ("error_rate", "drop_rate", "fault_rate")
-_BOOL_FIELDS = ("ignore_range", "send_retry_after", "wrong_content_range", "catalogue_garbage", "link_shared")
+_BOOL_FIELDS = ("ignore_range", "send_retry_after", "wrong_content_range", "catalogue_garbage", "link_shared",
+                "stac_fields")
 
 
 @dataclass
@@ -61,6 +62,9 @@ class EmulatorSettings:
     send_retry_after: bool = True  # Retry-After on 429
     wrong_content_range: bool = False  # 206 for the range one byte later than asked (a broken proxy)
     catalogue_garbage: bool = False  # catalogue answers 200 with an HTML error page (a proxy in the way)
+    # The STAC API conforms to the fields extension (item-search#fields) and honours `fields`;
+    # False: a server without it (no conformance class, `fields` ignored).
+    stac_fields: bool = True
     # Mixed faults: this share of download GETs gets a fault of a kind drawn from fault_kinds.
     fault_rate: float = 0.0
     fault_kinds: list[str] = field(default_factory=lambda: list(FAULT_KINDS))

@@ -2,7 +2,8 @@
 
 handle_stac() answers one request below /stac: landing page, conformance,
 collections, items (current and older item form), GET and POST /search with
-token paging, datetime/bbox/ids, `query` and CQL2 `filter`. It also holds the
+token paging, datetime/bbox/ids, `query`, CQL2 `filter` and the fields extension
+(fields.py; handle_stac's fields_extension=False serves a STAC API without it). It also holds the
 small parsing helpers (instants, bboxes, JSON responses) that opensearch.py shares.
 
 It must not serve downloads or tokens, check authentication, or import anything
@@ -20,6 +21,7 @@ from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
+from terrafs.emulator import fields as fields_ext
 from terrafs.emulator.archive import Archive, EmuCollection, EmuFile, EmuProduct
 
 log = logging.getLogger(__name__)
@@ -296,8 +298,9 @@ def _properties(p: EmuProduct, base_url: str, old: bool) -> dict:
     return props
 
 
-def item_json(p: EmuProduct, coll: EmuCollection, base_url: str) -> dict:
-    """The STAC item of a product, in the collection's item form."""
+def item_json(p: EmuProduct, coll: EmuCollection, base_url: str, with_assets: bool = True) -> dict:
+    """The STAC item of a product, in the collection's item form (without its assets when
+    the fields asked for leave them out: they are most of an item's cost)."""
     old = coll.older_item_form
     root = _stac_root(base_url)
     doc: dict[str, Any] = {
@@ -321,6 +324,8 @@ def item_json(p: EmuProduct, coll: EmuCollection, base_url: str) -> dict:
             {"rel": "collection", "type": "application/json", "href": coll_url},
             {"rel": "root", "type": "application/json", "href": root},
         ]
+    if not with_assets:
+        return doc
     doc["assets"] = {f.asset_key: _asset(f, p, base_url, old) for f in p.files}
     wms = None if old else wms_preview_url(p, base_url)
     if wms:
@@ -356,7 +361,12 @@ def collection_json(c: EmuCollection, base_url: str) -> dict:
     }
 
 
-def _landing(base_url: str) -> dict:
+def conformance(fields_extension: bool = True) -> list[str]:
+    """The conformance classes served (without the fields class when that extension is off)."""
+    return [c for c in CONFORMANCE if fields_extension or c != fields_ext.CONFORMANCE_CLASS]
+
+
+def _landing(base_url: str, fields_extension: bool = True) -> dict:
     root = _stac_root(base_url)
     return {
         "type": "Catalog",
@@ -364,7 +374,7 @@ def _landing(base_url: str) -> dict:
         "title": "Terrascope",
         "description": "Terrascope STAC API",
         "stac_version": "1.0.0",
-        "conformsTo": CONFORMANCE,
+        "conformsTo": conformance(fields_extension),
         "links": [
             {"rel": "self", "type": "application/json", "href": root},
             {"rel": "root", "type": "application/json", "href": root},
@@ -594,8 +604,14 @@ def _query_ext_match(query: dict, item: dict) -> bool:
 # Searching
 
 
-def _search(archive: Archive, base_url: str, params: dict) -> tuple[list[dict], int, int]:
+def _search(archive: Archive, base_url: str, params: dict, fields_extension: bool = True
+            ) -> tuple[list[dict], int, int]:
     """-> (items of the page, number matched, offset of the next page or -1)."""
+    try:
+        # A server without the extension ignores the parameter, as stac-fastapi does.
+        fields = fields_ext.parse_fields(params.get("fields")) if fields_extension else None
+    except fields_ext.FieldsError as exc:
+        raise BadRequest(str(exc)) from None
     collections = _as_list(params.get("collections"))
     if collections:
         cols = [c for c in (archive.collection(k) for k in collections) if c is not None and c.in_stac]
@@ -634,7 +650,12 @@ def _search(archive: Archive, base_url: str, params: dict) -> tuple[list[dict], 
 
     matched: list[tuple[EmuProduct, EmuCollection]] = []
     for c in cols:
-        for p in archive.products(c.stac_id):
+        if ids and c.stac_id in archive.generated:
+            # A generated collection finds ids without making every day's products.
+            candidates = [p for p in (archive.product(c.stac_id, i) for i in sorted(ids)) if p is not None]
+        else:
+            candidates = archive.products_between(c.stac_id, start, end)
+        for p in candidates:
             if ids and p.id not in ids:
                 continue
             if not p.overlaps(start, end):
@@ -654,7 +675,8 @@ def _search(archive: Archive, base_url: str, params: dict) -> tuple[list[dict], 
     _sort(matched, _parse_sortby(params.get("sortby")))
     page = matched[offset:offset + limit]
     nxt = offset + limit if offset + limit < len(matched) else -1
-    return [item_json(p, c, base_url) for p, c in page], len(matched), nxt
+    assets = fields is None or fields.keeps("assets")
+    return [fields_ext.apply(item_json(p, c, base_url, assets), fields) for p, c in page], len(matched), nxt
 
 
 def _filter_param(params: dict) -> Any:
@@ -709,8 +731,9 @@ def _get_next_link(url: str, request: Request, token: str) -> dict:
     return {"rel": "next", "type": GEOJSON, "method": "GET", "href": url + "?" + urlencode(pairs)}
 
 
-def _search_get(request: Request, archive: Archive, base_url: str, url: str, params: dict) -> Response:
-    items, matched, nxt = _search(archive, base_url, params)
+def _search_get(request: Request, archive: Archive, base_url: str, url: str, params: dict,
+                fields_extension: bool = True) -> Response:
+    items, matched, nxt = _search(archive, base_url, params, fields_extension)
     root = _stac_root(base_url)
     links = [{"rel": "root", "type": "application/json", "href": root},
              {"rel": "self", "type": GEOJSON, "href": request.url}]
@@ -719,14 +742,14 @@ def _search_get(request: Request, archive: Archive, base_url: str, url: str, par
     return json_response(_item_collection(items, matched, links), content_type=GEOJSON)
 
 
-def _search_post(request: Request, archive: Archive, base_url: str) -> Response:
+def _search_post(request: Request, archive: Archive, base_url: str, fields_extension: bool = True) -> Response:
     try:
         body = json.loads(request.get_data(as_text=True) or "{}")
     except ValueError:
         raise BadRequest("Request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("Request body must be a JSON object")
-    items, matched, nxt = _search(archive, base_url, body)
+    items, matched, nxt = _search(archive, base_url, body, fields_extension)
     root = _stac_root(base_url)
     links = [{"rel": "root", "type": "application/json", "href": root},
              {"rel": "self", "type": GEOJSON, "href": root + "search"}]
@@ -760,25 +783,25 @@ def _stac_collection(archive: Archive, cid: str) -> EmuCollection:
     return c
 
 
-def _route(request: Request, archive: Archive, base_url: str, subpath: str) -> Response:
+def _route(request: Request, archive: Archive, base_url: str, subpath: str, fx: bool) -> Response:
     parts = [p for p in subpath.split("/") if p]
     method = request.method
     root = _stac_root(base_url)
     if method not in ("GET", "HEAD") and parts != ["search"]:
         raise BadRequest("Method not allowed", 405, "MethodNotAllowed")
     if not parts:
-        return json_response(_landing(base_url))
+        return json_response(_landing(base_url, fx))
     if parts == ["conformance"]:
-        return json_response({"conformsTo": CONFORMANCE})
+        return json_response({"conformsTo": conformance(fx)})
     if parts == ["queryables"]:
         return json_response(_queryables(base_url, None), content_type="application/schema+json")
     if parts in (["_mgmt", "ping"], ["_mgmt", "health"]):
         return json_response({"message": "PONG"})
     if parts == ["search"]:
         if method == "POST":
-            return _search_post(request, archive, base_url)
+            return _search_post(request, archive, base_url, fx)
         if method in ("GET", "HEAD"):
-            return _search_get(request, archive, base_url, root + "search", _get_params(request))
+            return _search_get(request, archive, base_url, root + "search", _get_params(request), fx)
         raise BadRequest("Method not allowed", 405, "MethodNotAllowed")
     if parts[0] != "collections":
         raise BadRequest(f"Not found: /stac{subpath}", 404, "NotFoundError")
@@ -793,19 +816,22 @@ def _route(request: Request, archive: Archive, base_url: str, subpath: str) -> R
         params = _get_params(request)
         params["collections"] = c.stac_id
         params.pop("ids", None)
-        return _search_get(request, archive, base_url, f"{root}collections/{c.stac_id}/items", params)
+        return _search_get(request, archive, base_url, f"{root}collections/{c.stac_id}/items", params, fx)
     if parts[2] == "items" and len(parts) == 4:
-        for p in archive.products(c.stac_id):
-            if p.id == parts[3]:
-                return json_response(item_json(p, c, base_url), content_type=GEOJSON)
+        found = archive.product(c.stac_id, parts[3])
+        if found is not None:
+            return json_response(item_json(found, c, base_url), content_type=GEOJSON)
         raise BadRequest(f"Item {parts[3]} in collection {c.stac_id} not found", 404, "NotFoundError")
     raise BadRequest(f"Not found: /stac{subpath}", 404, "NotFoundError")
 
 
-def handle_stac(request: Request, archive: Archive, base_url: str, subpath: str) -> Response:
-    """Answer one STAC API request; `subpath` is the path after "/stac" ("/", "/search", ...)."""
+def handle_stac(request: Request, archive: Archive, base_url: str, subpath: str,
+                fields_extension: bool = True) -> Response:
+    """Answer one STAC API request; `subpath` is the path after "/stac" ("/", "/search", ...).
+    fields_extension=False: a server without the fields extension (no conformance class,
+    `fields` ignored)."""
     try:
-        return _route(request, archive, base_url.rstrip("/"), subpath or "/")
+        return _route(request, archive, base_url.rstrip("/"), subpath or "/", fields_extension)
     except BadRequest as exc:
         log.info("STAC %s %s -> %d: %s", request.method, subpath, exc.status, exc.description)
         return json_response({"code": exc.code, "description": exc.description}, status=exc.status)
