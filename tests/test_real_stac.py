@@ -96,6 +96,10 @@ def test_the_tree_through_a_real_stac_server_equals_the_tree_through_the_emulato
     expected_records = records(through_emulator.path, expected)
     assert expected_records, "no product folder has a record"
     assert records(through_pgstac.path, seen) == expected_records
+    if fields == "auto":  # pgstac conforms to the fields extension: the client must have used it
+        log = through_pgstac.log_text()
+        assert "conforms to the fields extension" in log and "refused the fields extension" not in log, \
+            "the mount did not ask the real server with the fields extension"
 
 
 def test_the_mount_asks_the_real_server_and_not_the_emulator_for_the_catalogue(
