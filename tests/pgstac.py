@@ -90,6 +90,7 @@ class PgStacServer:
         self.api: subprocess.Popen | None = None
         self.pg_started = False
         self.loaded_from: str | None = None
+        self.counts = (0, 0)  # collections and items of the last load
         self.start_seconds = 0.0
         self.load_seconds = 0.0
         # As root, PostgreSQL's programs run as `postgres`, which must own the cluster's directory.
