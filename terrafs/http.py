@@ -28,7 +28,7 @@ from requests.auth import AuthBase
 
 from . import __version__
 from .errors import AuthError, FetchError
-from .ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
+from .limiter import DEFAULT_MAX_PAUSE, Limiter
 from . import scope as _scope
 from .scope import CredentialScope
 from .text import parse_content_range, redact_url
@@ -126,7 +126,7 @@ class Downloader:
     def __init__(
         self,
         auth: AuthBase | None,
-        limiter: RateLimiter | None,
+        limiter: Limiter | None,
         *,
         retries: int = 4,
         timeout: tuple[float, float] = (10, 60),

@@ -30,7 +30,8 @@ from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.listings import ListingStore, NoPickleDisk
 from terrafs.localfs import FolderUnusable, private_dir
-from terrafs.ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
+from terrafs.limiter import DEFAULT_MAX_PAUSE, Limiter
+from terrafs.ratelimit import RateLimiter
 from terrafs.read import Reader
 from terrafs.scope import CredentialScope, unlisted_hosts_note
 from terrafs.text import Origin, origin_of, redact_url, strip_userinfo
@@ -266,7 +267,7 @@ def open_block_cache(config: Config) -> BlockCache | MemoryOnlyCache:
         return MemoryOnlyCache(config.block_size, f"{config.cache_dir}: {exc}")
 
 
-def make_limiter(config: Config) -> RateLimiter:
+def make_limiter(config: Config) -> Limiter:
     if isinstance(config.rate_limit_state, str):
         return make_redis_limiter(config)
     return RateLimiter(config.rate_limits, state_path=config.rate_limit_state,
@@ -277,7 +278,7 @@ def make_limiter(config: Config) -> RateLimiter:
 LOCAL_STATE = Path("~/.cache/terrafs/ratelimit.state")
 
 
-def make_redis_limiter(config: Config) -> RateLimiter:
+def make_redis_limiter(config: Config) -> Limiter:
     """One budget for every process that names the same Redis (rate_limit_state: redis://...)."""
     try:
         from terrafs.ratelimit_redis import RedisRateLimiter
@@ -285,7 +286,7 @@ def make_redis_limiter(config: Config) -> RateLimiter:
         raise ConfigError(f"rate_limit_state names a Redis server, which needs the cluster extra "
                           f"(pip install 'terrafs[cluster]'): {exc}") from None
     # (RateLimiter makes the state file's folder, as for a local budget.)
-    return RedisRateLimiter(config.rate_limits, str(config.rate_limit_state),  # type: ignore[return-value]
+    return RedisRateLimiter(config.rate_limits, str(config.rate_limit_state),
                             fallback_path=LOCAL_STATE.expanduser(), max_pause=config.rate_limit_max_pause)
 
 

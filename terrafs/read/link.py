@@ -113,7 +113,7 @@ class Gauges:
         if not self._measured:  # a downloader that cannot be timed: the policy's fixed prices
             return dataclasses.replace(self._assumed, kernel_ahead=self.kernel.ahead())
         ask = getattr(self._limiter, "budget", None)
-        budget = ask() if callable(ask) else DOCUMENTED
+        budget = (ask() if callable(ask) else None) or DOCUMENTED
         return Conditions(self.link.now(), budget, self.kernel.ahead())
 
     def answer(self, it: Iterable[bytes], check: Callable[[object], None],
