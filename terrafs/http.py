@@ -55,6 +55,18 @@ class RemoteInfo:
     last_modified: str | None
 
 
+@dataclass(frozen=True)
+class DownloadStats:
+    """Requests sent (retries, redirect hops, resends) and responses by status; the rest got none."""
+
+    requests: int
+    by_status: dict[str, int]
+
+    @property
+    def unanswered(self) -> int:
+        return max(0, self.requests - sum(self.by_status.values()))
+
+
 def parse_retry_after(value: str | None, now: float | None = None,
                       limit: float = DEFAULT_MAX_PAUSE) -> float | None:
     """Retry-After as seconds from now, at most `limit`: delta-seconds or an HTTP date;
@@ -160,6 +172,10 @@ class Downloader:
 
     def __repr__(self) -> str:
         return f"Downloader(auth={self.auth!r}, limiter={self.limiter!r})"
+
+    def stats(self) -> DownloadStats:
+        with self._count_lock:
+            return DownloadStats(self.requests_made, dict(self.statuses))
     def close(self) -> None:
         self.session.close()
 

@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any, Iterator
 
 from terrafs.errors import TerrafsError
+from terrafs.limiter import LimiterStats
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,11 @@ class Figures:
     @_guarded({})
     def downloads(self) -> dict[str, int]:
         """Download requests by status; 'none' for those that got no response (connection failures)."""
-        dl = getattr(self.daemon, "downloader", None)
-        by_status = dict(getattr(dl, "statuses", {}) or {})
-        unanswered = getattr(dl, "requests_made", 0) - sum(by_status.values())
-        if unanswered > 0:
-            by_status["none"] = unanswered
-        return by_status
+        dl = self.daemon.downloader
+        if dl is None:
+            return {}
+        stats = dl.stats()
+        return {**stats.by_status, **({"none": stats.unanswered} if stats.unanswered else {})}
 
     @_guarded({})
     def reader(self) -> dict[str, Any]:
@@ -87,10 +87,10 @@ class Figures:
         blocks = getattr(self.daemon, "blocks", None)
         return blocks.stats() if blocks is not None else {}
 
-    @_guarded({})
-    def limiter(self) -> dict[str, float]:
-        lim = getattr(getattr(self.daemon, "downloader", None), "limiter", None)
-        return {k: getattr(lim, k) for k in ("waited_seconds", "waits", "waiting") if hasattr(lim, k)}
+    @_guarded(None)
+    def limiter(self) -> LimiterStats | None:
+        dl = self.daemon.downloader
+        return dl.limiter.stats() if dl is not None and dl.limiter is not None else None
 
     @_guarded(None)
     def renewals(self) -> int | None:
@@ -142,17 +142,19 @@ def _families(f: Figures) -> Iterator[Any]:
     yield cat
 
 
-def _limiter_families(lim: dict[str, float]) -> Iterator[Any]:
+def _limiter_families(lim: LimiterStats | None) -> Iterator[Any]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    if "waited_seconds" in lim:
-        yield CounterMetricFamily("terrafs_limiter_wait_seconds", "Time download requests waited for the "
-                                  "rate limiter", value=lim["waited_seconds"])
-    if "waits" in lim:
-        yield CounterMetricFamily("terrafs_limiter_waits", "Download requests that had to wait", value=lim["waits"])
-    if "waiting" in lim:
-        yield GaugeMetricFamily("terrafs_limiter_queue", "Download requests waiting for the limiter now",
-                                value=lim["waiting"])
+    if lim is None:
+        return
+    yield CounterMetricFamily("terrafs_limiter_wait_seconds", "Time download requests waited for the "
+                              "rate limiter", value=lim.waited_seconds)
+    yield CounterMetricFamily("terrafs_limiter_waits", "Download requests that had to wait", value=lim.waits)
+    yield GaugeMetricFamily("terrafs_limiter_queue", "Download requests waiting for the limiter now",
+                            value=lim.waiting)
+    if lim.shared is not None:
+        yield GaugeMetricFamily("terrafs_limiter_shared", "1 while the download budget is the one shared "
+                                "through Redis, 0 while its local fallback stands in", value=int(lim.shared))
 
 
 def _shared_families(r: dict[str, Any]) -> Iterator[Any]:
