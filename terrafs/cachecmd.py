@@ -41,21 +41,21 @@ def cmd_cache(args, load) -> int:
             return 0
         s = blocks.stats()
         print(f"cache folder: {config.cache_dir}")
-        print(f"size:         {_human(s['size'])} of {_human(config.cache_size)}")
-        print(f"blocks:       {s['entries']}")
-        print(f"hit rate:     {s['hit_rate'] * 100:.1f}% ({s['hits']} hits, {s['misses']} misses)")
+        print(f"size:         {_human(s.size)} of {_human(config.cache_size)}")
+        print(f"blocks:       {s.entries}")
+        print(f"hit rate:     {s.hit_rate * 100:.1f}% ({s.hits} hits, {s.misses} misses)")
         print(f"listings:     {len(meta)} entries")
-        if s.get("degraded"):
-            print(f"degraded:     {s['degraded']}")
-        for d in live:
+        if s.degraded:
+            print(f"degraded:     {s.degraded}")
+        for d in live:  # each daemon's figures: control.py sends them as nested objects (read/stats.py)
             reader = d.get("reader") or {}
             print(f"mounted:      {d['mountpoint']} (pid {d['pid']}){_served(reader)}")
-            if "shared_hits" in reader:
-                print(f"shared tier:  {reader['shared_hits']} hits, {reader['shared_misses']} misses, "
-                      f"{_human(reader['shared_bytes_read'])} read, {_human(reader['shared_bytes_written'])} "
-                      f"written, {reader['shared_waits']} waits ({reader['shared_wait_seconds']:.1f} s)"
-                      f"{'' if reader.get('shared_available', True) else ', Redis away'}")
-            why = reader.get("cache_degraded") or (d.get("cache") or {}).get("degraded")
+            if sh := reader.get("shared"):
+                print(f"shared tier:  {sh['hits']} hits, {sh['misses']} misses, "
+                      f"{_human(sh['bytes_read'])} read, {_human(sh['bytes_written'])} "
+                      f"written, {sh['waits']} waits ({sh['wait_seconds']:.1f} s)"
+                      f"{'' if sh.get('available', True) else ', Redis away'}")
+            why = (reader.get("write_behind") or {}).get("degraded") or (d.get("cache") or {}).get("degraded")
             if why:
                 print(f"degraded:     {why}")
         if not live:
@@ -80,7 +80,8 @@ def _live_daemons(cache_dir: Path) -> list[dict]:
 def _served(r: dict) -> str:
     if "bytes_from_network" not in r:
         return ""
-    return (f": {r.get('hits', 0)} hits, {r.get('misses', 0)} misses, {_human(r.get('bytes_from_cache', 0))} "
+    held = r.get("held") or {}
+    return (f": {held.get('hits', 0)} hits, {held.get('misses', 0)} misses, {_human(held.get('bytes_from_cache', 0))} "
             f"from the cache, {_human(r['bytes_from_network'])} from the network, "
             f"{r.get('open_streams', 0)} open streams")
 

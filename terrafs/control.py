@@ -17,6 +17,7 @@ trust a runtime folder it did not make, or let a client's error end the mount.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -212,10 +213,10 @@ def handlers(daemon, config, mountpoint: Path) -> dict[str, Callable[[dict, Call
     """The requests a mount's daemon answers, bound to its tree, files, reader and cache."""
 
     def stats(request: dict, send: Callable[[dict], None]) -> None:
-        reader_stats = getattr(daemon.reader, "stats", None)  # Reader.stats() is new with the read path v2
+        # The parts' typed figures (blockcache.BlockCacheStats, read/stats.ReaderStats) as nested objects.
         send({"event": "stats", "mountpoint": str(mountpoint), "pid": os.getpid(),
-              "cache_dir": str(config.cache_dir), "cache": daemon.blocks.stats(),
-              "reader": reader_stats() if callable(reader_stats) else {}})
+              "cache_dir": str(config.cache_dir), "cache": dataclasses.asdict(daemon.blocks.stats()),
+              "reader": dataclasses.asdict(daemon.reader.stats())})
 
     def prefetch(request: dict, send: Callable[[dict], None]) -> None:
         paths = request.get("paths")

@@ -30,6 +30,7 @@ from terrafs.read.sharedtier import SharedMeta, SharedTier
 
 __all__ = ["Lookup", "SharedTier"]
 from terrafs.read.spool import Spooled
+from terrafs.read.stats import HeldStats
 from terrafs.read.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
@@ -206,12 +207,8 @@ class Lookup:
         self.wb.close()
         self.ahead.close()
 
-    def stats(self) -> dict:
-        """Hits and bytes from the cache, the writer's health, and what RAM holds."""
-        out = self.counts.snapshot()
-        out.update(self.wb.stats())
-        out["hot_bytes"] = self.hot.bytes
-        out["hot_open_files"] = self.hot.open_files
-        if self.shared is not None:
-            out.update(self.shared.stats())
-        return out
+    def stats(self) -> HeldStats:
+        """Units found held or not, bytes served from them, and what RAM holds."""
+        c = self.counts.snapshot()
+        return HeldStats(int(c["hits"]), int(c["misses"]), int(c["bytes_from_cache"]), self.hot.bytes,
+                         self.hot.open_files)

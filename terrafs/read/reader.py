@@ -40,6 +40,7 @@ from terrafs.read.lookup import Counters, Lookup, SharedTier
 from terrafs.read.policy import Facts, Plan, ReadPolicy, plan
 from terrafs.read.remote import Downloader, RemoteFile, Units, blocks_of, pieces_of, unit_keys
 from terrafs.read.spool import Spooled
+from terrafs.read.stats import ReaderStats
 from terrafs.read.streams import Stream, Streams
 from terrafs.read.writebehind import WriteBehind
 
@@ -149,13 +150,11 @@ class Reader:
         """Wait until every block fetched so far is in the disk cache (or given up)."""
         self._held.flush()
 
-    def stats(self) -> dict:
-        """Live figures: bytes by source, open streams, RAM held, the cache's health."""
-        out = self._counts.snapshot()
-        out.update(self._held.stats())
-        out["open_streams"] = self._streams.count()
-        out.update(self._gauges.stats())
-        return out
+    def stats(self) -> ReaderStats:
+        """Live figures: bytes by source, open streams, RAM held, the cache writer's health, the link."""
+        c, held = self._counts.snapshot(), self._held
+        return ReaderStats(int(c["reads"]), int(c["bytes_from_network"]), self._streams.count(), held.stats(),
+                           held.wb.stats(), self._gauges.stats(), held.shared.stats() if held.shared else None)
 
     # -- planning -------------------------------------------------------------
 

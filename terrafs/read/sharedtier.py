@@ -51,6 +51,7 @@ except ImportError:  # the cluster extra is not installed: mount.make_shared_tie
 
 from terrafs.counters import Counters
 from terrafs.read.remote import RemoteFile, Units
+from terrafs.read.stats import SharedTierStats
 
 log = logging.getLogger(__name__)
 
@@ -363,10 +364,9 @@ class SharedTier:
                 self.counts.add("shared_puts", 1)
                 self.counts.add("shared_bytes_written", len(data))
 
-    def stats(self) -> dict:
-        out: dict[str, Any] = self.counts.snapshot()
-        out["shared_available"] = self.available
-        return out
+    def stats(self) -> SharedTierStats:
+        counts = {k.removeprefix("shared_"): v for k, v in self.counts.snapshot().items()}
+        return SharedTierStats(**counts, available=bool(self.available))  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._queue.put(None)
