@@ -6,7 +6,8 @@ only when it fits in EVERY window (the documented service limits are
 80 requests / 10 s and 200 requests / 60 s per client IP), so all mounts and
 `terrafs` commands of one user share one budget through a small state file.
 It must not know anything about HTTP: http.py calls `acquire` and, after a 429,
-`pause`.
+`pause` (the limiter.Limiter protocol; the waiting loop is limiter.Waiters,
+shared with the Redis budget, and `take` is the one try it repeats).
 
 Why hand-written and not a library: `limits` only offers shared storage through
 servers (Redis, Memcached, MongoDB, Etcd), nothing file-based for processes on one

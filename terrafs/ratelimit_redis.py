@@ -2,8 +2,8 @@
 
 `rate_limit_state: redis://HOST:PORT/DB` (rediss:// for TLS, a password in the
 URL) makes mount.make_limiter build a RedisRateLimiter instead of the file-based
-RateLimiter. http.Downloader uses either through the same calls: acquire(urgent),
-pause(seconds), wait_time(urgent).
+RateLimiter. Both are a limiter.Limiter, and both admit a request through the
+one acquire loop there (limiter.Waiters); this module gives it one try at a time.
 
 What it keeps of the local limiter, across hosts:
 - Every window in one atomic step on the Redis server's clock: one short
