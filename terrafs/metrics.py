@@ -97,8 +97,8 @@ class Figures:
 
     @_guarded(None)
     def renewals(self) -> int | None:
-        manager = getattr(self.auth, "manager", None)
-        return getattr(manager, "renewals", None)
+        manager = getattr(self.auth, "manager", None)  # Bearer auth has a token manager; Basic auth has none
+        return manager.stats().renewals if manager is not None else None
 
 
 def _families(f: Figures) -> Iterator[Any]:
