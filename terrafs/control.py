@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from terrafs.errors import TerrafsError
-from terrafs.read.prefetch import PrefetchTarget, cached_bytes, prefetch
+from terrafs.read.prefetch import PrefetchTarget, prefetch
 
 log = logging.getLogger(__name__)
 
