@@ -24,8 +24,8 @@ from mounting import write_config
 from support import sha256, source_of
 from terrafs.blockcache import BlockCache
 from terrafs.control import ask, socket_path
-from terrafs.read.prefetch import cached_bytes
 from terrafs.files import RemoteFile, file_key  # files names the read path's module, wherever it lives
+from terrafs.read.prefetch import cached_bytes
 
 HELPER_LINK = Path("/sbin/mount.terrafs")
 
