@@ -46,6 +46,11 @@ class BasicAuth(HTTPBasicAuth):
 
 
 @dataclass(frozen=True)
+class AuthStats:
+    renewals: int  # access tokens the token endpoint granted (metrics)
+
+
+@dataclass(frozen=True)
 class _Token:
     access: str
     expires_at: float
@@ -112,6 +117,10 @@ class TokenManager:
     def __repr__(self) -> str:
         return (f"TokenManager(token_url={self.token_url!r}, client_id={self.client_id!r}, "
                 f"username={self.username!r}, password=***, token=***)")
+
+    def stats(self) -> AuthStats:
+        # Bumped under the lock, read without it: a scrape must not wait for a token request in flight.
+        return AuthStats(self.renewals)
 
     def access_token(self) -> str:
         """A valid access token, renewed first when it is (nearly) expired."""

@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -73,6 +74,21 @@ class _BlockDisk(diskcache.Disk):
 def _tag(data: bytes, stored: float) -> str:
     # Length, checksum and store time, kept atomically with the row.
     return f"{len(data)}:{zlib.crc32(data)}:{int(stored)}"
+
+
+@dataclass(frozen=True)
+class BlockCacheStats:
+    """size (bytes on disk), entries (blocks), hits and misses (persisted across runs)."""
+
+    size: int
+    entries: int
+    hits: int
+    misses: int
+    degraded: str | None = None  # why there is no disk cache (MemoryOnlyCache)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / (self.hits + self.misses) if self.hits + self.misses else 0.0
 
 
 class DiskBlock:
@@ -282,19 +298,10 @@ class BlockCache:
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:  # counters never fail a read
             log.debug("cache counters not written: %s", exc)
 
-    def stats(self) -> dict:
-        """size (bytes on disk), entries (blocks), hits, misses, hit_rate (persisted across runs)."""
+    def stats(self) -> BlockCacheStats:
         self._flush_counters()
-        hits = int(self._meta.get(_HITS, 0))
-        misses = int(self._meta.get(_MISSES, 0))
-        total = hits + misses
-        return {
-            "size": self._blocks.volume(),
-            "entries": len(self._blocks),
-            "hits": hits,
-            "misses": misses,
-            "hit_rate": hits / total if total else 0.0,
-        }
+        return BlockCacheStats(self._blocks.volume(), len(self._blocks), int(self._meta.get(_HITS, 0)),
+                               int(self._meta.get(_MISSES, 0)))
 
     def clear(self) -> None:
         """Remove every block, every metadata entry and the counters."""
@@ -351,8 +358,8 @@ class MemoryOnlyCache:
     def set_meta(self, key: str, value: Any) -> None:
         self._meta[key] = value
 
-    def stats(self) -> dict:
-        return {"size": 0, "entries": 0, "hits": 0, "misses": 0, "hit_rate": 0.0, "degraded": self.reason}
+    def stats(self) -> BlockCacheStats:
+        return BlockCacheStats(0, 0, 0, 0, self.reason)
 
     def close(self) -> None:
         return None

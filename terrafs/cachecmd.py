@@ -41,21 +41,21 @@ def cmd_cache(args, load) -> int:
             return 0
         s = blocks.stats()
         print(f"cache folder: {config.cache_dir}")
-        print(f"size:         {_human(s['size'])} of {_human(config.cache_size)}")
-        print(f"blocks:       {s['entries']}")
-        print(f"hit rate:     {s['hit_rate'] * 100:.1f}% ({s['hits']} hits, {s['misses']} misses)")
+        print(f"size:         {_human(s.size)} of {_human(config.cache_size)}")
+        print(f"blocks:       {s.entries}")
+        print(f"hit rate:     {s.hit_rate * 100:.1f}% ({s.hits} hits, {s.misses} misses)")
         print(f"listings:     {len(meta)} entries")
-        if s.get("degraded"):
-            print(f"degraded:     {s['degraded']}")
-        for d in live:
+        if s.degraded:
+            print(f"degraded:     {s.degraded}")
+        for d in live:  # each daemon's figures: control.py sends them as nested objects (read/stats.py)
             reader = d.get("reader") or {}
             print(f"mounted:      {d['mountpoint']} (pid {d['pid']}){_served(reader)}")
-            if "shared_hits" in reader:
-                print(f"shared tier:  {reader['shared_hits']} hits, {reader['shared_misses']} misses, "
-                      f"{_human(reader['shared_bytes_read'])} read, {_human(reader['shared_bytes_written'])} "
-                      f"written, {reader['shared_waits']} waits ({reader['shared_wait_seconds']:.1f} s)"
-                      f"{'' if reader.get('shared_available', True) else ', Redis away'}")
-            why = reader.get("cache_degraded") or (d.get("cache") or {}).get("degraded")
+            if sh := reader.get("shared"):
+                print(f"shared tier:  {sh['hits']} hits, {sh['misses']} misses, "
+                      f"{_human(sh['bytes_read'])} read, {_human(sh['bytes_written'])} "
+                      f"written, {sh['waits']} waits ({sh['wait_seconds']:.1f} s)"
+                      f"{'' if sh.get('available', True) else ', Redis away'}")
+            why = (reader.get("write_behind") or {}).get("degraded") or (d.get("cache") or {}).get("degraded")
             if why:
                 print(f"degraded:     {why}")
         if not live:
@@ -80,7 +80,8 @@ def _live_daemons(cache_dir: Path) -> list[dict]:
 def _served(r: dict) -> str:
     if "bytes_from_network" not in r:
         return ""
-    return (f": {r.get('hits', 0)} hits, {r.get('misses', 0)} misses, {_human(r.get('bytes_from_cache', 0))} "
+    held = r.get("held") or {}
+    return (f": {held.get('hits', 0)} hits, {held.get('misses', 0)} misses, {_human(held.get('bytes_from_cache', 0))} "
             f"from the cache, {_human(r['bytes_from_network'])} from the network, "
             f"{r.get('open_streams', 0)} open streams")
 
@@ -122,9 +123,7 @@ def cmd_prefetch(args, load) -> int:
 def _prefetch_through(sock: Path, root: Path, paths: list[str], check: bool) -> int:
     from terrafs.control import ask
 
-    bar: _Progress | None = None
-    failed = 0
-    finished = False
+    show = _Events(check, str(root))
     events = ask(sock, {"op": "prefetch", "paths": paths, "check": check}, timeout=None)
     while True:
         try:  # only the socket's errors here: a closed stdout (`| head`) is the command's to handle
@@ -134,26 +133,39 @@ def _prefetch_through(sock: Path, root: Path, paths: list[str], check: bool) -> 
             return EXIT_ERROR
         if event is None:
             break
-        kind = event.get("event")
-        if kind == "start" and not check:
-            bar = _Progress(event["bytes"])
-        elif kind == "progress" and bar is not None:
-            bar.set(event["done"])
-        elif kind == "check":
-            _print_check(str(root) + event["path"], event["size"], event["cached"])
-        elif kind == "error":
-            failed += 1
-            print(f"\nterrafs: {root}{event.get('path')}: {event.get('message')}", file=sys.stderr)
-        elif kind == "done":
-            finished = True
-            if bar is not None:
-                bar.finish()
-            if not check:
-                print(f"prefetched {event['files']} files, {_human(event['bytes'])}")
-    if not finished:
+        show(event)
+    if not show.finished:
         print(f"terrafs: the daemon of {root} stopped before the prefetch was done; see its log", file=sys.stderr)
         return EXIT_ERROR
-    return EXIT_ERROR if failed else 0
+    return EXIT_ERROR if show.failed else 0
+
+
+class _Events:
+    """Prints the prefetch loop's events (read/prefetch.py), from a daemon or from this process."""
+
+    def __init__(self, check: bool, prefix: str = ""):
+        self.check, self.prefix = check, prefix
+        self.bar: _Progress | None = None
+        self.failed = 0
+        self.finished = False
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "start" and not self.check:
+            self.bar = _Progress(event["bytes"])
+        elif kind == "progress" and self.bar is not None:
+            self.bar.set(event["done"])
+        elif kind == "check":
+            _print_check(self.prefix + event["path"], event["size"], event["cached"])
+        elif kind == "error":
+            self.failed += 1
+            print(f"\nterrafs: {self.prefix}{event.get('path')}: {event.get('message')}", file=sys.stderr)
+        elif kind == "done":
+            self.finished = True
+            if self.bar is not None:
+                self.bar.finish()
+            if not self.check:
+                print(f"prefetched {event['files']} files, {_human(event['bytes'])}")
 
 
 def _print_check(path: str, size: int, cached: int) -> None:
@@ -177,6 +189,7 @@ def _prefetch_here(args, paths: list[str], load) -> int:
     # RemoteFile and Reader through files/mount, which name the read path's module (it moves to terrafs.read).
     from terrafs.files import RemoteFile, file_key
     from terrafs.fs import XATTR_PREFIX
+    from terrafs.read.prefetch import PrefetchTarget
 
     config = load(args)
     files = []
@@ -188,45 +201,32 @@ def _prefetch_here(args, paths: list[str], load) -> int:
             return EXIT_ERROR
         size = path.stat().st_size
         files.append((path, RemoteFile(url=url, size=size, key=file_key(url, size))))
-    if args.check:
-        return _check_here(config, files)
-    return _fetch_here(config, files)
+    targets = [PrefetchTarget(str(path), remote) for path, remote in files]
+    return _run_here(config, targets, args.check)
 
 
-def _check_here(config, files: list) -> int:
-    from terrafs.control import cached_bytes
-    from terrafs.mount import open_block_cache
+def _run_here(config, targets: list, check: bool) -> int:
+    """The prefetch loop in this process: only the block cache for --check, else credentials and a reader too."""
+    from terrafs.mount import check_auth, make_auth, make_downloader, make_reader, open_block_cache
+    from terrafs.read.prefetch import prefetch
 
+    reader = None
+    if not check:
+        auth = make_auth(config)
+        check_auth(auth, config)
     blocks = open_block_cache(config)
+    show = _Events(check)
     try:
-        for path, remote in files:
-            _print_check(str(path), remote.size, cached_bytes(blocks, remote))
+        if not check:
+            reader = make_reader(config, make_downloader(config, auth), blocks)
+        prefetch(reader, blocks, targets, check=check, emit=show)
     finally:
+        if show.bar is not None and not show.finished:
+            show.bar.finish()
+        if reader is not None:
+            reader.close()
         blocks.close()
-    return 0
-
-
-def _fetch_here(config, files: list) -> int:
-    from terrafs.mount import Reader, check_auth, make_auth, make_downloader, open_block_cache
-
-    total = sum(f.size for _, f in files)
-    auth = make_auth(config)
-    check_auth(auth, config)
-    blocks = open_block_cache(config)
-    reader = Reader(make_downloader(config, auth), blocks, block_size=config.block_size)
-    done = 0
-    bar = _Progress(total)
-    try:
-        for _path, remote in files:
-            base = bar.done
-            reader.prefetch(remote, progress=lambda n, base=base: bar.set(base + n))
-            done += 1
-    finally:
-        bar.finish()
-        reader.close()
-        blocks.close()
-    print(f"prefetched {done} files, {_human(total)}")
-    return 0
+    return EXIT_ERROR if show.failed else 0
 
 
 class _Progress:

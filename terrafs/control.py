@@ -17,6 +17,7 @@ trust a runtime folder it did not make, or let a client's error end the mount.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -27,17 +28,16 @@ import stat
 import struct
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 from terrafs.errors import TerrafsError
+from terrafs.read.prefetch import PrefetchTarget, prefetch
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 1 << 20  # bytes of one request line
-PROGRESS_EVERY = 0.1  # seconds between progress events
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
 
@@ -208,35 +208,15 @@ def daemon_socket(mountpoint: Path) -> Path | None:
     return path if _alive(path) else None
 
 
-class Throttle:
-    """Calls `fn` at most every PROGRESS_EVERY seconds, and always when forced."""
-
-    def __init__(self, fn: Callable[[], None]):
-        self.fn = fn
-        self.last = 0.0
-
-    def __call__(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.last >= PROGRESS_EVERY:
-            self.last = now
-            self.fn()
-
-
 # ---- what the daemon answers ---------------------------------------------------------
-def cached_bytes(blocks, remote) -> int:
-    """Bytes of a remote file whose whole blocks are in the disk cache (pieces not counted)."""
-    bs = blocks.block_size
-    return sum(min(bs, remote.size - i * bs) for i in range(-(-remote.size // bs)) if blocks.has(remote.key, i))
-
-
 def handlers(daemon, config, mountpoint: Path) -> dict[str, Callable[[dict, Callable[[dict], None]], None]]:
     """The requests a mount's daemon answers, bound to its tree, files, reader and cache."""
 
     def stats(request: dict, send: Callable[[dict], None]) -> None:
-        reader_stats = getattr(daemon.reader, "stats", None)  # Reader.stats() is new with the read path v2
+        # The parts' typed figures (blockcache.BlockCacheStats, read/stats.ReaderStats) as nested objects.
         send({"event": "stats", "mountpoint": str(mountpoint), "pid": os.getpid(),
-              "cache_dir": str(config.cache_dir), "cache": daemon.blocks.stats(),
-              "reader": reader_stats() if callable(reader_stats) else {}})
+              "cache_dir": str(config.cache_dir), "cache": dataclasses.asdict(daemon.blocks.stats()),
+              "reader": dataclasses.asdict(daemon.reader.stats())})
 
     def prefetch(request: dict, send: Callable[[dict], None]) -> None:
         paths = request.get("paths")
@@ -265,35 +245,5 @@ def _walk(tree, path: str, send: Callable[[dict], None]) -> Iterator[tuple[str, 
 
 
 def _prefetch(daemon, nodes: list, check: bool, send: Callable[[dict], None]) -> None:
-    remotes = [(path, daemon.files.remote(node)) for path, node in nodes]
-    total = sum(r.size for _, r in remotes)
-    send({"event": "start", "files": len(remotes), "bytes": total})
-    done = failed = 0
-    gone = threading.Event()
-    for path, remote in remotes:
-        if gone.is_set():
-            log.info("prefetch: the client went away; stopping")
-            return
-        if check:
-            send({"event": "check", "path": path, "size": remote.size, "cached": cached_bytes(daemon.blocks, remote)})
-            continue
-        now = [0]
-        tick = Throttle(lambda: send({"event": "progress", "done": done + now[0]}))
-
-        def progress(n: int) -> None:
-            # Runs inside the reader's stream: a client gone (Ctrl-C) must not fail
-            # the stream; the prefetch stops after this file instead.
-            now[0] = n
-            try:
-                tick()
-            except OSError:
-                gone.set()
-
-        try:
-            daemon.reader.prefetch(remote, progress=progress)
-        except TerrafsError as exc:
-            failed += 1
-            send({"event": "error", "path": path, "message": str(exc)})
-        done, now[0] = done + remote.size, 0
-        tick(force=True)
-    send({"event": "done", "files": len(remotes) - failed, "failed": failed, "bytes": done})
+    targets = [PrefetchTarget(path, daemon.files.remote(node)) for path, node in nodes]
+    prefetch(daemon.reader, daemon.blocks, targets, check=check, emit=send)

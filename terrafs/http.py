@@ -28,7 +28,7 @@ from requests.auth import AuthBase
 
 from . import __version__
 from .errors import AuthError, FetchError
-from .ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
+from .limiter import DEFAULT_MAX_PAUSE, Limiter
 from . import scope as _scope
 from .scope import CredentialScope
 from .text import parse_content_range, redact_url
@@ -53,6 +53,18 @@ class RemoteInfo:
     size: int
     etag: str | None
     last_modified: str | None
+
+
+@dataclass(frozen=True)
+class DownloadStats:
+    """Requests sent (retries, redirect hops, resends) and responses by status; the rest got none."""
+
+    requests: int
+    by_status: dict[str, int]
+
+    @property
+    def unanswered(self) -> int:
+        return max(0, self.requests - sum(self.by_status.values()))
 
 
 def parse_retry_after(value: str | None, now: float | None = None,
@@ -126,7 +138,7 @@ class Downloader:
     def __init__(
         self,
         auth: AuthBase | None,
-        limiter: RateLimiter | None,
+        limiter: Limiter | None,
         *,
         retries: int = 4,
         timeout: tuple[float, float] = (10, 60),
@@ -160,6 +172,10 @@ class Downloader:
 
     def __repr__(self) -> str:
         return f"Downloader(auth={self.auth!r}, limiter={self.limiter!r})"
+
+    def stats(self) -> DownloadStats:
+        with self._count_lock:
+            return DownloadStats(self.requests_made, dict(self.statuses))
     def close(self) -> None:
         self.session.close()
 

@@ -15,9 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from terrafs.errors import TerrafsError
+from terrafs.limiter import LimiterStats
+
+if TYPE_CHECKING:
+    from terrafs.blockcache import BlockCacheStats
+    from terrafs.read.stats import ReaderStats, SharedTierStats
 
 log = logging.getLogger(__name__)
 
@@ -70,32 +75,30 @@ class Figures:
     @_guarded({})
     def downloads(self) -> dict[str, int]:
         """Download requests by status; 'none' for those that got no response (connection failures)."""
-        dl = getattr(self.daemon, "downloader", None)
-        by_status = dict(getattr(dl, "statuses", {}) or {})
-        unanswered = getattr(dl, "requests_made", 0) - sum(by_status.values())
-        if unanswered > 0:
-            by_status["none"] = unanswered
-        return by_status
+        dl = self.daemon.downloader
+        if dl is None:
+            return {}
+        stats = dl.stats()
+        return {**stats.by_status, **({"none": stats.unanswered} if stats.unanswered else {})}
 
-    @_guarded({})
-    def reader(self) -> dict[str, Any]:
-        stats = getattr(self.daemon.reader, "stats", None)  # Reader.stats() comes with the read path v2
-        return stats() if callable(stats) else {}
+    @_guarded(None)
+    def reader(self) -> ReaderStats | None:
+        return self.daemon.reader.stats()
 
-    @_guarded({})
-    def cache(self) -> dict[str, Any]:
-        blocks = getattr(self.daemon, "blocks", None)
-        return blocks.stats() if blocks is not None else {}
+    @_guarded(None)
+    def cache(self) -> BlockCacheStats | None:
+        blocks = self.daemon.blocks
+        return blocks.stats() if blocks is not None else None
 
-    @_guarded({})
-    def limiter(self) -> dict[str, float]:
-        lim = getattr(getattr(self.daemon, "downloader", None), "limiter", None)
-        return {k: getattr(lim, k) for k in ("waited_seconds", "waits", "waiting") if hasattr(lim, k)}
+    @_guarded(None)
+    def limiter(self) -> LimiterStats | None:
+        dl = self.daemon.downloader
+        return dl.limiter.stats() if dl is not None and dl.limiter is not None else None
 
     @_guarded(None)
     def renewals(self) -> int | None:
-        manager = getattr(self.auth, "manager", None)
-        return getattr(manager, "renewals", None)
+        manager = getattr(self.auth, "manager", None)  # Bearer auth has a token manager; Basic auth has none
+        return manager.stats().renewals if manager is not None else None
 
 
 def _families(f: Figures) -> Iterator[Any]:
@@ -110,26 +113,28 @@ def _families(f: Figures) -> Iterator[Any]:
     yield CounterMetricFamily("terrafs_download_throttled", "Download responses with HTTP 429",
                               value=downloads.get("429", 0))
     reader = f.reader()
-    if "bytes_from_network" in reader:
+    if reader is not None:
         yield CounterMetricFamily("terrafs_download_bytes", "Bytes received from the download service",
-                                  value=reader["bytes_from_network"])
+                                  value=reader.bytes_from_network)
         served = CounterMetricFamily("terrafs_served_bytes", "Bytes the reader took for reads and prefetches, "
                                      "by source: the disk cache or the network", labels=["source"])
-        served.add_metric(["cache"], reader.get("bytes_from_cache", 0))
-        served.add_metric(["network"], reader["bytes_from_network"])
+        served.add_metric(["cache"], reader.held.bytes_from_cache)
+        served.add_metric(["network"], reader.bytes_from_network)
         yield served
-    if "open_streams" in reader:
-        yield GaugeMetricFamily("terrafs_open_streams", "Download streams open now", value=reader["open_streams"])
-    yield from _shared_families(reader)
+        yield GaugeMetricFamily("terrafs_open_streams", "Download streams open now", value=reader.open_streams)
+        if reader.shared is not None:
+            yield from _shared_families(reader.shared)
     cache = f.cache()
-    hits = reader.get("hits", cache.get("hits"))
-    misses = reader.get("misses", cache.get("misses"))
-    if hits is not None:
-        yield CounterMetricFamily("terrafs_cache_hits", "Block cache hits", value=hits)
-        yield CounterMetricFamily("terrafs_cache_misses", "Block cache misses", value=misses or 0)
-    if "size" in cache:
-        yield GaugeMetricFamily("terrafs_cache_size_bytes", "Bytes in the disk cache", value=cache["size"])
-        yield GaugeMetricFamily("terrafs_cache_blocks", "Blocks in the disk cache", value=cache["entries"])
+    # The reader's own count of units found held (RAM, pending writes, spool, disk) where there is a
+    # reader; the disk cache's persisted counters otherwise.
+    hits_misses = (reader.held.hits, reader.held.misses) if reader is not None else (
+        (cache.hits, cache.misses) if cache is not None else None)
+    if hits_misses is not None:
+        yield CounterMetricFamily("terrafs_cache_hits", "Block cache hits", value=hits_misses[0])
+        yield CounterMetricFamily("terrafs_cache_misses", "Block cache misses", value=hits_misses[1])
+    if cache is not None:
+        yield GaugeMetricFamily("terrafs_cache_size_bytes", "Bytes in the disk cache", value=cache.size)
+        yield GaugeMetricFamily("terrafs_cache_blocks", "Blocks in the disk cache", value=cache.entries)
     yield from _limiter_families(f.limiter())
     renewals = f.renewals()
     if renewals is not None:
@@ -142,39 +147,39 @@ def _families(f: Figures) -> Iterator[Any]:
     yield cat
 
 
-def _limiter_families(lim: dict[str, float]) -> Iterator[Any]:
+def _limiter_families(lim: LimiterStats | None) -> Iterator[Any]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    if "waited_seconds" in lim:
-        yield CounterMetricFamily("terrafs_limiter_wait_seconds", "Time download requests waited for the "
-                                  "rate limiter", value=lim["waited_seconds"])
-    if "waits" in lim:
-        yield CounterMetricFamily("terrafs_limiter_waits", "Download requests that had to wait", value=lim["waits"])
-    if "waiting" in lim:
-        yield GaugeMetricFamily("terrafs_limiter_queue", "Download requests waiting for the limiter now",
-                                value=lim["waiting"])
+    if lim is None:
+        return
+    yield CounterMetricFamily("terrafs_limiter_wait_seconds", "Time download requests waited for the "
+                              "rate limiter", value=lim.waited_seconds)
+    yield CounterMetricFamily("terrafs_limiter_waits", "Download requests that had to wait", value=lim.waits)
+    yield GaugeMetricFamily("terrafs_limiter_queue", "Download requests waiting for the limiter now",
+                            value=lim.waiting)
+    if lim.shared is not None:
+        yield GaugeMetricFamily("terrafs_limiter_shared", "1 while the download budget is the one shared "
+                                "through Redis, 0 while its local fallback stands in", value=int(lim.shared))
 
 
-def _shared_families(r: dict[str, Any]) -> Iterator[Any]:
+def _shared_families(r: SharedTierStats) -> Iterator[Any]:
     """The cluster's shared block tier (read/sharedtier.py), when the config names one."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    if "shared_hits" not in r:
-        return
-    yield CounterMetricFamily("terrafs_shared_hits", "Units found in the shared tier", value=r["shared_hits"])
+    yield CounterMetricFamily("terrafs_shared_hits", "Units found in the shared tier", value=r.hits)
     yield CounterMetricFamily("terrafs_shared_misses", "Units looked for in the shared tier and not found",
-                              value=r["shared_misses"])
+                              value=r.misses)
     b = CounterMetricFamily("terrafs_shared_bytes", "Bytes read from and written to the shared tier",
                             labels=["direction"])
-    b.add_metric(["read"], r["shared_bytes_read"])
-    b.add_metric(["written"], r["shared_bytes_written"])
+    b.add_metric(["read"], r.bytes_read)
+    b.add_metric(["written"], r.bytes_written)
     yield b
     yield CounterMetricFamily("terrafs_shared_waits", "Fetches that waited for another node's claimed fetch",
-                              value=r["shared_waits"])
+                              value=r.waits)
     yield CounterMetricFamily("terrafs_shared_wait_seconds", "Time spent waiting for other nodes' fetches",
-                              value=r["shared_wait_seconds"])
+                              value=r.wait_seconds)
     yield GaugeMetricFamily("terrafs_shared_available", "1 while the shared tier's Redis answers",
-                            value=1 if r.get("shared_available") else 0)
+                            value=1 if r.available else 0)
 
 
 class Collector:

@@ -30,8 +30,10 @@ from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.listings import ListingStore, NoPickleDisk
 from terrafs.localfs import FolderUnusable, private_dir
-from terrafs.ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
+from terrafs.limiter import DEFAULT_MAX_PAUSE, Limiter
+from terrafs.ratelimit import RateLimiter
 from terrafs.read import Reader
+from terrafs.read.sharedtier import SharedTier
 from terrafs.scope import CredentialScope, unlisted_hosts_note
 from terrafs.text import Origin, origin_of, redact_url, strip_userinfo
 from terrafs.tree import Tree
@@ -56,14 +58,8 @@ class _BoundedRetry(Retry):
 def catalogue_session() -> requests.Session:
     """Catalogue searches: anonymous, retried on 429/5xx (urllib3 honours Retry-After)."""
     session = requests.Session()
-    retry = _BoundedRetry(
-        total=4,
-        backoff_factor=0.5,
-        status_forcelist=(429, 500, 502, 503, 504),
-        allowed_methods=("GET", "POST"),
-        respect_retry_after_header=True,
-        raise_on_status=False,
-    )
+    retry = _BoundedRetry(total=4, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+                          allowed_methods=("GET", "POST"), respect_retry_after_header=True, raise_on_status=False)
     session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
     session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
     session.headers["User-Agent"] = USER_AGENT
@@ -94,17 +90,10 @@ def make_auth(config: Config) -> requests.auth.AuthBase:
     session = requests.Session()
     session.headers["User-Agent"] = USER_AGENT
     has_password = bool(config.username and config.password)
-    auth = auth_from_values(
-        config.auth_method,
-        token_url=config.token_url,
-        client_id=config.client_id,
-        username=config.username,
-        password=config.password,
-        # The refresh token kept by `terrafs login` is used (and its rotations
-        # saved) only when no password is configured.
-        refresh_token_file=None if has_password else config.refresh_token_file,
-        session=session,
-    )
+    # The refresh token kept by `terrafs login` is used (and its rotations saved) only when no password is.
+    auth = auth_from_values(config.auth_method, token_url=config.token_url, client_id=config.client_id,
+                            username=config.username, password=config.password, session=session,
+                            refresh_token_file=None if has_password else config.refresh_token_file)
     if auth is None:
         raise AuthError(
             "no credentials: set TERRASCOPE_USERNAME and TERRASCOPE_PASSWORD, add the download host to ~/.netrc, "
@@ -275,7 +264,7 @@ def open_block_cache(config: Config) -> BlockCache | MemoryOnlyCache:
         return MemoryOnlyCache(config.block_size, f"{config.cache_dir}: {exc}")
 
 
-def make_limiter(config: Config) -> RateLimiter:
+def make_limiter(config: Config) -> Limiter:
     if isinstance(config.rate_limit_state, str):
         return make_redis_limiter(config)
     return RateLimiter(config.rate_limits, state_path=config.rate_limit_state,
@@ -286,7 +275,7 @@ def make_limiter(config: Config) -> RateLimiter:
 LOCAL_STATE = Path("~/.cache/terrafs/ratelimit.state")
 
 
-def make_redis_limiter(config: Config) -> RateLimiter:
+def make_redis_limiter(config: Config) -> Limiter:
     """One budget for every process that names the same Redis (rate_limit_state: redis://...)."""
     try:
         from terrafs.ratelimit_redis import RedisRateLimiter
@@ -294,7 +283,7 @@ def make_redis_limiter(config: Config) -> RateLimiter:
         raise ConfigError(f"rate_limit_state names a Redis server, which needs the cluster extra "
                           f"(pip install 'terrafs[cluster]'): {exc}") from None
     # (RateLimiter makes the state file's folder, as for a local budget.)
-    return RedisRateLimiter(config.rate_limits, str(config.rate_limit_state),  # type: ignore[return-value]
+    return RedisRateLimiter(config.rate_limits, str(config.rate_limit_state),
                             fallback_path=LOCAL_STATE.expanduser(), max_pause=config.rate_limit_max_pause)
 
 
@@ -317,15 +306,20 @@ def selection_of(config: Config) -> dict[str, Filter] | None:
     return {s.id: s.filter for s in config.collections}
 
 
+def make_reader(config: Config, downloader: Downloader, blocks: BlockCache | MemoryOnlyCache,
+                shared: SharedTier | None = None) -> Reader:
+    """The one place a Reader is built from a Config (a mount, fsspec, `terrafs prefetch` without a daemon).
+    Blocks waiting for their cache write (and the spool's reserved space) never need exceed the cache."""
+    return Reader(downloader, blocks, block_size=config.block_size, write_queue=min(256 << 20, config.cache_size),
+                  shared=shared)
+
+
 def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     downloader = make_downloader(config, auth)
     blocks = open_block_cache(config)
     meta = open_meta_cache(config)
-    # Blocks waiting for their cache write (and the spool's reserved space) never
-    # need to exceed what the cache can hold.
     shared = make_shared_tier(config)
-    reader = Reader(downloader, blocks, block_size=config.block_size, write_queue=min(256 << 20, config.cache_size),
-                    shared=shared)
+    reader = make_reader(config, downloader, blocks, shared)
     catalogue = make_catalogue(config)
     sampler = make_catalogue(config, with_local_paths=True) if config.layout == "platform" else None
     store = listing_store(config, meta)

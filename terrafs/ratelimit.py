@@ -6,7 +6,8 @@ only when it fits in EVERY window (the documented service limits are
 80 requests / 10 s and 200 requests / 60 s per client IP), so all mounts and
 `terrafs` commands of one user share one budget through a small state file.
 It must not know anything about HTTP: http.py calls `acquire` and, after a 429,
-`pause`.
+`pause` (the limiter.Limiter protocol; the waiting loop is limiter.Waiters,
+shared with the Redis budget, and `take` is the one try it repeats).
 
 Why hand-written and not a library: `limits` only offers shared storage through
 servers (Redis, Memcached, MongoDB, Etcd), nothing file-based for processes on one
@@ -31,56 +32,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from terrafs.limiter import (
+    DEFAULT_MAX_PAUSE,
+    SAFETY_MARGIN,
+    UNBOUNDED,
+    BudgetState,
+    LimiterStats,
+    Waiters,
+    reserve,
+)
 from terrafs.localfs import make_parents, open_private_file
+
+# Re-exported: the names other modules imported from here before limiter.py held them.
+__all__ = ["DEFAULT_MAX_PAUSE", "SAFETY_MARGIN", "UNBOUNDED", "BudgetState", "RateLimiter"]
 
 log = logging.getLogger(__name__)
 
-# A request occupies its window for seconds + SAFETY_MARGIN: our clock, the
-# moment the request reaches the server and the server's own bookkeeping never
-# line up exactly, and being a quarter second conservative is cheaper than a 429.
-SAFETY_MARGIN = 0.25
-# Share of each window kept for urgent requests (reads somebody waits for):
-# read-ahead and prefetch may only use the rest.
-URGENT_RESERVE = 0.2
-# How long a waiting non-urgent caller sleeps before looking again while urgent
-# callers of this process are queued.
-_YIELD_TO_URGENT = 0.02
-# Upper bound of one sleep, so a waiter notices a pause or freed slots that
-# another process caused without sleeping through them.
-_MAX_SLEEP = 1.0
-# The shortest bound on the pause a 429 may impose (the documented limits'
-# longest window): a server asking for longer is asked again after this.
-DEFAULT_MAX_PAUSE = 60.0
 # A state file is a few KiB (one timestamp per request of the longest window);
 # anything much larger was not written by us and is not read.
 _MAX_STATE_BYTES = 1 << 20
-
-
-@dataclass(frozen=True)
-class BudgetState:
-    """What the windows allow now, read without taking a slot (the read path prices requests by it)."""
-
-    room: int  # requests every window admits now without waiting
-    wait: float  # seconds before one more request could be sent (0 while there is room)
-    spacing: float  # seconds of its window one request occupies, in the window with the least room
-    used: float  # share of that window spent, 0..1
-
-
-#: No windows: a request costs no budget at all.
-UNBOUNDED = BudgetState(room=1 << 30, wait=0.0, spacing=0.0, used=0.0)
 
 
 @dataclass
 class _State:
     sends: list[float] = field(default_factory=list)
     paused_until: float = 0.0
-
-
-def _reserve(limit: int) -> int:
-    """Slots of a window that non-urgent requests must leave free."""
-    if limit <= 1:
-        return 0
-    return max(1, math.ceil(limit * URGENT_RESERVE))
 
 
 class RateLimiter:
@@ -114,12 +90,9 @@ class RateLimiter:
         self.state_path = Path(state_path) if state_path is not None else None
         self.margin = margin
         self._clock = clock
-        self._sleep = sleep
         self._lock = threading.Lock()  # threads of this process; flock covers processes
         self._memory = _State()
-        self._urgent_waiting = 0
-        self.waiting = self.waits = 0  # callers in acquire now; acquires that slept (for metrics)
-        self.waited_seconds = 0.0
+        self._waiters = Waiters(sleep)
         self._horizon = max((s for _, s in self.windows), default=0.0) + margin
         longest = max((s for _, s in self.windows), default=0.0)
         self.max_pause = float(max_pause) if max_pause is not None else max(longest, DEFAULT_MAX_PAUSE)
@@ -134,29 +107,43 @@ class RateLimiter:
 
     def acquire(self, urgent: bool = True) -> None:
         """Block until one request may be sent now, and record it as sent."""
+        if self.windows:
+            self._waiters.acquire(self.take, urgent)
+
+    def take(self, urgent: bool = True) -> float:
+        """One try: record a send now and return 0 if every window admits it, else the seconds to wait."""
         if not self.windows:
-            return
-        started, slept = time.monotonic(), False
-        with self._lock:
-            self._urgent_waiting += urgent
-            self.waiting += 1
-        try:
-            while True:
-                if not urgent and self._urgent_waiting > 0:
-                    slept = True
-                    self._sleep(_YIELD_TO_URGENT)
-                    continue
-                wait = self._try_take(urgent)
-                if wait <= 0:
-                    return
-                slept = True
-                self._sleep(min(wait, _MAX_SLEEP))
-        finally:
-            with self._lock:
-                self._urgent_waiting -= urgent
-                self.waiting -= 1
-                self.waits += slept
-                self.waited_seconds += (time.monotonic() - started) if slept else 0.0
+            return 0.0
+        result: list[float] = []
+
+        def take(state: _State) -> None:
+            now = self._clock()
+            wait = self._wait_for(state, now, urgent)
+            if wait <= 0:
+                state.sends.append(now)
+            result.append(wait)
+
+        self._with_state(take)
+        return result[0]
+
+    def stats(self) -> LimiterStats:
+        """Wait counters of this budget's acquires (metrics)."""
+        return self._waiters.stats(None)
+
+    @property
+    def waits(self) -> int:
+        return self.stats().waits
+
+    @property
+    def waiting(self) -> int:
+        return self.stats().waiting
+
+    @property
+    def waited_seconds(self) -> float:
+        return self.stats().waited_seconds
+
+    def close(self) -> None:
+        """Nothing to release: the state file is opened per call."""
 
     def pause(self, seconds: float) -> None:
         """Make every caller of every process wait `seconds` from now (after a 429)."""
@@ -199,7 +186,7 @@ class RateLimiter:
         wait = self._wait_for(state, now, urgent)
         best: tuple[int, float, float] | None = None  # (room, spacing, used) of the tightest window
         for limit, seconds in self.windows:
-            capacity = limit if urgent else limit - _reserve(limit)
+            capacity = limit if urgent else limit - reserve(limit)
             inside = sum(1 for t in state.sends if t > now - seconds - self.margin)
             room, spacing = capacity - inside, seconds / limit
             if best is None or room < best[0] or (room == best[0] and spacing > best[1]):
@@ -207,26 +194,13 @@ class RateLimiter:
         assert best is not None
         return BudgetState(max(0, best[0]), max(0.0, wait), best[1], min(1.0, max(0.0, best[2])))
 
-    def _try_take(self, urgent: bool) -> float:
-        result: list[float] = []
-
-        def take(state: _State) -> None:
-            now = self._clock()
-            wait = self._wait_for(state, now, urgent)
-            if wait <= 0:
-                state.sends.append(now)
-            result.append(wait)
-
-        self._with_state(take)
-        return result[0]
-
     def _wait_for(self, state: _State, now: float, urgent: bool) -> float:
         """Seconds to wait before a request fits every window; <= 0 means go."""
         state.sends = [t for t in state.sends if t > now - self._horizon]
         wait = state.paused_until - now
         ordered = sorted(state.sends)
         for limit, seconds in self.windows:
-            capacity = limit if urgent else limit - _reserve(limit)
+            capacity = limit if urgent else limit - reserve(limit)
             span = seconds + self.margin
             inside = [t for t in ordered if t > now - span]
             if len(inside) >= capacity:

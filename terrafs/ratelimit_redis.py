@@ -2,8 +2,8 @@
 
 `rate_limit_state: redis://HOST:PORT/DB` (rediss:// for TLS, a password in the
 URL) makes mount.make_limiter build a RedisRateLimiter instead of the file-based
-RateLimiter. http.Downloader uses either through the same calls: acquire(urgent),
-pause(seconds), wait_time(urgent).
+RateLimiter. Both are a limiter.Limiter, and both admit a request through the
+one acquire loop there (limiter.Waiters); this module gives it one try at a time.
 
 What it keeps of the local limiter, across hosts:
 - Every window in one atomic step on the Redis server's clock: one short
@@ -53,7 +53,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from terrafs.ratelimit import _MAX_SLEEP, _YIELD_TO_URGENT, SAFETY_MARGIN, RateLimiter, _reserve
+from terrafs.limiter import SAFETY_MARGIN, UNBOUNDED, BudgetState, LimiterStats, Waiters, reserve
+from terrafs.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,11 @@ class RedisRateLimiter:
     url: redis:// or rediss:// URL (password allowed; never logged).
     fallback_path: the local limiter's state file used while Redis is away
     (None: this process only).
+    member: this process's name among the sharers ("host:pid:random" by default;
+    the part before the last two colons names its host).
+    note_every: seconds between the notes that count the sharers.
+    on_send: called with the Redis server's time (s) of every send Redis admits
+    (tests record them to check the windows on the server's clock).
     """
 
     def __init__(
@@ -130,6 +136,9 @@ class RedisRateLimiter:
         retry_every: float = RETRY_EVERY,
         sleep: Callable[[float], None] = time.sleep,
         max_pause: float | None = None,
+        member: str | None = None,
+        note_every: float = _MEMBER_EVERY_MS / 1000,
+        on_send: Callable[[float], None] | None = None,
     ) -> None:
         self._fallback_path = fallback_path
         self._fallback_options = {} if max_pause is None else {"max_pause": max_pause}
@@ -142,15 +151,16 @@ class RedisRateLimiter:
         self._script = self._client.register_script(_SCRIPT)
         self._keys = [f"{key}:sends", f"{key}:pause"]
         self._members_key = f"{key}:members"
-        self._member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._member = member or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._note_every_ms = int(note_every * 1000)
+        self._on_send = on_send
         self._serial = count()
         self._retry_every = retry_every
-        self._sleep = sleep
         self._lock = threading.Lock()
-        self._urgent_waiting = 0
+        self._waiters = Waiters(sleep)
         self._down_until: float | None = None  # time.monotonic() of the next attempt while away
         self._peers = 1
-        self._noted = 0  # server ms when this process last noted itself as a sharer
+        self._noted: int | None = None  # server ms when this process last noted itself as a sharer
         self._recent: deque[_Send] = deque()  # this process's sends within the longest window
         self._both_until = 0.0  # time.monotonic() until which a send must fit the local budget too
         self._longest_ms = self._ms(max((s for _, s in self.windows), default=0.0))
@@ -169,41 +179,30 @@ class RedisRateLimiter:
         """True while the budget is the one in Redis (False: the local fallback)."""
         return self._down_until is None
 
+    @property
+    def fallback(self) -> RateLimiter:
+        """The local budget that stands in while Redis is away (its windows: this host's share)."""
+        return self._fallback
+
     # -- public ---------------------------------------------------------------
 
     def acquire(self, urgent: bool = True) -> None:
         """Block until one request may be sent now, and record it as sent."""
-        if not self.windows:
-            return
-        if self._away():
-            self._local_acquire(urgent)
-            return
-        with self._lock:
-            self._urgent_waiting += urgent
-        try:
-            while True:
-                if not urgent and self._urgent_waiting > 0:
-                    self._sleep(_YIELD_TO_URGENT)
-                    continue
-                try:
-                    wait = self._run("take", urgent)
-                except redis.RedisError as exc:
-                    self._lost(exc)
-                    self._local_acquire(urgent)
-                    return
-                if wait <= 0:
-                    if time.monotonic() < self._both_until:
-                        # Just back: processes of this host that have not seen Redis return
-                        # still spend the local budget. Keep to it too (which records the send there).
-                        self._fallback.acquire(urgent)
-                    else:
-                        # The local budget sees every send of the host, should Redis go away.
-                        _enter_local(self._fallback, [time.monotonic()])
-                    return
-                self._sleep(min(wait, _MAX_SLEEP))
-        finally:
-            with self._lock:
-                self._urgent_waiting -= urgent
+        if self.windows:
+            self._waiters.acquire(_Take(self), urgent)
+
+    def stats(self) -> LimiterStats:
+        """Wait counters of this budget's acquires, and whether Redis is the budget now."""
+        return self._waiters.stats(self.shared)
+
+    def record(self, sends: list[float]) -> None:
+        """Count sends made through another budget (wall-clock times) in the local budget."""
+        self._fallback.record(sends)
+
+    def budget(self, urgent: bool = True) -> BudgetState | None:
+        """None: this budget cannot say without a Redis round trip per read, so the read path
+        prices requests by the documented service budget (as before the protocol asked)."""
+        return None if self.windows else UNBOUNDED
 
     def pause(self, seconds: float) -> None:
         """Make every caller of every process on every host wait `seconds` from now (after a 429).
@@ -244,11 +243,13 @@ class RedisRateLimiter:
         name = f"{self._member}:{next(self._serial)}"
         args: list = [mode, name]
         for limit, seconds in self.windows:
-            args += [limit if urgent else max(1, limit - _reserve(limit)), self._ms(seconds)]
+            args += [limit if urgent else max(1, limit - reserve(limit)), self._ms(seconds)]
         wait, now = self._script(keys=self._keys, args=args)
         if mode == "take" and wait == 0:
             self._remember(name)
-        if now - self._noted >= _MEMBER_EVERY_MS:
+            if self._on_send is not None:
+                self._on_send(now / 1000)
+        if self._noted is None or now - self._noted >= self._note_every_ms:
             self._note_member(now)
         return wait / 1000
 
@@ -274,9 +275,11 @@ class RedisRateLimiter:
     def _local(self, windows: Sequence[tuple[int, float]], margin: float) -> RateLimiter:
         return RateLimiter(windows, self._fallback_path, margin=margin, **self._fallback_options)
 
-    def _local_acquire(self, urgent: bool) -> None:
-        self._fallback.acquire(urgent)
-        self._remember(f"{self._member}:{next(self._serial)}")
+    def _local_take(self, urgent: bool) -> float:
+        wait = self._fallback.take(urgent)
+        if wait <= 0:
+            self._remember(f"{self._member}:{next(self._serial)}")
+        return wait
 
     def _remember(self, name: str) -> None:
         """Keep the longest window's worth of this process's sends, for the moves between the budgets."""
@@ -328,6 +331,43 @@ class RedisRateLimiter:
             self._fallback = self._local(share, self.margin)
         log.warning("Redis at %s cannot be reached (%s: %s); using the local download budget %s until it answers",
                     self.where, type(exc).__name__, exc, f"{list(share)} ({peers} sharing processes)")
+
+
+class _Take:
+    """One acquire's try at the Redis budget (Waiters.acquire calls it until it returns <= 0).
+
+    Redis away, or lost during this acquire: the local budget, to the end of the acquire.
+    Admitted by Redis within a window of its return: the send must fit the local budget
+    too (processes of this host that have not seen Redis return still spend it), so the
+    next tries are the local budget's (which records the send there); Redis is not asked again.
+    Admitted otherwise: the send is entered in the local budget, should Redis go away.
+    """
+
+    def __init__(self, limiter: RedisRateLimiter) -> None:
+        self.limiter = limiter
+        self.local = False  # the local budget only, from now on
+        self.in_redis = False  # taken in Redis; the local budget must admit it too
+
+    def __call__(self, urgent: bool) -> float:
+        lim = self.limiter
+        if self.in_redis:
+            return lim._fallback.take(urgent)
+        if self.local or lim._away():
+            self.local = True
+            return lim._local_take(urgent)
+        try:
+            wait = lim._run("take", urgent)
+        except redis.RedisError as exc:
+            lim._lost(exc)
+            self.local = True
+            return lim._local_take(urgent)
+        if wait > 0:
+            return wait
+        if time.monotonic() < lim._both_until:
+            self.in_redis = True
+            return lim._fallback.take(urgent)
+        _enter_local(lim._fallback, [time.monotonic()])
+        return 0.0
 
 
 def _enter_local(limiter: RateLimiter, sends: list[float]) -> None:

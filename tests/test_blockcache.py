@@ -53,9 +53,9 @@ def test_blocks_and_stats_survive_reopen(tmp_path: Path):
         assert c.get("f", 3) == _block(3)
         assert c.get_meta("ident:u") == ("etag1", None)
         s = c.stats()
-        assert (s["hits"], s["misses"], s["entries"]) == (2, 1, 1), s
-        assert s["hit_rate"] == pytest.approx(2 / 3)
-        assert s["size"] > BS
+        assert (s.hits, s.misses, s.entries) == (2, 1, 1), s
+        assert s.hit_rate == pytest.approx(2 / 3)
+        assert s.size > BS
     finally:
         c.close()
 
@@ -148,8 +148,8 @@ def test_size_limit_evicts_least_recently_used(tmp_path: Path):
             assert c.get("f", 0) is not None, f"block 0 (used constantly) was evicted at put {i}"
         s = c.stats()
         # diskcache culls at most 10 entries per set, so allow a little slack.
-        assert s["size"] <= limit + 4 * BS, s
-        assert s["entries"] < 40, s
+        assert s.size <= limit + 4 * BS, s
+        assert s.entries < 40, s
         assert c.get("f", 1) is None, "an old unused block survived eviction"
         assert c.get("f", 99) == _block(99)
     finally:
@@ -171,7 +171,7 @@ def test_clear_empties_everything(cache: BlockCache):
     cache.get("f", 0)
     cache.clear()
     s = cache.stats()
-    assert (s["entries"], s["hits"], s["misses"]) == (0, 0, 0), s
+    assert (s.entries, s.hits, s.misses) == (0, 0, 0), s
     assert cache.get_meta("k") is None
 
 
@@ -258,7 +258,7 @@ def test_write_behind_writes_a_burst_and_a_failed_block_loses_no_other(tmp_path:
         wb.flush()
         assert c.batches < 5, "every block was committed on its own"
         assert [c.get("f", i) == _block(i) for i in range(5)] == [True, True, True, True, False]
-        assert wb.stats()["pending_blocks"] == 0 and wb.degraded and "No space" in wb.degraded
+        assert wb.stats().pending_blocks == 0 and wb.degraded and "No space" in wb.degraded
         wb.put(("g", 0), _block(7), spool=False)
         wb.flush()
         assert c.get("g", 0) == _block(7) and wb.degraded is None

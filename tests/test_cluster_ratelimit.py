@@ -26,25 +26,11 @@ def max_in_window(times: list[float], seconds: float) -> int:
     return max((sum(1 for u in ms[i:] if u < t + span) for i, t in enumerate(ms)), default=0)
 
 
-def recording(lim: RedisRateLimiter, sends: list[float]) -> RedisRateLimiter:
-    """Records the server time of every send the limiter admits (the script's own `now`)."""
-    script = lim._script
-
-    def run(keys, args):
-        wait, now = script(keys=keys, args=args)
-        if args[0] == "take" and wait == 0:
-            sends.append(now / 1000)
-        return wait, now
-
-    lim._script = run
-    return lim
-
-
 def test_two_hosts_share_every_window(redis_server, tmp_path):
     """Two limiters (as on two hosts) together keep both windows; sends fill the budget."""
     windows = [(6, 1.0), (10, 3.0)]
     sent: list[float] = []
-    a, b = (recording(limiter(redis_server, windows, tmp_path), sent) for _ in range(2))
+    a, b = (limiter(redis_server, windows, tmp_path, on_send=sent.append) for _ in range(2))
 
     def run(lim):
         for _ in range(8):
@@ -118,15 +104,15 @@ def test_redis_away_local_budget_with_one_warning_then_shared_again(redis_server
 
 def test_redis_away_each_host_keeps_its_part(redis_server, tmp_path):
     """With 3 hosts sharing Redis, each falls back to a third of every window."""
-    lims = [limiter(redis_server, [(30, 10.0), (90, 60.0)], tmp_path) for _ in range(3)]
-    for i, lim in enumerate(lims):
-        lim._member = f"host{i}:{lim._member}"  # as if each ran on a host of its own
+    # As if each ran on a host of its own; the first counts the sharers at every send.
+    lims = [limiter(redis_server, [(30, 10.0), (90, 60.0)], tmp_path, member=f"host{i}:1:p{i}",
+                    note_every=0.0 if i == 0 else 5.0) for i in range(3)]
+    for lim in lims:
         lim.acquire()  # the first send notes each process as a sharer
-    lims[0]._noted = 0  # as if 5 s had passed: the next send counts the sharers again
-    lims[0].acquire()
+    lims[0].acquire()  # counts the three sharers
     redis_server.stop()
     lims[0].acquire()
-    assert lims[0]._fallback.windows == ((10, 10.0), (30, 60.0))
+    assert lims[0].fallback.windows == ((10, 10.0), (30, 60.0))
 
 
 def test_redis_away_the_local_budget_knows_the_sends_just_made(redis_server, tmp_path):

@@ -26,7 +26,7 @@ def read_window(fs, path):  # runs on a worker: fs arrives pickled and builds it
 
 
 def tier_stats(fs):
-    return fs.daemon.reader.stats()
+    return fs.daemon.reader.stats().shared
 
 
 def test_nodes_share_what_one_fetched_and_fetch_each_block_once(emulator, emulator_data, redis_server, tmp_path):
@@ -78,7 +78,7 @@ def test_nodes_share_what_one_fetched_and_fetch_each_block_once(emulator, emulat
               if not np.array_equal(px, expected(probe, emulator_data, p))]
     throttled = [r for r in by_first + by_others + by_alone + by_three if r["status"] == 429]
     print(f"\nshared tier: first node {len(by_first)} requests, the two others {len(by_others)} "
-          f"(tier hits {[s['shared_hits'] for s in stats]}); one node alone {len(by_alone)}, "
+          f"(tier hits {[s.hits for s in stats]}); one node alone {len(by_alone)}, "
           f"three at once {len(by_three)}; {len(throttled)} x 429")
     assert wrong == [], f"windows that differ from the source: {sorted(set(wrong))}"
     assert not throttled, f"{len(throttled)} x 429"

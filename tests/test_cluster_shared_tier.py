@@ -49,14 +49,14 @@ def test_an_entry_put_by_one_node_is_read_verified_by_another(redis_server):
     a.flush()
     assert b.get(U, 5) == unit(5)
     assert b.get(U, 4) is None
-    assert b.counts["shared_hits"] == 1 and b.counts["shared_misses"] == 1
+    assert b.stats().hits == 1 and b.stats().misses == 1
     # A damaged entry (one byte flipped) is a miss, never an error or a wrong byte.
     r = redis_server.client()
     key = next(k for k in r.scan_iter(f"{PREFIX}:b:*"))
     entry = bytearray(r.get(key))
     entry[-1] ^= 0xFF
     r.set(key, bytes(entry))
-    assert b.get(U, 5) is None and b.counts["shared_corrupt"] == 1
+    assert b.get(U, 5) is None and b.stats().corrupt == 1
     # An entry of another size (the same URL republished larger) is a miss too.
     r.set(key, bytes(entry[:-1]))
     assert b.get(U, 5) is None
@@ -95,7 +95,7 @@ def test_two_nodes_missing_the_same_units_make_one_fetch(redis_server):
     nodes = [node(redis_server.url)[0] for _ in range(2)]
     with ThreadPoolExecutor(2) as pool:
         futures = [pool.submit(SharedFetch(t).fetch_range, U, 0, 3 * UNIT, fetch) for t in nodes]
-        while not any(t.counts["shared_waits"] for t in nodes):
+        while not any(t.stats().waits for t in nodes):
             if all(f.done() for f in futures):
                 break
             threading.Event().wait(0.01)
@@ -116,7 +116,7 @@ def test_a_claim_whose_fetch_fails_lets_the_others_fetch_at_once(redis_server):
     except OSError:
         pass
     got = SharedFetch(b).fetch_range(U, 0, UNIT, lambda s, e: DATA[s:e])
-    assert got == DATA[:UNIT] and b.counts["shared_wait_seconds"] < 1.0
+    assert got == DATA[:UNIT] and b.stats().wait_seconds < 1.0
 
 
 def test_redis_away_is_a_miss_with_one_warning_each_way(redis_server, caplog):

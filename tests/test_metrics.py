@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from terrafs.http import DownloadStats
 from terrafs.metrics import Collector, Figures
 from terrafs.ratelimit import RateLimiter
 
@@ -27,7 +28,8 @@ def test_limiter_waits_are_counted_in_real_time():
 
 
 def test_requests_without_an_answer_are_counted_as_status_none():
-    downloader = SimpleNamespace(requests_made=7, statuses={"206": 4, "503": 2}, limiter=None)
+    downloader = SimpleNamespace(stats=lambda: DownloadStats(requests=7, by_status={"206": 4, "503": 2}),
+                                 limiter=None)
     text = exposition(SimpleNamespace(reader=object(), downloader=downloader))
     for line in ('terrafs_download_requests_total{status="206"} 4.0',
                  'terrafs_download_requests_total{status="503"} 2.0',

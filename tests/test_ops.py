@@ -23,8 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from mounting import write_config
 from support import sha256, source_of
 from terrafs.blockcache import BlockCache
-from terrafs.control import ask, cached_bytes, socket_path
+from terrafs.control import ask, socket_path
 from terrafs.files import RemoteFile, file_key  # files names the read path's module, wherever it lives
+from terrafs.read.prefetch import cached_bytes
 
 HELPER_LINK = Path("/sbin/mount.terrafs")
 
@@ -192,6 +193,36 @@ def test_prefetch_through_the_mount_needs_no_credentials_and_then_reads_cost_not
     assert f"mounted:      {mount.path} (pid" in stats.stdout, stats.stdout
     hits = int(re.search(r"\((\d+) hits", stats.stdout).group(1))
     assert hits > 0, f"cache stats shows no hits while the mount reads from the cache:\n{stats.stdout}"
+
+
+def test_prefetch_without_a_daemon_runs_the_same_loop_in_the_command(emulator, mount_factory, tmp_path):
+    """No daemon answers (as for another user's mount): the command fetches with its own credentials,
+    reader and cache, and prints what a prefetch through the daemon prints."""
+    from mounting import credentials_env
+
+    mount = mount_factory(emulator)
+    sock = socket_path(mount.path)
+    hidden = sock.with_name(sock.name + ".hidden")
+    folder = sorted((mount.path / "terrascope-s2-toc-v2/2020/01/01").iterdir())[-1]
+    names = [p for p in folder.rglob("*") if p.is_file()]
+    env = credentials_env()
+    sock.rename(hidden)  # the command finds no daemon for the mount
+    try:
+        emulator.mark()
+        before = terrafs("prefetch", "--check", "--config", str(mount.config), str(folder), env=env)
+        checked = emulator.requests("download")
+        out = terrafs("prefetch", "--config", str(mount.config), str(folder), env=env)
+        after = terrafs("prefetch", "--check", "--config", str(mount.config), str(folder), env=env)
+    finally:
+        hidden.rename(sock)
+    assert before.returncode == 0 and checked == [], before.stderr
+    shares = re.findall(r"^\s*([\d.]+)%.*  (\S+)$", before.stdout, re.MULTILINE)
+    assert sorted(p for _, p in shares) == sorted(str(p) for p in names), before.stdout
+    assert out.returncode == 0, out.stderr
+    assert f"prefetched {len(names)} files" in out.stdout, out.stdout
+    assert any(r["method"] == "GET" for r in emulator.requests("download")), "the command fetched nothing itself"
+    shares = re.findall(r"^\s*([\d.]+)%", after.stdout, re.MULTILINE)
+    assert len(shares) == len(names) and all(s == "100.0" for s in shares), after.stdout
 
 
 def test_bad_control_requests_get_an_error_and_the_mount_stays_up(emulator, mount_factory):

@@ -348,7 +348,7 @@ def test_fetch_failure_raises_and_caches_nothing(env):
     dl.fail_ranges = True
     with pytest.raises(FetchError):
         reader.read(f, 1_000_000, 100_000)
-    assert cache.stats()["entries"] == 0, "a failed fetch left blocks in the cache"
+    assert cache.stats().entries == 0, "a failed fetch left blocks in the cache"
     dl.fail_ranges = False
     assert reader.read(f, 1_000_000, 100_000) == data[1_000_000:1_100_000]
 
@@ -404,7 +404,7 @@ def test_size_mismatch_is_a_fetcherror_and_not_cached(env):
     with pytest.raises(FetchError):
         reader.read(wrong, 1_000_000, 10)
     reader.flush()
-    assert cache.stats()["entries"] == 0
+    assert cache.stats().entries == 0
 
 
 def test_prefetch_warms_the_whole_file_non_urgently(env):
@@ -435,7 +435,7 @@ def test_lru_eviction_under_reader(tmp_path: Path):
         f = RemoteFile(URL, len(data), "k")
         assert _read_all(reader, f) == data
         reader.flush()
-        assert cache.stats()["size"] <= (1 << 20) + 4 * BS
+        assert cache.stats().size <= (1 << 20) + 4 * BS
         assert _read_all(reader, f) == data  # refetches what was evicted, still correct
     finally:
         reader.close()
@@ -494,8 +494,9 @@ def test_stream_blocks_wait_for_their_cache_write_in_an_unlinked_spool(env, tmp_
     try:
         assert _read_all(reader, f) == data
         s = reader.stats()
-        assert s["spooled_blocks"] > 0 and s["spooled_blocks"] == s["pending_blocks"], f"stream blocks waited in RAM: {s}"
-        assert s["hot_bytes"] == 0, f"stream blocks were also kept in RAM: {s}"
+        wb = s.write_behind
+        assert wb.spooled_blocks > 0 and wb.spooled_blocks == wb.pending_blocks, f"stream blocks waited in RAM: {s}"
+        assert s.held.hot_bytes == 0, f"stream blocks were also kept in RAM: {s}"
         assert _read_all(reader, f, step=100_000) == data, "a block waiting in the spool was served wrong"
     finally:
         cache.go.set()
@@ -514,7 +515,7 @@ def test_spool_is_bounded_and_the_stream_waits_for_room(env):
         t = threading.Thread(target=lambda: out.append(_read_all(reader, f)))
         t.start()
         time.sleep(0.5)
-        spooled = reader.stats()["spooled_blocks"]
+        spooled = reader.stats().write_behind.spooled_blocks
         assert 0 < spooled <= 4, f"{spooled} blocks in a spool of 4 slots"
         assert t.is_alive(), "the copy finished although the spool had no room"
     finally:
@@ -687,7 +688,7 @@ def test_a_failed_piece_fetch_caches_nothing(penv):
     with pytest.raises(FetchError):
         reader.read(f, 9_000_000, 8192)
     reader.flush()
-    assert cache.stats()["entries"] == 0
+    assert cache.stats().entries == 0
     dl.fail_ranges = False
     assert reader.read(f, 9_000_000, 8192) == data[9_000_000:9_008_192]
 
@@ -733,7 +734,7 @@ def test_cached_blocks_held_open_are_bounded(env, tmp_path: Path):
         requests_before = len(dl.calls)
         assert _read_all(reader2, f) == data
         assert len(dl.calls) == requests_before, "the re-read went to the server"
-        held = reader2.stats()["hot_open_files"]
+        held = reader2.stats().held.hot_open_files
         assert 0 < held <= limit, f"{held} cached blocks held open"
         assert len(os.listdir("/proc/self/fd")) - fds_before <= limit + 8
     finally:

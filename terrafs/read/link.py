@@ -20,6 +20,7 @@ from collections import deque
 from typing import Callable, Iterable, Iterator
 
 from terrafs.read.cost import DOCUMENTED, Conditions, Link
+from terrafs.read.stats import LinkStats
 
 #: Before the first answer: a modest link (what the policy assumed before it measured).
 ASSUMED = Link(ttfb=0.03, throughput=8e6)
@@ -113,7 +114,7 @@ class Gauges:
         if not self._measured:  # a downloader that cannot be timed: the policy's fixed prices
             return dataclasses.replace(self._assumed, kernel_ahead=self.kernel.ahead())
         ask = getattr(self._limiter, "budget", None)
-        budget = ask() if callable(ask) else DOCUMENTED
+        budget = (ask() if callable(ask) else None) or DOCUMENTED
         return Conditions(self.link.now(), budget, self.kernel.ahead())
 
     def answer(self, it: Iterable[bytes], check: Callable[[object], None],
@@ -137,10 +138,9 @@ class Gauges:
             if close is not None:
                 close()
 
-    def stats(self) -> dict:
+    def stats(self) -> LinkStats:
         link = self.link.now()
-        return {"link_ttfb_ms": round(link.ttfb * 1e3, 2), "link_throughput": int(link.throughput),
-                "kernel_ahead": self.kernel.ahead()}
+        return LinkStats(round(link.ttfb * 1e3, 2), int(link.throughput), self.kernel.ahead())
 
     def _on_response(self, response: object, *args: object, **kwargs: object) -> None:
         """The session got an answer's head: its time to first byte (no limiter wait in it)."""

@@ -20,6 +20,7 @@ import logging
 from typing import Callable, Iterable
 
 from terrafs.blockcache import BlockCache, DiskBlock
+from terrafs.counters import Counters
 from terrafs.read import tiff
 from terrafs.read.diskahead import DiskAhead
 from terrafs.read.hotset import HotSet
@@ -29,6 +30,7 @@ from terrafs.read.sharedtier import SharedMeta, SharedTier
 
 __all__ = ["Lookup", "SharedTier"]
 from terrafs.read.spool import Spooled
+from terrafs.read.stats import HeldStats
 from terrafs.read.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ class Lookup:
         self._block_size = block_size
         self.ahead = DiskAhead(self.load, block_size)
         self._scratch: list[bytearray] = []  # verify buffers (list.pop/append are atomic)
-        self.counts = {"bytes_from_cache": 0, "hits": 0, "misses": 0}
+        self.counts = Counters(bytes_from_cache=0, hits=0, misses=0)
 
     def in_ram(self, u: Units, i: int) -> bool:
         """Held in RAM or waiting for its write (leaf locks only: callable under the reader's cond)."""
@@ -73,13 +75,13 @@ class Lookup:
         finally:
             self._scratch.append(scratch)
         if data is None:
-            self.counts["misses"] += 1
+            self.counts.add("misses", 1)
             return self._from_shared(u, i)
-        self.counts["hits"] += 1
+        self.counts.add("hits", 1)
         if len(data) != u.length(i):
             log.warning("cached block %d of %s has the wrong length; refetching", i, u.url)
             return None
-        self.counts["bytes_from_cache"] += len(data)
+        self.counts.add("bytes_from_cache", len(data))
         self.hot.put((u.key, i), data)
         return data
 
@@ -161,7 +163,7 @@ class Lookup:
         """Verify block i from the disk cache into the hot set (a loader thread)."""
         data = self.cache.open_block(f.key, i, scratch)  # None if absent: then a fetch brings it
         if data is not None and len(data) == min(self._block_size, f.size - i * self._block_size):
-            self.counts["bytes_from_cache"] += len(data)
+            self.counts.add("bytes_from_cache", len(data))
             self.hot.put((f.key, i), data)
 
     def _take_scratch(self) -> bytearray:
@@ -205,12 +207,8 @@ class Lookup:
         self.wb.close()
         self.ahead.close()
 
-    def stats(self) -> dict:
-        """Hits and bytes from the cache, the writer's health, and what RAM holds."""
-        out = dict(self.counts)
-        out.update(self.wb.stats())
-        out["hot_bytes"] = self.hot.bytes
-        out["hot_open_files"] = self.hot.open_files
-        if self.shared is not None:
-            out.update(self.shared.stats())
-        return out
+    def stats(self) -> HeldStats:
+        """Units found held or not, bytes served from them, and what RAM holds."""
+        c = self.counts.snapshot()
+        return HeldStats(int(c["hits"]), int(c["misses"]), int(c["bytes_from_cache"]), self.hot.bytes,
+                         self.hot.open_files)

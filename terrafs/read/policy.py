@@ -113,7 +113,7 @@ class ReadPolicy:
 
     def assumed(self) -> Conditions:
         """Conditions before anything is measured: the old fixed prices (a bound budget, `bandwidth`)."""
-        from terrafs.ratelimit import BudgetState
+        from terrafs.limiter import BudgetState
 
         bound = BudgetState(room=0, wait=0.0, spacing=self.request_cost, used=1.0)
         return Conditions(Link(0.0, self.bandwidth), bound, self.kernel_ahead)

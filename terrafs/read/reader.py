@@ -36,10 +36,11 @@ from terrafs.read.fetches import RANGE_CHUNK, Fetches
 from terrafs.read.hotset import HotSet
 from terrafs.read.identity import IdentityGuard
 from terrafs.read.link import Gauges
-from terrafs.read.lookup import Lookup, SharedTier
+from terrafs.read.lookup import Counters, Lookup, SharedTier
 from terrafs.read.policy import Facts, Plan, ReadPolicy, plan
 from terrafs.read.remote import Downloader, RemoteFile, Units, blocks_of, pieces_of, unit_keys
 from terrafs.read.spool import Spooled
+from terrafs.read.stats import ReaderStats
 from terrafs.read.streams import Stream, Streams
 from terrafs.read.writebehind import WriteBehind
 
@@ -73,7 +74,7 @@ class Reader:
         self._fetches = Fetches(self._cond, p)
         self._identity = IdentityGuard(self._held.identities(), self.invalidate)
         self._streams = Streams(downloader, self._cond, p, self._deliver, self._identity.check)
-        self._counts = {"bytes_from_network": 0, "reads": 0}
+        self._counts = Counters(bytes_from_network=0, reads=0)
         self._gauges = Gauges(downloader, p.assumed())  # the cost model's inputs, measured
 
     @property
@@ -104,7 +105,7 @@ class Reader:
         bs = self.policy.block_size
         first, last = offset // bs, (end - 1) // bs
         self._held.reading(time.monotonic())
-        self._counts["reads"] += 1
+        self._counts.add("reads", 1)
         decided = self._plan(f, offset, end)
         blocks = blocks_of(f, bs)
         if decided.pieces:
@@ -149,13 +150,11 @@ class Reader:
         """Wait until every block fetched so far is in the disk cache (or given up)."""
         self._held.flush()
 
-    def stats(self) -> dict:
-        """Live figures: bytes by source, open streams, RAM held, the cache's health."""
-        out = dict(self._counts)
-        out.update(self._held.stats())
-        out["open_streams"] = self._streams.count()
-        out.update(self._gauges.stats())
-        return out
+    def stats(self) -> ReaderStats:
+        """Live figures: bytes by source, open streams, RAM held, the cache writer's health, the link."""
+        c, held = self._counts.snapshot(), self._held
+        return ReaderStats(int(c["reads"]), int(c["bytes_from_network"]), self._streams.count(), held.stats(),
+                           held.wb.stats(), self._gauges.stats(), held.shared.stats() if held.shared else None)
 
     # -- planning -------------------------------------------------------------
 
@@ -375,10 +374,10 @@ class Reader:
         return self._gauges.answer(it, lambda info: self._identity.check(f, info), self._received)
 
     def _received(self, n: int) -> None:
-        self._counts["bytes_from_network"] += n
+        self._counts.add("bytes_from_network", n)
 
     def _deliver(self, st: Stream, pos: int, block: bytes) -> None:
-        self._counts["bytes_from_network"] += len(block)
+        self._counts.add("bytes_from_network", len(block))
         self._store(blocks_of(st.file, self.policy.block_size), pos // self.policy.block_size, block, spool=True)
         self._held.streamed(st.file, pos // self.policy.block_size, block)
 

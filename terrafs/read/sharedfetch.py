@@ -57,7 +57,7 @@ class SharedFetch:
         if won is None:  # Redis away: as if there were no cluster
             return fetch(start, end)
         mine = [i for i, ok in zip(units, won) if ok]
-        self.tier.counts["shared_claims"] += len(mine)
+        self.tier.counts.add("shared_claims", len(mine))
         out = bytearray(end - start)
         have: set[int] = set()
         # A unit may have arrived between the read's look and the claim (its claim released with its put).
@@ -66,7 +66,7 @@ class SharedFetch:
             self.tier.call(lambda: self.tier._client.delete(*[claim_key(u, i) for i in arrived]))
             self._place(arrived, u, start, out)
             have.update(arrived)
-            self.tier.counts["shared_hits"] += len(arrived)
+            self.tier.counts.add("shared_hits", len(arrived))
             mine = [i for i in mine if i not in arrived]
         if mine:
             a, b = mine[0], mine[-1]
@@ -107,7 +107,7 @@ class SharedFetch:
         got: set[int] = set()
         t0 = time.monotonic()
         deadline = t0 + self.tier.settings.wait
-        self.tier.counts["shared_waits"] += 1
+        self.tier.counts.add("shared_waits", 1)
         pending = list(wanted)
         while pending and time.monotonic() < deadline:
             # Claims first: a claim gone before the look below means its bytes are there, or never will be.
@@ -120,6 +120,6 @@ class SharedFetch:
                 break  # a claim ended without bytes (a failed fetch, or Redis away): fetch here
             if pending:
                 time.sleep(_POLL)
-        self.tier.counts["shared_hits"] += len(got)
-        self.tier.counts["shared_wait_seconds"] += time.monotonic() - t0
+        self.tier.counts.add("shared_hits", len(got))
+        self.tier.counts.add("shared_wait_seconds", time.monotonic() - t0)
         return got

@@ -49,7 +49,9 @@ try:
 except ImportError:  # the cluster extra is not installed: mount.make_shared_tier says so if one is named
     redis = None  # type: ignore[assignment]
 
+from terrafs.counters import Counters
 from terrafs.read.remote import RemoteFile, Units
+from terrafs.read.stats import SharedTierStats
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +162,9 @@ class SharedTier:
         self._cache: Any = None
         self._versions: dict[str, Version | None] = {}  # url -> the version this node holds (memo of the meta)
         self._asked: dict[str, float] = {}  # url -> when a read last asked whether its version is stale
-        self.counts = {"shared_hits": 0, "shared_misses": 0, "shared_bytes_read": 0, "shared_puts": 0,
+        self.counts = Counters(**{"shared_hits": 0, "shared_misses": 0, "shared_bytes_read": 0, "shared_puts": 0,
                        "shared_bytes_written": 0, "shared_waits": 0, "shared_wait_seconds": 0.0,
-                       "shared_claims": 0, "shared_stale_dropped": 0, "shared_corrupt": 0}
+                       "shared_claims": 0, "shared_stale_dropped": 0, "shared_corrupt": 0})
         self._queue: queue.Queue = queue.Queue()
         self._queued = 0
         self._writer = threading.Thread(target=self._write_loop, name="terrafs-shared-tier", daemon=True)
@@ -256,7 +258,7 @@ class SharedTier:
         if not self.call(lambda: self._client.exists(f"{PREFIX}:s:{version_id(f.url, f.size, v)}")):
             return False
         log.info("%s changed on the server (another node saw it): dropping what is cached of it", f.url)
-        self.counts["shared_stale_dropped"] += 1
+        self.counts.add("shared_stale_dropped", 1)
         self._versions[f.url] = None
         if self._cache is not None:
             self._cache.set_meta("ident:" + f.url, None)
@@ -271,13 +273,13 @@ class SharedTier:
         found = self._check(u, i, res)
         if not count:
             if found is not None:
-                self.counts["shared_bytes_read"] += len(found)
+                self.counts.add("shared_bytes_read", len(found))
             return found
         if found is None:
-            self.counts["shared_misses"] += 1
+            self.counts.add("shared_misses", 1)
             return None
-        self.counts["shared_hits"] += 1
-        self.counts["shared_bytes_read"] += len(found)
+        self.counts.add("shared_hits", 1)
+        self.counts.add("shared_bytes_read", len(found))
         return found
 
     def get_many(self, u: Units, units: list[int]) -> dict[int, bytes]:
@@ -293,7 +295,7 @@ class SharedTier:
             data = self._check(u, i, res)
             if data is not None:
                 found[i] = data
-                self.counts["shared_bytes_read"] += len(data)
+                self.counts.add("shared_bytes_read", len(data))
         return found
 
     def _check(self, u: Units, i: int, res: Any) -> bytes | None:
@@ -306,7 +308,7 @@ class SharedTier:
         except (ValueError, TypeError, struct.error):
             got = url = etag = modified = None
         if got is None:
-            self.counts["shared_corrupt"] += 1
+            self.counts.add("shared_corrupt", 1)
             log.debug("a damaged shared entry for unit %d of %s: a miss", i, u.url)
             return None
         (e_url, e_size, e_etag, e_modified), data = got
@@ -359,13 +361,12 @@ class SharedTier:
             ttl = int(self.settings.ttl * 1000)
             if self.call(lambda: self._put(keys=[f"{PREFIX}:p:{_url_key(u.url)}", claim],
                                            args=[PREFIX, vid, pointer, f":{u.unit}:{i}", entry, ttl])):
-                self.counts["shared_puts"] += 1
-                self.counts["shared_bytes_written"] += len(data)
+                self.counts.add("shared_puts", 1)
+                self.counts.add("shared_bytes_written", len(data))
 
-    def stats(self) -> dict:
-        out: dict[str, Any] = dict(self.counts)
-        out["shared_available"] = self.available
-        return out
+    def stats(self) -> SharedTierStats:
+        counts = {k.removeprefix("shared_"): v for k, v in self.counts.snapshot().items()}
+        return SharedTierStats(**counts, available=bool(self.available))  # type: ignore[arg-type]
 
     def close(self) -> None:
         self._queue.put(None)

@@ -25,6 +25,7 @@ from typing import Callable
 
 from terrafs.blockcache import BlockCache
 from terrafs.read.spool import Spool, Spooled
+from terrafs.read.stats import WriteBehindStats
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +106,10 @@ class WriteBehind:
         if self.spool is not None and not self._writer.is_alive():
             self.spool.close()
 
-    def stats(self) -> dict:
+    def stats(self) -> WriteBehindStats:
         with self._lock:
             spooled = sum(isinstance(v, Spooled) for v in self._pending.values())
-            return {"pending_blocks": len(self._pending), "spooled_blocks": spooled, "cache_degraded": self.degraded}
+            return WriteBehindStats(len(self._pending), spooled, self.degraded)
 
     # -- the writer ---------------------------------------------------------------
 
