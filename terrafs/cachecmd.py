@@ -207,7 +207,8 @@ def _prefetch_here(args, paths: list[str], load) -> int:
 
 def _run_here(config, targets: list, check: bool) -> int:
     """The prefetch loop in this process: only the block cache for --check, else credentials and a reader too."""
-    from terrafs.mount import check_auth, make_auth, make_downloader, make_reader, open_block_cache
+    from terrafs.mount import make_auth, make_downloader, make_reader, open_block_cache
+    from terrafs.preflight import check_auth
     from terrafs.read.prefetch import prefetch
 
     reader = None

@@ -93,7 +93,8 @@ def _check_mountpoint(path: Path) -> None:
 
 
 def cmd_mount(args) -> int:
-    from terrafs.mount import check_auth, check_catalogue, make_auth, run
+    from terrafs.mount import make_auth, run
+    from terrafs.preflight import check_auth, check_catalogue
     from terrafs.options import parse_options
 
     opts = parse_options(args.options)  # a bad option stops here, before anything else

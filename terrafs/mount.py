@@ -25,7 +25,7 @@ from terrafs.catalogue import Catalogue, Filter
 from terrafs.catalogue.opensearch import OpenSearchCatalogue
 from terrafs.catalogue.stac import StacCatalogue
 from terrafs.config import Config
-from terrafs.errors import AuthError, CatalogueError, ConfigError, TerrafsError
+from terrafs.errors import AuthError, ConfigError, TerrafsError
 from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.listings import ListingStore, NoPickleDisk
@@ -34,8 +34,8 @@ from terrafs.limiter import DEFAULT_MAX_PAUSE, Limiter
 from terrafs.ratelimit import RateLimiter
 from terrafs.read import Reader
 from terrafs.read.sharedtier import SharedTier
-from terrafs.scope import CredentialScope, unlisted_hosts_note
-from terrafs.text import Origin, origin_of, redact_url, strip_userinfo
+from terrafs.scope import CredentialScope
+from terrafs.text import strip_userinfo
 from terrafs.tree import Tree
 from terrafs.treenodes import limit_malloc_arenas
 
@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 USER_AGENT = f"terrafs/{__version__}"
 # Where the Basic credential check looks for a file on a download host: one small
 # catalogue request per collection, for at most this many collections.
-SAMPLE_COLLECTIONS = 5
-SAMPLE_PRODUCTS = 10
 
 
 class _BoundedRetry(Retry):
@@ -102,81 +100,6 @@ def make_auth(config: Config) -> requests.auth.AuthBase:
     return auth
 
 
-# The credential check waits this long at most for the download budget; beyond it the check
-# is left for the first read rather than have the mount hang in silence (a 429's pause).
-CHECK_WAIT = 2.0
-
-
-def check_auth(auth: requests.auth.AuthBase, config: Config) -> list[str]:
-    """Fail fast on refused credentials, before anything is mounted; returns what the user should
-    hear before the mount (a download host that gets no credentials, a check left for later).
-
-    Bearer: the first token is fetched now. Basic: one HEAD of a file the
-    catalogue names on a trusted download host (the download service is the
-    only judge of a password; no other host ever sees it), unless the download
-    budget is paused (a 429's Retry-After): that check is then the first read's.
-    Both: the download hosts of the catalogue's first products are compared with auth.hosts.
-    """
-    manager = getattr(auth, "manager", None)
-    try:
-        if manager is not None:
-            manager.check()
-        sample = sample_downloads(config)
-        # Only when no sampled file is on a host of auth.hosts: a catalogue that also names other hosts
-        # (a quicklook elsewhere) is told in the log, once per host (scope.py), not at every mount.
-        notes = [unlisted_hosts_note(sample.unlisted)] if sample.url is None and sample.unlisted else []
-        if manager is None and sample.url is not None:
-            downloader = make_downloader(config, auth)
-            wait = downloader.limiter.wait_time() if downloader.limiter is not None else 0.0
-            if wait > CHECK_WAIT:
-                notes.append(f"no download request may be sent for {wait:.0f} s (the download service asked "
-                             f"for a pause, or rate_limits are spent): the credentials are checked at the "
-                             f"first read instead")
-            else:
-                downloader.head(sample.url)
-    except AuthError as exc:
-        source = config.credential_source or f"the refresh token in {config.refresh_token_file}"
-        raise AuthError(f"{exc} (credentials from {source})") from None
-    return notes
-
-
-@dataclass(frozen=True)
-class DownloadSample:
-    url: str | None  # a file on a download host in auth.hosts, for the Basic check; None: none seen
-    unlisted: frozenset[Origin]  # download hosts the catalogue names that auth.hosts leaves out
-
-
-def sample_downloads(config: Config) -> DownloadSample:
-    """The download hosts of the catalogue's first products, up to the first file on a host
-    in auth.hosts (one catalogue request when the config is right).
-
-    Files elsewhere (another host, plain http) are not candidates for the check:
-    it would send them the password.
-    """
-    catalogue = make_catalogue(config)
-    meta = open_meta_cache(config)
-    try:
-        # check_catalogue has just kept the collection list: no second request for it.
-        collections = listing_store(config, meta).get("collections")
-    finally:
-        meta.close()
-    unlisted: set[Origin] = set()
-    try:
-        for collection in (collections or catalogue.collections())[:SAMPLE_COLLECTIONS]:
-            for product in catalogue.products(collection, None, None, None, limit=SAMPLE_PRODUCTS):
-                for f in product.files:
-                    origin = origin_of(f.href)
-                    if origin in config.credential_hosts:
-                        return DownloadSample(f.href, frozenset(unlisted))
-                    if origin is not None:
-                        unlisted.add(origin)
-    except CatalogueError as exc:
-        log.debug("no sample file for the credential check: %s", exc)
-    log.info("no file on a download host (auth.hosts) in the catalogue's first products: "
-             "the credentials are checked at the first read")
-    return DownloadSample(None, frozenset(unlisted))
-
-
 @dataclass
 class Daemon:
     tree: Tree
@@ -220,34 +143,6 @@ def listing_store(config: Config, meta: diskcache.Cache) -> ListingStore:
 
 
 FIELDS_KEY = "stac-fields"  # whether the STAC API conforms to the fields extension, in the listing store
-
-
-def check_catalogue(config: Config) -> str | None:
-    """Fail fast on a catalogue that cannot be used, before anything is mounted.
-
-    Its collection list is kept for the tree. When the catalogue does not answer
-    but an earlier mount left listings in the cache, the mount goes ahead on
-    those: the returned text says so; None means all is well.
-    """
-    meta = open_meta_cache(config)
-    try:
-        store = listing_store(config, meta)
-        try:
-            catalogue = make_catalogue(config)
-            collections = catalogue.collections()
-            if isinstance(catalogue, StacCatalogue) and config.catalogue_fields == "auto" \
-                    and store.get(FIELDS_KEY) is None:
-                # Read here, before the mount (kept like a listing), so that no listing waits for it.
-                store.put(FIELDS_KEY, catalogue.uses_fields, recent=False)
-        except CatalogueError as exc:
-            url = redact_url(config.stac_url if config.catalogue == "stac" else config.opensearch_url)
-            if store.get_stale("collections") is None:
-                raise CatalogueError(f"the catalogue at {url} cannot be used: {exc}") from None
-            return f"the catalogue at {url} does not answer ({exc}); serving what the cache holds"
-        store.put("collections", collections, recent=False)
-        return None
-    finally:
-        meta.close()
 
 
 def open_block_cache(config: Config) -> BlockCache | MemoryOnlyCache:
