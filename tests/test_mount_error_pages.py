@@ -1,0 +1,49 @@
+"""An error page is never the file: every file of a mount read exactly while 40% of download
+GETs are answered 200 with a 39-byte HTML login page (what Terrascope's download service does
+when a session lapses), with no size taken from a page and nothing cached dropped for one."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.mount
+
+
+def _source(emulator_data: Path, row: dict) -> Path:
+    return emulator_data / "small" / row["platform_path"].removeprefix("/data/MTDA/")
+
+
+def test_every_file_is_read_exactly_under_login_pages_answered_200(emulator_factory, emulator_data,
+                                                                     mount_factory):
+    emu = emulator_factory(["--rate-limit", "off"])
+    rows = emu.files(limit=1000, collection="terrascope-layouts-test")
+    rows += [r for r in emu.files(limit=1000, collection="terrascope-s2-toc-v2") if "/2020/01/" in r["default_path"]]
+    assert len(rows) >= 30, f"only {len(rows)} files to read"
+    m = mount_factory(emu, rate_limits=[{"requests": 100000, "seconds": 1}])
+    paths = [(m.path / r["default_path"], _source(emulator_data, r)) for r in rows]
+    for p, _ in paths:
+        p.stat()  # the listing first: its sizes are what the pages must not replace
+    emu.set(fault_rate=0.4, fault_kinds=["html"])
+
+    def wrong(item: tuple[Path, Path]) -> str | None:
+        path, source = item
+        try:
+            got = path.read_bytes()
+        except OSError as exc:
+            return f"{path.name}: {exc}"
+        return None if got == source.read_bytes() else f"{path.name}: wrong bytes ({len(got)})"
+
+    for rnd in (1, 2):  # the second pass reads what the first cached: a page must have dropped nothing
+        with ThreadPoolExecutor(8) as pool:
+            bad = [w for w in pool.map(wrong, paths) if w]
+        assert not bad, f"pass {rnd}: {len(bad)} of {len(paths)} files not read exactly: {bad[:5]}"
+        for path, source in paths:
+            assert path.stat().st_size == source.stat().st_size, f"{path.name}: a page's length taken for its size"
+    emu.set(fault_rate=0.0)
+    pages = [e for e in emu.requests("download") if e.get("fault") == "html"]
+    assert len(pages) > len(paths) / 2, f"only {len(pages)} login pages served: the test tested little"
+    log = m.log_text()
+    assert "bytes on the server" not in log and "dropping what is cached" not in log, \
+        "a login page was taken for a republished file"
