@@ -50,17 +50,19 @@ class Counts:
         self.wrong_names: list[str] = []
 
 
-def daemon_state(pid: int) -> tuple[float, int, int]:
-    """(RSS MiB, open files, threads) of the daemon."""
-    rss = 0.0
+def daemon_state(pid: int) -> tuple[float, int, int, float, float]:
+    """(RSS MiB, open files, threads, anonymous RSS MiB, file-backed RSS MiB) of the daemon."""
+    kib = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) / 1024
-    return rss, len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "RssAnon", "RssFile"):
+                kib[name] = int(value.split()[0])
+    return (kib.get("VmRSS", 0) / 1024, len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task")),
+            kib.get("RssAnon", 0) / 1024, kib.get("RssFile", 0) / 1024)
 
 
-def mount(emu, work: Path, cache: str, trace: bool) -> tuple[subprocess.Popen, Path]:
+def mount(emu, work: Path, cache: str, trace: bool, py_trace: bool) -> tuple[subprocess.Popen, Path]:
     mnt = work / "mnt"
     mnt.mkdir()
     (work / "cfg").mkdir()
@@ -70,7 +72,8 @@ def mount(emu, work: Path, cache: str, trace: bool) -> tuple[subprocess.Popen, P
     env = credentials_env()
     if trace:
         env["PYTHONPATH"] = os.pathsep.join([str(REPO / "scripts" / "soak_trace"), str(REPO)])
-        env["TERRAFS_SOAK_TRACE"] = str(work / "tracemalloc.txt")
+        env["TERRAFS_SOAK_TRACE"] = str(work / "memory.txt")
+        env["TERRAFS_SOAK_TRACEMALLOC"] = "1" if py_trace else "0"
     out = open(work / "mount.out", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "terrafs", "mount", "--foreground", "--config", str(cfg),
                              str(mnt)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -145,19 +148,20 @@ def soak(files, minutes: float, readers: int, pid: int) -> int:
     for t in threads:
         t.start()
     began = time.monotonic()
-    print("minute  reads(total)  reads/min  wrong  EIO  whole(failed)  RSS MiB  open files  threads", flush=True)
+    print("minute  reads(total)  reads/min  wrong  EIO  whole(failed)  RSS MiB (anon+file)  open files  threads",
+          flush=True)
     last = 0
     rss_at: dict[int, float] = {}
     try:
         for minute in range(1, int(minutes) + 1):
             time.sleep(max(0.0, began + 60 * minute - time.monotonic()))
-            rss, fds, nthreads = daemon_state(pid)
+            rss, fds, nthreads, anon, filed = daemon_state(pid)
             rss_at[minute] = rss
             with counts.lock:
                 reads, wrong, eio, whole, whole_failed = (counts.reads, counts.wrong, counts.eio,
                                                           counts.whole, counts.whole_failed)
             print(f"{minute:6d}  {reads:12d}  {reads - last:9d}  {wrong:5d}  {eio:3d}  {whole:6d}({whole_failed})"
-                  f"  {rss:7.1f}  {fds:10d}  {nthreads:7d}", flush=True)
+                  f"  {rss:7.1f} ({anon:.0f}+{filed:.0f})  {fds:10d}  {nthreads:7d}", flush=True)
             last = reads
     finally:
         stop.set()
@@ -192,7 +196,7 @@ def copy_twice(files, readers: int, pid: int) -> int:
         t0 = time.monotonic()
         with ThreadPoolExecutor(readers) as pool:
             list(pool.map(copy, files))
-        rss, fds, nthreads = daemon_state(pid)
+        rss, fds, nthreads, _, _ = daemon_state(pid)
         print(f"pass {rnd}: {len(files)} files copied by {readers} readers in {time.monotonic() - t0:.1f} s: "
               f"wrong {len(wrong)}, failed {len(failed)} {failed[:5]}; RSS {rss:.1f} MiB, {fds} open files",
               flush=True)
@@ -207,7 +211,8 @@ def main() -> int:
     p.add_argument("--readers", type=int, default=8)
     p.add_argument("--fault-rate", type=float, default=None)
     p.add_argument("--cache", default="40MiB", help="the mount's cache size (below the archive's ~100 MB)")
-    p.add_argument("--trace", action="store_true")
+    p.add_argument("--trace", action="store_true", help="the daemon notes where its memory is each minute")
+    p.add_argument("--tracemalloc", action="store_true", help="... and what Python allocations grew (slow)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, tracemalloc.txt)")
     a = p.parse_args()
     fault_rate = a.fault_rate if a.fault_rate is not None else (0.4 if a.copy_twice else 0.1)
@@ -218,7 +223,7 @@ def main() -> int:
     emu = start_emulator(data, work / "emulator", ["--rate-limit", "off"])
     proc = mnt = None
     try:
-        proc, mnt = mount(emu, work, a.cache, a.trace)
+        proc, mnt = mount(emu, work, a.cache, a.trace or a.tracemalloc, a.tracemalloc)
         rows = emu.files(limit=10000)
         files = []
         for r in rows:
@@ -236,8 +241,10 @@ def main() -> int:
         if proc is not None and mnt is not None:
             unmount(proc, mnt)
         emu.stop()
-        if a.trace or a.keep:
-            note(f"kept {work}" + (f" (tracemalloc: {work / 'tracemalloc.txt'})" if a.trace else ""))
+        if a.trace or a.tracemalloc:
+            print((work / "memory.txt").read_text() if (work / "memory.txt").exists() else "", end="", flush=True)
+        if a.trace or a.tracemalloc or a.keep:
+            note(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
 
