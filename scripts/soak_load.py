@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -178,7 +179,7 @@ def soak(files, minutes: float, readers: int, pid: int) -> int:
     return 1 if counts.wrong else 0
 
 
-def copy_twice(files, readers: int, pid: int) -> int:
+def copy_twice(files, readers: int, pid: int, emu) -> int:
     status = 0
     for rnd in (1, 2):
         wrong, failed = [], []
@@ -201,6 +202,10 @@ def copy_twice(files, readers: int, pid: int) -> int:
               f"wrong {len(wrong)}, failed {len(failed)} {failed[:5]}; RSS {rss:.1f} MiB, {fds} open files",
               flush=True)
         status |= bool(wrong) or (rnd == 1 and len(failed) > 1) or (rnd == 2 and bool(failed))
+    gets = [e for e in emu.requests("download") if e.get("method") == "GET"]
+    kinds = Counter(k for e in gets if e.get("fault") for k in e["fault"].split(","))
+    print(f"download GETs {len(gets)}, faulted {sum(1 for e in gets if e.get('fault'))}: "
+          + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())), flush=True)
     return int(status)
 
 
@@ -235,7 +240,7 @@ def main() -> int:
              f"{a.readers} readers; {fault_rate:.0%} of GETs faulted; daemon pid {proc.pid}")
         emu.set(fault_rate=fault_rate)
         if a.copy_twice:
-            return copy_twice(files, a.readers, proc.pid)
+            return copy_twice(files, a.readers, proc.pid, emu)
         return soak(files, a.minutes, a.readers, proc.pid)
     finally:
         if proc is not None and mnt is not None:
