@@ -70,3 +70,16 @@ def test_the_identity_guard_takes_no_size_from_an_answer_without_the_files_ident
     with pytest.raises(SizeChanged):  # the file republished at another size: its own identity
         guard.check(f, RemoteInfo(200000, '"v2"', None))
     assert dropped == [f]
+
+
+def test_the_emulators_html_fault_is_a_login_page_with_status_200(emulator):
+    import requests
+
+    row = emulator.files(limit=1, min_size=100_000)[0]
+    emulator.set(fault_rate=1.0, fault_kinds=["html"])
+    r = requests.get(emulator.download_url(row["path"]), auth=("demo", "demo"), headers={"Range": "bytes=0-99"},
+                     timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+    assert len(r.content) == 39 and b"<title>Sign in" in r.content
+    assert "ETag" not in r.headers and "Last-Modified" not in r.headers and "Content-Range" not in r.headers
+    assert emulator.requests("download")[-1]["fault"] == "html"
