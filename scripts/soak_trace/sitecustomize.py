@@ -38,7 +38,20 @@ if _OUT:
         except (OSError, AttributeError):
             pass
         out.append(f"threads: {threading.active_count()}")
+        out.append(_held())
         return "; ".join(out)
+
+    def _held() -> str:
+        """Bytes the read path holds in RAM by design: the hot set's and the write-behind's."""
+        import gc
+        hot = pending = 0
+        for o in gc.get_objects():
+            name = type(o).__name__
+            if name == "HotSet":
+                hot += sum(len(v) for v in list(o._data.values()) if isinstance(v, (bytes, bytearray)))
+            elif name == "WriteBehind":
+                pending += sum(len(v) for v in list(o._pending.values()) if isinstance(v, (bytes, bytearray)))
+        return f"held: hot set {hot / 2**20:.1f} MiB in RAM, write-behind {pending / 2**20:.1f} MiB"
 
     def _dump() -> None:
         base = None
