@@ -39,6 +39,11 @@ _BLOCK = "b"  # first element of every block key: (_BLOCK, file_key, index)
 _HITS = "stats:hits"
 _MISSES = "stats:misses"
 _FLUSH_EVERY = 1024  # counter updates kept in memory before being written
+# SQLite page cache per connection, in pages of 4 KiB. diskcache keeps one connection per thread
+# and gives each 8192 pages (32 MiB); small blocks (pieces) live in the index itself, so each
+# thread's cache filled with copies of cached bytes: a soak's RSS grew with the index (docs/soak.md).
+# Reads of the index go through its memory map (diskcache's 64 MiB) and need no page cache.
+SQLITE_CACHE_PAGES = 256
 
 
 class _BlockDisk(diskcache.Disk):
@@ -150,8 +155,10 @@ class BlockCache:
             size_limit=size_limit,
             eviction_policy="least-recently-stored",
             disk=_BlockDisk,
+            sqlite_cache_size=SQLITE_CACHE_PAGES,
         )
-        self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none")
+        self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none",
+                                     sqlite_cache_size=SQLITE_CACHE_PAGES)
         self._lock = threading.Lock()
         self._hits = 0  # not yet flushed to the meta cache
         self._misses = 0

@@ -10,16 +10,13 @@ log or put in an error message any header (Authorization!).
 
 from __future__ import annotations
 
-import email.utils
-import errno
 import logging
 import random
 import re
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -27,6 +24,8 @@ from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
 from . import __version__
+from .answers import (DownloadStats, RangeStream, RemoteInfo, body as _body, not_the_file,  # noqa: F401 (re-exported)
+                      parse_retry_after, refused as _refused)
 from .errors import AuthError, FetchError
 from .limiter import DEFAULT_MAX_PAUSE, Limiter
 from . import scope as _scope
@@ -43,69 +42,9 @@ MAX_REDIRECTS = 5
 FREE_THROTTLES = 4
 MAX_BACKOFF = 4.0  # seconds: a server down for longer gets its Retry-After honoured, or the read fails
 REFUSED_TRIES = 2  # connections refused in a row before a fetch fails
+IDENTITIES = 4096  # URLs whose last (ETag, Last-Modified) is kept, to tell a page from the file
 
 _UNSATISFIED_RANGE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class RemoteInfo:
-    """What the server says about a file."""
-    size: int
-    etag: str | None
-    last_modified: str | None
-
-
-@dataclass(frozen=True)
-class DownloadStats:
-    """Requests sent (retries, redirect hops, resends) and responses by status; the rest got none."""
-
-    requests: int
-    by_status: dict[str, int]
-
-    @property
-    def unanswered(self) -> int:
-        return max(0, self.requests - sum(self.by_status.values()))
-
-
-def parse_retry_after(value: str | None, now: float | None = None,
-                      limit: float = DEFAULT_MAX_PAUSE) -> float | None:
-    """Retry-After as seconds from now, at most `limit`: delta-seconds or an HTTP date;
-    None if absent/invalid. (A server asking for 31 years gets the longest rate window.)"""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), limit)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if when is None:
-        return None
-    return min(limit, max(0.0, when.timestamp() - (time.time() if now is None else now)))
-
-
-class RangeStream:
-    """The chunks of one ranged GET, and what the server said about the file."""
-
-    def __init__(self, chunks: Iterator[bytes], holder: list[RemoteInfo]):
-        self._chunks = chunks
-        self._holder = holder
-
-    def __iter__(self) -> "RangeStream":
-        return self
-
-    def __next__(self) -> bytes:
-        return next(self._chunks)
-
-    @property
-    def info(self) -> RemoteInfo | None:
-        return self._holder[0] if self._holder else None
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
 
 
 class _Retryable(Exception):
@@ -169,6 +108,8 @@ class Downloader:
         self.statuses: Counter[str] = Counter()  # responses by status, for metrics (metrics.py)
         self._count_lock = threading.Lock()
         self.requests_made = 0
+        # (ETag, Last-Modified) last seen per URL, bounded: a 200 without them is then a page.
+        self._idents: OrderedDict[str, tuple[str | None, str | None]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"Downloader(auth={self.auth!r}, limiter={self.limiter!r})"
@@ -183,11 +124,17 @@ class Downloader:
 
     def head(self, url: str) -> RemoteInfo:
         """Size, ETag and Last-Modified of a file."""
-        response = self._open("HEAD", url, None, True, _Budget(self.retries, self.max_retry_time))
-        response.close()
+        budget = _Budget(self.retries, self.max_retry_time)
+        while True:
+            response = self._open("HEAD", url, None, True, budget)
+            response.close()
+            why = not_the_file(response, url, self._had(url)) if response.status_code == 200 else None
+            if why is None:
+                break
+            self._failed(budget, "HEAD", url, why)
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit():
-            return self._info(response, int(length))
+            return self._remember(url, self._info(response, int(length)))
         # Some servers omit Content-Length on HEAD: ask for one byte instead.
         log.debug("HEAD %s without Content-Length; probing with a 1-byte range", redact_url(url))
         _, info = self.get_range(url, 0, 1)
@@ -225,12 +172,13 @@ class Downloader:
                 return
             response = self._open("GET", url, (pos, end), urgent, budget)
             try:
-                info, skip, stop = self._check_range(response, pos, end)
+                info, skip, stop = self._check_range(response, url, pos, end)
                 if first is None:
                     first = info
                     holder.append(info)
                 elif (first.etag and info.etag and info.etag != first.etag) or info.size != first.size:
                     raise FetchError(f"GET {redact_url(url)}: the file changed while it was read")
+                self._remember(url, info)
                 end = min(end, info.size)
                 for chunk in _body(response, skip, stop - pos, chunk_size):
                     pos += len(chunk)
@@ -247,8 +195,13 @@ class Downloader:
             finally:
                 response.close()
 
-    def _check_range(self, response: requests.Response, pos: int, end: int) -> tuple[RemoteInfo, int, int]:
-        """(info, bytes of body to skip, absolute end to stop at) or _Retryable."""
+    def _check_range(self, response: requests.Response, url: str, pos: int,
+                     end: int) -> tuple[RemoteInfo, int, int]:
+        """(info, bytes of body to skip, absolute end to stop at) or _Retryable.
+
+        A size other than the caller's comes only from an answer that is the file:
+        a 206 or 416 naming the total, or a 200 with an ETag/Last-Modified of its own.
+        """
         if response.status_code == 416:
             unsat = _UNSATISFIED_RANGE.match(response.headers.get("Content-Range", ""))
             if unsat and pos >= int(unsat.group(1)):
@@ -273,10 +226,29 @@ class Downloader:
             return self._info(response, size), 0, cr.last + 1
         if response.status_code == 200:
             # The server ignored Range: read the whole body up to `end`, keep the slice.
+            why = not_the_file(response, url, self._had(url))
+            if why is not None:
+                raise _Retryable(why)
             length = response.headers.get("Content-Length")
             size = int(length) if length is not None and length.isdigit() else end
+            if size < end and response.headers.get("ETag") is None and response.headers.get("Last-Modified") is None:
+                raise _Retryable(f"HTTP 200 of {size} bytes for a range to {end}, without ETag or Last-Modified")
             return self._info(response, size), pos, min(end, size)
         raise _Retryable(f"unexpected HTTP {response.status_code}")
+
+    def _had(self, url: str) -> tuple[str | None, str | None] | None:
+        with self._count_lock:
+            return self._idents.get(url)
+
+    def _remember(self, url: str, info: RemoteInfo) -> RemoteInfo:
+        """Keep the identity an answer that is the file gave (the newest IDENTITIES URLs)."""
+        if info.etag is not None or info.last_modified is not None:
+            with self._count_lock:
+                self._idents[url] = (info.etag, info.last_modified)
+                self._idents.move_to_end(url)
+                while len(self._idents) > IDENTITIES:
+                    self._idents.popitem(last=False)
+        return info
 
     def _info(self, response: requests.Response, size: int) -> RemoteInfo:
         return RemoteInfo(size=size, etag=response.headers.get("ETag"),
@@ -391,40 +363,3 @@ class Downloader:
         base = min(MAX_BACKOFF, self.backoff * 2 ** (n - 1))
         return base * (0.5 + random.random() / 2)  # jitter: don't retry in lockstep
 
-
-def _refused(exc: BaseException) -> bool:
-    """Whether a connection error is a refusal (nothing listens).
-
-    requests wraps urllib3's MaxRetryError, whose `reason` is a NewConnectionError
-    raised from the socket's OSError: the chain is walked for ECONNREFUSED."""
-    todo: list[object] = [exc]
-    seen: set[int] = set()
-    while todo:
-        e = todo.pop()
-        if not isinstance(e, BaseException) or id(e) in seen or len(seen) > 32:
-            continue
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno == errno.ECONNREFUSED:
-            return True
-        todo += [e.__cause__, e.__context__, getattr(e, "reason", None), *e.args]
-    return False
-
-
-def _body(response: requests.Response, skip: int, want: int, chunk_size: int) -> Iterator[bytes]:
-    """Up to `want` bytes of the body after skipping `skip`, in chunks of <= chunk_size."""
-    if want <= 0:
-        return
-    got = 0
-    for piece in response.iter_content(chunk_size=chunk_size):
-        if skip:
-            if len(piece) <= skip:
-                skip -= len(piece)
-                continue
-            piece = piece[skip:]
-            skip = 0
-        piece = piece[: want - got]
-        got += len(piece)
-        if piece:
-            yield piece
-        if got >= want:
-            return

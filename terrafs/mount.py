@@ -31,6 +31,7 @@ from terrafs.http import Downloader
 from terrafs.listings import ListingStore, NoPickleDisk
 from terrafs.localfs import FolderUnusable, private_dir
 from terrafs.limiter import DEFAULT_MAX_PAUSE, Limiter
+from terrafs.memtrim import Trimmer
 from terrafs.ratelimit import RateLimiter
 from terrafs.read import Reader
 from terrafs.read.sharedtier import SharedTier
@@ -261,10 +262,11 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
     opts = parse_options(options)  # only its FUSE options reach libfuse (uid=, _netdev, config= ... do not)
     limit_malloc_arenas()  # before FUSE's threads: listings parsed in many threads keep many heaps
     daemon = build(config, auth)
-    control = metrics = None
+    control = metrics = trimmer = None
     try:
         control = _start_control(daemon, config, mountpoint)
         metrics = _start_metrics(config, daemon, auth)
+        trimmer = Trimmer().start()  # memtrim.py: what a long load frees goes back to the system
         ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready, owner=opts.ownership())
         from terrafs.libfuse import describe
 
@@ -278,7 +280,7 @@ def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, optio
             raise TerrafsError(f"libfuse could not mount {mountpoint} (code {exc}); an option it does not "
                                f"know? FUSE options given: {given}; see {config.log_file}") from None
     finally:
-        for part in (control, metrics):
+        for part in (control, metrics, trimmer):
             if part is not None:
                 part.stop()
         daemon.close()

@@ -380,7 +380,7 @@ def test_mixed_fault_rate_draws_every_kind(emulator, tif):
     assert len(entries) == 150
     kinds = [e.get("fault") for e in entries if e.get("fault")]
     assert 0.25 <= len(kinds) / 150 <= 0.55, f"{len(kinds)} of 150 GETs faulted at fault_rate 0.4"
-    assert set(kinds) == {"500", "503", "429", "cut", "stall", "wrong_range", "ignore_range"}
+    assert set(kinds) == {"500", "503", "429", "cut", "stall", "wrong_range", "ignore_range", "html"}
 
 
 def test_republish_serves_new_bytes_tag_and_date_and_keeps_the_size(emulator, tif):

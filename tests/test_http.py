@@ -309,3 +309,111 @@ def test_a_refused_connection_is_told_from_other_connection_errors():
     looped = rq.ConnectionError("x")
     looped.__context__ = looped  # a cycle is walked once
     assert not _refused(looped)
+
+
+# -- an error page is never the file -------------------------------------------------
+
+
+def _answer(content_type: str | None, etag: str | None = None) -> requests.Response:
+    r = requests.Response()
+    r.status_code = 200
+    if content_type:
+        r.headers["Content-Type"] = content_type
+    if etag:
+        r.headers["ETag"] = etag
+    return r
+
+
+def test_a_page_type_or_a_missing_identity_is_not_the_file() -> None:
+    from terrafs.answers import not_the_file
+    tif = "https://h/download/a/B04.tif"
+    for page in ("text/html; charset=utf-8", "application/json", "application/problem+json", "TEXT/HTML"):
+        assert not_the_file(_answer(page), tif, None), f"{page} taken for the file"
+    # The Content-Type of a real answer need not match the catalogue's type.
+    for real in (None, "image/tiff", "application/octet-stream", "text/plain", "application/xml"):
+        assert not_the_file(_answer(real), tif, None) is None, f"{real} refused"
+    assert not_the_file(_answer("application/json"), "https://h/download/a/meta.json", None) is None
+    assert not_the_file(_answer("image/tiff"), tif, ('"e1"', None)), "a 200 without the ETag the file had"
+    assert not_the_file(_answer("image/tiff", '"e2"'), tif, ('"e1"', None)) is None, "a republished file"
+
+
+def test_a_login_page_answered_200_is_retried_and_never_the_file(emulator, url: str, full: bytes) -> None:
+    emulator.set(fault_rate=1.0, fault_kinds=["html"])
+    with pytest.raises(FetchError, match="page"):
+        downloader(retries=2).get_range(url, 1000, 70_000)
+    emulator.set(fault_rate=0.5)
+    d = downloader(retries=12)
+    for i in range(6):
+        data, info = d.get_range(url, i * 30_000, i * 30_000 + 20_000)
+        assert data == full[i * 30_000: i * 30_000 + 20_000]
+        assert info.size == len(full), f"a {info.size}-byte page taken for the {len(full)}-byte file"
+    assert b"".join(d.stream(url, 7, len(full), chunk_size=16 * 1024)) == full[7:]
+    pages = [e for e in gets(emulator) if e.get("fault") == "html"]
+    assert len(pages) >= 3, f"only {len(pages)} login pages served: the test tested little"
+
+
+class _Scripted:
+    """A loopback server answering GETs from a script of (status, headers, body), the last one repeated."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str], bytes]]) -> None:
+        import http.server
+        import threading
+
+        self.script, self.seen = list(script), 0
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                status, headers, body = outer.script[min(outer.seen, len(outer.script) - 1)]
+                outer.seen += 1
+                self.send_response(status)
+                for k, v in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}/download/f.tif"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_200_without_the_etag_the_file_had_is_retried() -> None:
+    the_file = (206, {"Content-Range": "bytes 0-9/10", "ETag": '"v1"'}, b"0123456789")
+    page = (200, {"Content-Type": "application/octet-stream"}, b"oops!")
+    s = _Scripted([the_file, page, page, the_file])
+    try:
+        d = downloader()
+        assert d.get_range(s.url, 0, 10)[0] == b"0123456789"
+        data, info = d.get_range(s.url, 0, 10)
+        assert (data, info.size, info.etag) == (b"0123456789", 10, '"v1"')
+        assert s.seen == 4, "the two answers without the file's ETag were retried"
+    finally:
+        s.close()
+
+
+def test_a_200_shorter_than_asked_without_any_identity_is_not_a_new_size() -> None:
+    s = _Scripted([(200, {}, b"short"), (206, {"Content-Range": "bytes 0-9/10"}, b"0123456789")])
+    try:
+        data, info = downloader().get_range(s.url, 0, 10)
+        assert (data, info.size) == (b"0123456789", 10)
+    finally:
+        s.close()
+
+
+def test_a_republished_file_answered_200_with_its_own_etag_gives_its_new_size() -> None:
+    s = _Scripted([(206, {"Content-Range": "bytes 0-9/10", "ETag": '"v1"'}, b"0123456789"),
+                   (200, {"ETag": '"v2"', "Content-Type": "image/tiff"}, b"abcdef")])
+    try:
+        d = downloader()
+        d.get_range(s.url, 0, 10)
+        data, info = d.get_range(s.url, 0, 10)
+        assert (data, info.size, info.etag) == (b"abcdef", 6, '"v2"')
+    finally:
+        s.close()

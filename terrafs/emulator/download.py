@@ -15,9 +15,9 @@ Choices where the facts are open:
 
 Bodies stream in chunks from EmuFile.read, so big files never sit in memory.
 This module applies the faults that change a body (ignore_range, wrong
-Content-Range, bandwidth, cut, stall) and serves a republished file in its
-current version (republish.py); rate limits, latency, status faults and the
-drawing of mixed faults are app.py's.
+Content-Range, bandwidth, cut, stall, html: a login page with status 200)
+and serves a republished file in its current version (republish.py); rate
+limits, latency, status faults and the drawing of mixed faults are app.py's.
 """
 from __future__ import annotations
 
@@ -42,6 +42,9 @@ from terrafs.emulator.settings import EmulatorSettings
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
+# The "html" fault: what the real service answers a GET whose session lapsed (its SSO
+# login page, reached by a redirect), as status 200, 39 bytes, no ETag or Last-Modified.
+LOGIN_PAGE = b"<!DOCTYPE html><title>Sign in</title>\r\n"
 DEFAULT_LAST_MODIFIED = datetime(2024, 1, 1, tzinfo=timezone.utc)
 
 
@@ -177,7 +180,7 @@ def handle_download(request: Request, archive: Archive, settings: EmulatorSettin
                     rng: random.Random | None = None, versions: republish.Republisher | None = None,
                     fault: str | None = None) -> Response:
     """Serve /download/<subpath> (subpath without leading slash). `fault` is a
-    body fault drawn by app.py for this GET: cut, stall, wrong_range, ignore_range."""
+    body fault drawn by app.py for this GET: cut, stall, wrong_range, ignore_range, html."""
     if request.method not in ("GET", "HEAD"):
         resp = Response("Method Not Allowed", status=405)
         resp.headers["Allow"] = "GET, HEAD"
@@ -188,6 +191,9 @@ def handle_download(request: Request, archive: Archive, settings: EmulatorSettin
     f = archive.file(subpath)
     if f is None:
         return Response("Not Found", status=404, mimetype="text/plain")
+    if fault == "html":
+        request.environ[FAULT_KEY] = "html"
+        return Response(LOGIN_PAGE, status=200, mimetype="text/html")
     version = versions.version(f.download_path) if versions else republish.Version(0, None)
     modified = version.modified or (last_modified or {}).get(f.download_path) or DEFAULT_LAST_MODIFIED
     etag = republish.etag(f, version)

@@ -24,7 +24,8 @@ from typing import Any
 #   stall         half the body, a pause of stall_seconds, then the cut
 #   wrong_range   206 for the range one byte later than asked (honest Content-Range; a broken proxy)
 #   ignore_range  200 with the whole body for a Range request
-FAULT_KINDS = ("500", "503", "429", "cut", "stall", "wrong_range", "ignore_range")
+#   html          200 with a 39-byte HTML login page (the real service when a session lapses)
+FAULT_KINDS = ("500", "503", "429", "cut", "stall", "wrong_range", "ignore_range", "html")
 # Kinds that need a Range request to mean anything; a plain GET draws from the others.
 RANGE_ONLY_KINDS = ("wrong_range", "ignore_range")
 # How the next catalogue answers fail (catalogue_fail_next): a status with an HTML

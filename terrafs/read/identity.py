@@ -6,7 +6,9 @@ Last-Modified means the file was republished under its name: everything cached
 of the old version is dropped (by `on_change`) before a byte of the new one is
 kept. Another size means it was republished at another size: the old
 version's bytes are dropped the same way and the read fails with SizeChanged,
-which tells the caller the size the server gives now.
+which tells the caller the size the server gives now. A size is believed
+only from an answer with an identity when the file had one: one without is
+a page, not the file (http.py retries those before they get here).
 
 Must not: fetch, or decide what to drop (the reader does).
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from terrafs.errors import SizeChanged
+from terrafs.errors import FetchError, SizeChanged
 from terrafs.read.remote import RemoteFile
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ class IdentityGuard:
         ident = (getattr(info, "etag", None), getattr(info, "last_modified", None))
         meta_key = "ident:" + f.url
         if size is not None and size != f.size:
+            if ident == (None, None) and tuple(self._cache.get_meta(meta_key) or (None, None)) != (None, None):
+                # Not the file (an error page): no size to believe, nothing to drop (http.py retries these).
+                raise FetchError(f"{f.url}: an answer of {size} bytes without the ETag/Last-Modified the file had")
             log.warning("%s is now %d bytes on the server (opened as %d): dropping what is cached of it",
                         f.url, size, f.size)
             self._on_change(f)
