@@ -28,6 +28,7 @@ from terrafs.read.spool import Spool, Spooled
 from terrafs.read.stats import WriteBehindStats
 
 log = logging.getLogger(__name__)
+WARN_EVERY = 600.0  # seconds: the same cause of failing cache writes is logged at most this often
 
 Key = tuple[str, int]
 
@@ -53,7 +54,8 @@ class WriteBehind:
         self._flushing = 0
         self._closed = False
         self.degraded: str | None = None  # why the last write failed, until one succeeds
-        self._warned: set[str] = set()
+        self._warned: dict[str, float] = {}  # cause -> when it was last warned about (monotonic)
+        self._told = False  # a warning was logged since the last "work again"
         self._writer = threading.Thread(target=self._loop, name="terrafs-cache-writer", daemon=True)
         self._writer.start()
 
@@ -184,9 +186,12 @@ class WriteBehind:
                         works = False
                         self._failed(exc)
             if works and self.degraded is not None:
-                log.warning("cache writes to %s work again", self._cache.directory)
+                # A full disk that the cache's culling keeps freeing flaps between the two: each cause is
+                # told at most once per WARN_EVERY, and its end only after a warning that was told.
+                if self._told:
+                    log.warning("cache writes to %s work again", self._cache.directory)
+                    self._told = False
                 self.degraded = None
-                self._warned.clear()
         except OSError as exc:  # the blocks were served already; it costs a refetch later, no more
             self._failed(exc)
         except Exception as exc:  # noqa: BLE001 - a damaged index (sqlite3) or a bug: still never fail a read
@@ -204,6 +209,8 @@ class WriteBehind:
 
     def _warn(self, cause: str, message: str) -> None:
         self.degraded = message
-        if cause not in self._warned:
-            self._warned.add(cause)
+        now = time.monotonic()
+        if now - self._warned.get(cause, -WARN_EVERY) >= WARN_EVERY:
+            self._warned[cause] = now
+            self._told = True
             log.warning("%s", message)
