@@ -183,20 +183,25 @@ def _wait_for_url(proc: subprocess.Popen, stderr_path: Path) -> str:
     raise RuntimeError(f"emulator did not start (exit code {proc.poll()}); stderr:\n{stderr}")
 
 
-@pytest.fixture(scope="session")
-def emulator_data() -> Path:
-    """The archive directory, generated once (under a lock, so concurrent test
-    sessions do not generate it twice at the same time)."""
-    data = Path(os.environ.get("TERRAFS_TEST_DATA", "/tmp/terrafs-test-data"))
-    data.mkdir(parents=True, exist_ok=True)
+def _build(data: Path, profile: str) -> None:
+    """build_archive(data, profile) in a child process, under a lock (concurrent sessions build once)."""
     with open(data / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         subprocess.run(
             [sys.executable, "-c",
              "import sys; from pathlib import Path; from terrafs.emulator.data import build_archive; "
-             "build_archive(Path(sys.argv[1]), profile='small')", str(data)],
+             "build_archive(Path(sys.argv[1]), profile=sys.argv[2])", str(data), profile],
             cwd=REPO, env=env, check=True, timeout=START_TIMEOUT)
+
+
+@pytest.fixture(scope="session")
+def emulator_data() -> Path:
+    """The archive directory, generated once (under a lock, so concurrent test
+    sessions do not generate it twice at the same time)."""
+    data = Path(os.environ.get("TERRAFS_TEST_DATA", "/tmp/terrafs-test-data"))
+    data.mkdir(parents=True, exist_ok=True)
+    _build(data, "small")
     return data
 
 
@@ -245,14 +250,7 @@ ARCHIVE_MONTHS = ("2020/01", "2020/02", "2020/03")
 @pytest.fixture(scope="session")
 def archive_data(emulator_data: Path) -> Path:
     """emulator_data with the archive profile's files (templates and the small collections) built."""
-    with open(emulator_data / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        subprocess.run(
-            [sys.executable, "-c",
-             "import sys; from pathlib import Path; from terrafs.emulator.data import build_archive; "
-             "build_archive(Path(sys.argv[1]), profile='archive')", str(emulator_data)],
-            cwd=REPO, env=env, check=True, timeout=START_TIMEOUT)
+    _build(emulator_data, "archive")
     return emulator_data
 
 
