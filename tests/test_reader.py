@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from terrafs.blockcache import BlockCache
-from terrafs.errors import FetchError
+from terrafs.errors import FetchError, SizeChanged
 from terrafs.read import Reader, RemoteFile
 from terrafs.read.fetches import RANGE_CHUNK
 from terrafs.read.remote import blocks_of
@@ -405,6 +405,31 @@ def test_size_mismatch_is_a_fetcherror_and_not_cached(env):
         reader.read(wrong, 1_000_000, 10)
     reader.flush()
     assert cache.stats().entries == 0
+
+
+def test_a_size_change_reaches_every_reader_as_sizechanged(env):
+    """files.py learns a republished file's new size from the SizeChanged a read raises: the
+    error of a fetch run on the fetch thread must reach its leader and its waiters as one."""
+    data, f, dl, cache, reader = env()
+    wrong = RemoteFile(f.url, f.size + 1, f.key)
+    dl.delay = 0.2
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            reader.read(wrong, 1_000_000, 1000)
+        except FetchError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(errors) == 3, errors
+    for exc in errors:
+        assert isinstance(exc, SizeChanged), repr(exc)
+        assert (exc.size, exc.expected) == (f.size, f.size + 1)
 
 
 def test_prefetch_warms_the_whole_file_non_urgently(env):

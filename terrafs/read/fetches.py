@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from terrafs.errors import FetchError
+from terrafs.errors import FetchError, SizeChanged
 from terrafs.read.policy import ReadPolicy, ranges
 from terrafs.read.remote import Units
 
@@ -58,6 +58,14 @@ class Fetch:
         with self._arrival:
             self.blocks[i] = block
             self._arrival.notify_all()
+
+    def failure(self, url: str) -> FetchError:
+        """A new error for one waiter of this failed fetch: a SizeChanged stays one (files.py
+        learns the file's new size from it), any other says which fetch failed."""
+        err = self.error
+        if isinstance(err, SizeChanged):
+            return SizeChanged(err.url, err.size, err.expected)
+        return FetchError(f"fetch of {url} failed: {err}")
 
     def finish(self, error: BaseException | None = None) -> None:
         with self._arrival:

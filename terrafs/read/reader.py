@@ -318,7 +318,7 @@ class Reader:
                 if i in fetch.blocks:
                     got[i] = fetch.blocks[i]
                 elif fetch.error is not None:
-                    raise FetchError(f"fetch of {u.url} failed: {fetch.error}")
+                    raise fetch.failure(u.url)
             if coming:
                 self._wait_stream(u, coming, got, deadline)
 
