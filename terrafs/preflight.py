@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_COLLECTIONS = 5
 SAMPLE_PRODUCTS = 10
+SAMPLE_KEY = "download-sample:"  # the kept sample in the listing store, per auth.hosts
 
 
 def check_catalogue(config: Config) -> str | None:
@@ -100,15 +101,43 @@ def sample_downloads(config: Config) -> DownloadSample:
     in auth.hosts (one catalogue request when the config is right).
 
     Files elsewhere (another host, plain http) are not candidates for the check:
-    it would send them the password.
+    it would send them the password. The sample is kept like a listing, so that a
+    remount on a warm cache sends the catalogue no listing request for it.
     """
-    catalogue = make_catalogue(config)
     meta = open_meta_cache(config)
     try:
+        store = listing_store(config, meta)
+        key = SAMPLE_KEY + ",".join(sorted(f"{s}://{h}:{p}" for s, h, p in config.credential_hosts))
+        kept = _kept_sample(store.get(key), config)
+        if kept is not None:
+            return kept
         # check_catalogue has just kept the collection list: no second request for it.
-        collections = listing_store(config, meta).get("collections")
+        sample, complete = _sample(config, store.get("collections"))
+        if complete:
+            store.put(key, {"url": sample.url, "unlisted": sorted(sample.unlisted)}, recent=False)
+        return sample
     finally:
         meta.close()
+
+
+def _kept_sample(value, config: Config) -> DownloadSample | None:
+    """A sample from the listing store, or None when absent or not well formed (a cache
+    file is hostile input: a kept URL gets the password only on a host of auth.hosts)."""
+    if not isinstance(value, dict):
+        return None
+    url, unlisted = value.get("url"), value.get("unlisted")
+    if url is not None and not (isinstance(url, str) and origin_of(url) in config.credential_hosts):
+        return None
+    if not isinstance(unlisted, list) or not all(
+            isinstance(o, list) and len(o) == 3 and isinstance(o[0], str) and isinstance(o[1], str)
+            and isinstance(o[2], int) for o in unlisted):
+        return None
+    return DownloadSample(url, frozenset((o[0], o[1], o[2]) for o in unlisted))
+
+
+def _sample(config: Config, collections: list[str] | None) -> tuple[DownloadSample, bool]:
+    """Asks the catalogue; the bool is False when it failed (a sample not to keep)."""
+    catalogue = make_catalogue(config)
     unlisted: set[Origin] = set()
     try:
         for collection in (collections or catalogue.collections())[:SAMPLE_COLLECTIONS]:
@@ -116,11 +145,14 @@ def sample_downloads(config: Config) -> DownloadSample:
                 for f in product.files:
                     origin = origin_of(f.href)
                     if origin in config.credential_hosts:
-                        return DownloadSample(f.href, frozenset(unlisted))
+                        return DownloadSample(f.href, frozenset(unlisted)), True
                     if origin is not None:
                         unlisted.add(origin)
     except CatalogueError as exc:
         log.debug("no sample file for the credential check: %s", exc)
+        complete = False
+    else:
+        complete = True
     log.info("no file on a download host (auth.hosts) in the catalogue's first products: "
              "the credentials are checked at the first read")
-    return DownloadSample(None, frozenset(unlisted))
+    return DownloadSample(None, frozenset(unlisted)), complete
