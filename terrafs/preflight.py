@@ -12,7 +12,7 @@ import requests
 
 from terrafs.catalogue.stac import StacCatalogue
 from terrafs.config import Config
-from terrafs.errors import AuthError, CatalogueError
+from terrafs.errors import AuthError, CatalogueError, FetchError
 from terrafs.mount import FIELDS_KEY, listing_store, make_catalogue, make_downloader, open_meta_cache
 from terrafs.scope import unlisted_hosts_note
 from terrafs.text import Origin, origin_of, redact_url
@@ -83,7 +83,11 @@ def check_auth(auth: requests.auth.AuthBase, config: Config) -> list[str]:
                              f"for a pause, or rate_limits are spent): the credentials are checked at the "
                              f"first read instead")
             else:
-                downloader.head(sample.url)
+                try:
+                    downloader.head(sample.url)
+                except FetchError as exc:  # the sampled file is gone, or the service is down: not a refusal
+                    notes.append(f"the credential check could not reach a file ({exc}): the credentials "
+                                 f"are checked at the first read instead")
     except AuthError as exc:
         source = config.credential_source or f"the refresh token in {config.refresh_token_file}"
         raise AuthError(f"{exc} (credentials from {source})") from None
