@@ -353,9 +353,8 @@ def test_fetch_failure_raises_and_caches_nothing(env):
     assert reader.read(f, 1_000_000, 100_000) == data[1_000_000:1_100_000]
 
 
-def test_waiters_of_a_failed_fetch_get_fetcherror(env):
-    data, f, dl, cache, reader = env()
-    dl.fail_ranges, dl.delay = True, 0.2
+def _fetch_errors_of_concurrent_reads(reader, f, n: int) -> list[BaseException]:
+    """The FetchErrors of n threads reading the same 1000 bytes of f at once."""
     errors: list[BaseException] = []
 
     def work() -> None:
@@ -364,11 +363,18 @@ def test_waiters_of_a_failed_fetch_get_fetcherror(env):
         except FetchError as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
+    threads = [threading.Thread(target=work) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(10)
+    return errors
+
+
+def test_waiters_of_a_failed_fetch_get_fetcherror(env):
+    data, f, dl, cache, reader = env()
+    dl.fail_ranges, dl.delay = True, 0.2
+    errors = _fetch_errors_of_concurrent_reads(reader, f, 4)
     assert len(errors) == 4, errors
     assert len(dl.calls) == 1, dl.calls
 
@@ -413,19 +419,7 @@ def test_a_size_change_reaches_every_reader_as_sizechanged(env):
     data, f, dl, cache, reader = env()
     wrong = RemoteFile(f.url, f.size + 1, f.key)
     dl.delay = 0.2
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            reader.read(wrong, 1_000_000, 1000)
-        except FetchError as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    errors = _fetch_errors_of_concurrent_reads(reader, wrong, 3)
     assert len(errors) == 3, errors
     for exc in errors:
         assert isinstance(exc, SizeChanged), repr(exc)
