@@ -80,13 +80,17 @@ class FakeDownloader:
     def head(self, url: str) -> Info:
         return Info(len(self.data), self.etag, None)
 
-    def get_range(self, url: str, start: int, end: int, *, urgent: bool = True):
+    def _ranged(self, start: int, end: int, urgent: bool) -> None:
+        """A ranged request: counted, delayed and failed as the test set it."""
         with self.lock:
             self.calls.append(("range", start, end, urgent))
         if self.delay:
             time.sleep(self.delay)
         if self.fail_ranges:
             raise FetchError("503 (simulated)")
+
+    def get_range(self, url: str, start: int, end: int, *, urgent: bool = True):
+        self._ranged(start, end, urgent)
         with self.lock:
             self.bytes_sent += end - start
         return self.data[start:end], Info(len(self.data), self.etag, None)
@@ -95,12 +99,7 @@ class FakeDownloader:
         # The reader's ranged fetches come through here too, in chunks of RANGE_CHUNK (a stream's
         # chunk is the policy's stream_chunk): they are told apart by it, and fail or stall as ranges.
         if chunk_size == RANGE_CHUNK:
-            with self.lock:
-                self.calls.append(("range", start, end, urgent))
-            if self.delay:
-                time.sleep(self.delay)
-            if self.fail_ranges:
-                raise FetchError("503 (simulated)")
+            self._ranged(start, end, urgent)
             return _Stream(self, start, end, chunk_size, paced=False)
         with self.lock:
             self.calls.append(("stream", start, end, urgent))
