@@ -65,3 +65,18 @@ def report(what: str, emulator, mark: int = 0) -> list[dict]:
     summary = [(r["method"], r["path"].rsplit("/", 1)[-1], r["range"], r["bytes"]) for r in reqs]
     print(f"client-requests: {what}: {len(reqs)} requests, {sum(r['bytes'] for r in reqs)} bytes: {summary}")
     return reqs
+
+
+def fault_test_files(emulator_factory, emulator_data: Path, mount_factory):
+    """A fresh emulator without its own limits, a mount of it, and (mounted, source) pairs of the
+    layout test files and January 2020's S2 TOC files, each stat'ed once (the listing comes first)."""
+    emu = emulator_factory(["--rate-limit", "off"])
+    rows = emu.files(limit=1000, collection="terrascope-layouts-test")
+    rows += [r for r in emu.files(limit=1000, collection="terrascope-s2-toc-v2") if "/2020/01/" in r["default_path"]]
+    assert len(rows) >= 30, f"only {len(rows)} files to read"
+    m = mount_factory(emu, rate_limits=[{"requests": 100000, "seconds": 1}])
+    small = emulator_data / "small"
+    paths = [(m.path / r["default_path"], small / r["platform_path"].removeprefix("/data/MTDA/")) for r in rows]
+    for p, _ in paths:
+        p.stat()
+    return emu, m, paths

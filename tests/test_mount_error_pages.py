@@ -8,23 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from support import fault_test_files
+
 pytestmark = pytest.mark.mount
-
-
-def _source(emulator_data: Path, row: dict) -> Path:
-    return emulator_data / "small" / row["platform_path"].removeprefix("/data/MTDA/")
 
 
 def test_every_file_is_read_exactly_under_login_pages_answered_200(emulator_factory, emulator_data,
                                                                      mount_factory):
-    emu = emulator_factory(["--rate-limit", "off"])
-    rows = emu.files(limit=1000, collection="terrascope-layouts-test")
-    rows += [r for r in emu.files(limit=1000, collection="terrascope-s2-toc-v2") if "/2020/01/" in r["default_path"]]
-    assert len(rows) >= 30, f"only {len(rows)} files to read"
-    m = mount_factory(emu, rate_limits=[{"requests": 100000, "seconds": 1}])
-    paths = [(m.path / r["default_path"], _source(emulator_data, r)) for r in rows]
-    for p, _ in paths:
-        p.stat()  # the listing first: its sizes are what the pages must not replace
+    emu, m, paths = fault_test_files(emulator_factory, emulator_data, mount_factory)  # listing first
     emu.set(fault_rate=0.4, fault_kinds=["html"])
 
     def wrong(item: tuple[Path, Path]) -> str | None:

@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from support import fault_test_files
+
 pytestmark = pytest.mark.mount
 
 READERS = 8
-
-
-def _source(emulator_data: Path, row: dict) -> Path:
-    return emulator_data / "small" / row["platform_path"].removeprefix("/data/MTDA/")
 
 
 POOL = 16  # the Downloader's connection pool: up to this many keep-alive sockets stay open
@@ -78,14 +76,7 @@ def _settle(pid: int, want: tuple[int, int], timeout: float = 20.0) -> tuple[int
 
 
 def test_copies_under_40_percent_faults_are_exact(emulator_factory, emulator_data, mount_factory):
-    emu = emulator_factory(["--rate-limit", "off"])
-    rows = emu.files(limit=1000, collection="terrascope-layouts-test")
-    rows += [r for r in emu.files(limit=1000, collection="terrascope-s2-toc-v2") if "/2020/01/" in r["default_path"]]
-    assert len(rows) >= 30, f"only {len(rows)} files to copy"
-    m = mount_factory(emu, rate_limits=[{"requests": 100000, "seconds": 1}])
-    paths = [(m.path / r["default_path"], _source(emulator_data, r)) for r in rows]
-    for p, _ in paths:
-        p.stat()  # the listing first: catalogue requests are not what this test is about
+    emu, m, paths = fault_test_files(emulator_factory, emulator_data, mount_factory)  # listing first
     # The same work once on other files: libfuse grows its pool of worker threads to what 8
     # readers need (it keeps up to 10 idle), and each thread opens its SQLite connections to
     # the caches (diskcache keeps one per thread). That is the baseline.
