@@ -52,6 +52,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from terrafs.limiter import SAFETY_MARGIN, UNBOUNDED, BudgetState, LimiterStats, Waiters, reserve
 from terrafs.ratelimit import RateLimiter
@@ -104,6 +106,13 @@ class _Send:
     name: str  # its member in Redis's sorted set
 
 
+def redis_client(url: str) -> redis.Redis:
+    """A client that gives up fast: one immediate retry (a pooled connection a restarted Redis closed), then
+    the caller's error. redis-py's own default retries with backoff for seconds, which a read cannot wait."""
+    return redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT,
+                                retry=Retry(NoBackoff(), 1))
+
+
 def redact_redis_url(url: str) -> str:
     """scheme://host:port/db, without user or password: the only form that goes in a message."""
     parts = urlsplit(url)
@@ -146,8 +155,7 @@ class RedisRateLimiter:
         self.windows = self._fallback.windows
         self.margin = margin
         self.where = redact_redis_url(url)
-        self._client = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT,
-                                            socket_connect_timeout=REDIS_TIMEOUT)
+        self._client = redis_client(url)
         self._script = self._client.register_script(_SCRIPT)
         self._keys = [f"{key}:sends", f"{key}:pause"]
         self._members_key = f"{key}:members"

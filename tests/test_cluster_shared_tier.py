@@ -144,6 +144,36 @@ def test_redis_away_is_a_miss_with_one_warning_each_way(redis_server, caplog):
     assert "127.0.0.1" in away[0].message
 
 
+def test_a_call_begun_in_an_outage_that_fails_after_redis_is_back_warns_no_second_time(redis_server, caplog):
+    import redis
+
+    a, _ = node(redis_server.url)
+    caplog.set_level(logging.WARNING, logger="terrafs.read.sharedtier")
+    redis_server.stop()
+    assert a.get(U, 0) is None  # the outage: one warning
+    while not a.available:
+        threading.Event().wait(0.05)  # retry_every has to pass before a call reaches Redis again
+    entered, go = threading.Event(), threading.Event()
+
+    def late_failure():
+        entered.set()
+        go.wait(30)
+        raise redis.ConnectionError("a connection of the old outage")
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(a.call, late_failure, "missed")
+        assert entered.wait(30)
+        redis_server.start()
+        probe = redis.Redis.from_url(redis_server.url)
+        assert a.call(probe.ping) is True  # Redis seen back
+        go.set()
+        assert slow.result() == "missed"
+    assert a.available
+    away = [r for r in caplog.records if "cannot be reached" in r.message]
+    back = [r for r in caplog.records if "answers again" in r.message]
+    assert len(away) == 1 and len(back) == 1, [r.message for r in caplog.records]
+
+
 def test_the_config_names_the_tier_by_a_redis_url_and_never_echoes_it(tmp_path):
     import pytest
 

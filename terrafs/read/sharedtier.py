@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 
 PREFIX = "terrafs:tier"
 RETRY_EVERY = 5.0  # seconds between tries of a Redis that went away
-REDIS_TIMEOUT = 1.0  # a Redis slower than this counts as away: a read must not wait on it
 STALE_DAYS = 30  # how long a replaced version stays marked (longer than local caches keep blocks unread)
 WRITE_QUEUE_BYTES = 64 << 20  # puts waiting for the writer; more are dropped (a later read fetches them)
 _MEMO_MAX = 100_000  # files whose version is remembered in RAM
@@ -146,12 +145,11 @@ class SharedTier:
     """The tier of one process; thread-safe. `bind(cache)` before use (the reader's disk cache)."""
 
     def __init__(self, settings: TierSettings, *, retry_every: float = RETRY_EVERY):
-        from terrafs.ratelimit_redis import redact_redis_url
+        from terrafs.ratelimit_redis import redact_redis_url, redis_client
 
         self.settings = settings
         self.where = redact_redis_url(settings.url)
-        self._client = redis.Redis.from_url(settings.url, socket_timeout=REDIS_TIMEOUT,
-                                            socket_connect_timeout=REDIS_TIMEOUT)
+        self._client = redis_client(settings.url)
         self._get = self._client.register_script(_GET)
         self._put = self._client.register_script(_PUT)
         self._publish = self._client.register_script(_PUBLISH)
@@ -159,6 +157,7 @@ class SharedTier:
         self._lock = threading.Lock()
         self._away_until = 0.0  # monotonic; > now: Redis is away, don't try
         self._away = False
+        self._back = 0  # times Redis was seen back after being away
         self._cache: Any = None
         self._versions: dict[str, Version | None] = {}  # url -> the version this node holds (memo of the meta)
         self._asked: dict[str, float] = {}  # url -> when a read last asked whether its version is stale
@@ -191,6 +190,7 @@ class SharedTier:
         """what() against Redis; `default` (a miss) if Redis is away or fails. Never raises a Redis error."""
         if self._away and time.monotonic() < self._away_until:
             return default
+        began = self._back  # a call that began before Redis was seen back fails as part of the old outage
         try:
             result = what()
         except redis.ResponseError as exc:  # e.g. OOM under a noeviction policy: this call only
@@ -198,6 +198,8 @@ class SharedTier:
             return default
         except (redis.RedisError, OSError) as exc:
             with self._lock:
+                if began != self._back:
+                    return default
                 self._away_until = time.monotonic() + self._retry_every
                 if not self._away:
                     self._away = True
@@ -208,6 +210,7 @@ class SharedTier:
             with self._lock:
                 if self._away:
                     self._away = False
+                    self._back += 1
                     log.warning("the shared tier at %s answers again; in use again", self.where)
         return result
 
