@@ -11,8 +11,9 @@ LRU policy writes to SQLite on every get (a transaction per block, contended
 by the read-ahead threads), so rows are ordered by store time and a get that
 finds a block stored more than `touch_after` seconds ago stores it again.
 
-Small per-file metadata (the ETag seen last) lives in a separate cache that
-is never evicted, so eviction of blocks cannot make us forget an identity.
+Small per-file metadata (filemeta.py: the ETag seen last, sizes) lives in a
+separate cache that is never evicted, so eviction of blocks cannot make us
+forget an identity; it holds text and numbers under string keys, never pickles.
 
 This module must not know about HTTP, FUSE or read policy; keys never contain
 secrets (the caller builds file keys from the URL, which carries none).
@@ -33,11 +34,15 @@ from typing import Any, Iterator
 
 import diskcache
 
+from terrafs.listings import NoPickleDisk
+
 log = logging.getLogger(__name__)
 
 _BLOCK = "b"  # first element of every block key: (_BLOCK, file_key, index)
 _HITS = "stats:hits"
 _MISSES = "stats:misses"
+_FORMAT = "format"
+META_FORMAT = 2  # 2: string keys, JSON text (1, unmarked: pickled tuples)
 _FLUSH_EVERY = 1024  # counter updates kept in memory before being written
 # SQLite page cache per connection, in pages of 4 KiB. diskcache keeps one connection per thread
 # and gives each 8192 pages (32 MiB); small blocks (pieces) live in the index itself, so each
@@ -157,8 +162,16 @@ class BlockCache:
             disk=_BlockDisk,
             sqlite_cache_size=SQLITE_CACHE_PAGES,
         )
-        self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none",
+        self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none", disk=NoPickleDisk,
                                      sqlite_cache_size=SQLITE_CACHE_PAGES)
+        if len(self._meta) and self._meta.get(_FORMAT) != META_FORMAT:
+            # An older terrafs kept identities as pickles this one does not read: without them a file
+            # republished since could mix versions, so its blocks go once (they are fetched again).
+            log.info("the block cache in %s was made by an older terrafs; emptied once", self.directory)
+            self._blocks.clear()
+            self._meta.clear()
+        if not len(self._meta):
+            self._meta.set(_FORMAT, META_FORMAT)
         self._lock = threading.Lock()
         self._hits = 0  # not yet flushed to the meta cache
         self._misses = 0
@@ -269,15 +282,16 @@ class BlockCache:
     # -- metadata -------------------------------------------------------------
 
     def get_meta(self, key: str) -> Any:
+        """Text kept under key (filemeta.py is the one reader), or None."""
         try:
-            return self._meta.get(("meta", key))
+            return self._meta.get("meta:" + key)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             log.debug("cache metadata unreadable: %s", exc)
             return None
 
     def set_meta(self, key: str, value: Any) -> None:
         try:
-            self._meta.set(("meta", key), value)
+            self._meta.set("meta:" + key, value)
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:  # a full disk: remembered next time
             log.debug("cache metadata not written: %s", exc)
 
@@ -316,6 +330,7 @@ class BlockCache:
             self._hits = self._misses = 0
         self._blocks.clear()
         self._meta.clear()
+        self._meta.set(_FORMAT, META_FORMAT)
 
     def close(self) -> None:
         self._flush_counters()

@@ -1,7 +1,7 @@
 """File nodes of the tree turned into remote files the reader can serve.
 
 Sizes come from the catalogue; only where it gives none, one HEAD request,
-remembered in the disk cache so that it is never repeated. Where the download
+remembered in the file metadata (filemeta.py) so that it is never repeated. Where the download
 server later serves a file at another size (republished), its size wins over
 the listing's until the listing says the same: the read that found out fails,
 every later open has the new size (and bypasses the kernel's page cache, whose
@@ -9,12 +9,12 @@ idea of the size may be an hour old; see open()).
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass
 
 from terrafs.errors import FetchError, SizeChanged
+from terrafs.filemeta import FileMeta
 from terrafs.read import Reader, RemoteFile
 from terrafs.tree import FileNode
 
@@ -37,22 +37,21 @@ class Handle:
 
 
 class Files:
-    def __init__(self, downloader, reader: Reader, meta_cache, shared=None):
+    def __init__(self, downloader, reader: Reader, filemeta: FileMeta, shared=None):
         self._downloader = downloader
         self._shared = shared  # the cluster's shared tier (read/sharedtier.py), or None
         self._reader = reader
-        self._meta = meta_cache  # diskcache.Cache or None
+        self._meta = filemeta
         self._sizes: dict[str, int] = {}
         self._pending: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._opened: dict[str, int] = {}  # file key -> the generation the kernel's pages are of
-        # url -> (size listed, size the server gives): files republished at another size.
-        self._resized: dict[str, tuple[int, int]] = _resized_from(meta_cache)
-        self._resized_here: set[str] = set()  # ... found out by this daemon: the kernel may hold the old size
+        self._resized_here: set[str] = set()  # republished at another size, found out by this daemon:
+        # the kernel may hold the old size
 
     def size(self, node: FileNode) -> int:
         listed = self._listed_size(node)
-        moved = self._resized.get(node.file.href)
+        moved = self._meta.size_change(node.file.href)  # (size listed, size the server gives)
         return moved[1] if moved is not None and moved[0] == listed else listed
 
     def _listed_size(self, node: FileNode) -> int:
@@ -68,13 +67,11 @@ class Files:
             with self._lock:
                 if url in self._sizes:
                     return self._sizes[url]
-            key = ("size", url)
-            size = self._meta.get(key) if self._meta is not None else None
+            size = self._meta.head_size(url)
             if size is None:
                 size = self._downloader.head(url).size
                 log.debug("size of %s from a HEAD request: %d", url, size)
-                if self._meta is not None:
-                    self._meta.set(key, size)
+                self._meta.set_head_size(url, size)
             with self._lock:
                 self._sizes[url] = size
                 self._pending.pop(url, None)
@@ -84,14 +81,8 @@ class Files:
         """Remember the size the server gives for a file listed at another (here and on disk)."""
         listed = self._listed_size(node)
         with self._lock:
-            self._resized[exc.url] = (listed, exc.size)
             self._resized_here.add(exc.url)
-            saved = {url: list(sizes) for url, sizes in self._resized.items()}
-        if self._meta is not None:
-            try:
-                self._meta.set("resized", json.dumps(saved))  # the meta cache keeps text, never pickles
-            except Exception as exc2:  # noqa: BLE001 - a full or broken cache: remembered in RAM
-                log.debug("new size of %s not saved: %s", exc.url, exc2)
+        self._meta.set_size_change(exc.url, listed, exc.size)
 
     def remote(self, node: FileNode) -> RemoteFile:
         size = self.size(node)
@@ -154,18 +145,3 @@ class Files:
 def _changed(remote: RemoteFile) -> FetchError:
     return FetchError(f"{remote.url} changed on the server while it was open; open it again")
 
-
-def _resized_from(meta_cache) -> dict[str, tuple[int, int]]:
-    """The sizes remembered by an earlier run; anything malformed is dropped (the cache is input too)."""
-    try:
-        text = meta_cache.get("resized") if meta_cache is not None else None
-        saved = json.loads(text) if isinstance(text, str) else None
-    except Exception:  # noqa: BLE001 - an unreadable cache or text: start without
-        return {}
-    out: dict[str, tuple[int, int]] = {}
-    if isinstance(saved, dict):
-        for url, sizes in saved.items():
-            if (isinstance(url, str) and isinstance(sizes, (list, tuple)) and len(sizes) == 2
-                    and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in sizes)):
-                out[url] = (sizes[0], sizes[1])
-    return out

@@ -26,6 +26,7 @@ from terrafs.catalogue.opensearch import OpenSearchCatalogue
 from terrafs.catalogue.stac import StacCatalogue
 from terrafs.config import Config
 from terrafs.errors import AuthError, ConfigError, TerrafsError
+from terrafs.filemeta import FileMeta
 from terrafs.files import Files
 from terrafs.http import Downloader
 from terrafs.listings import ListingStore, NoPickleDisk
@@ -121,7 +122,7 @@ class Daemon:
 
 
 def open_meta_cache(config: Config) -> diskcache.Cache:
-    """Listings and sizes; a Disk that never unpickles (listings.py), in a private folder.
+    """Listings; a Disk that never unpickles (listings.py), in a private folder.
 
     A cache folder that cannot be written (read-only, full, damaged) does not stop
     the mount: listings are then kept in a private temporary folder for this run.
@@ -203,11 +204,11 @@ def selection_of(config: Config) -> dict[str, Filter] | None:
 
 
 def make_reader(config: Config, downloader: Downloader, blocks: BlockCache | MemoryOnlyCache,
-                shared: SharedTier | None = None) -> Reader:
+                shared: SharedTier | None = None, filemeta: FileMeta | None = None) -> Reader:
     """The one place a Reader is built from a Config (a mount, fsspec, `terrafs prefetch` without a daemon).
     Blocks waiting for their cache write (and the spool's reserved space) never need exceed the cache."""
     return Reader(downloader, blocks, block_size=config.block_size, write_queue=min(256 << 20, config.cache_size),
-                  shared=shared)
+                  shared=shared, filemeta=filemeta)
 
 
 def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
@@ -215,7 +216,8 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     blocks = open_block_cache(config)
     meta = open_meta_cache(config)
     shared = make_shared_tier(config)
-    reader = make_reader(config, downloader, blocks, shared)
+    filemeta = FileMeta(blocks)  # sizes and identities: the one store, shared by reader and files
+    reader = make_reader(config, downloader, blocks, shared, filemeta)
     catalogue = make_catalogue(config)
     sampler = make_catalogue(config, with_local_paths=True) if config.layout == "platform" else None
     store = listing_store(config, meta)
@@ -223,7 +225,7 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
         catalogue.assume_fields(store.get_stale(FIELDS_KEY))
     tree = Tree(catalogue, selection=selection_of(config), layout=config.layout, store=store, sampler=sampler,
                 memory=config.listing_memory)
-    files = Files(downloader, reader, meta, shared=shared)
+    files = Files(downloader, reader, filemeta, shared=shared)
     return Daemon(tree, files, reader, [blocks, meta] + ([shared] if shared else []), blocks=blocks,
                   downloader=downloader, shared=shared)
 

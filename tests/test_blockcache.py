@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from terrafs.blockcache import BlockCache
+from terrafs.filemeta import FileMeta
 
 BS = 64 << 10
 
@@ -46,12 +47,14 @@ def test_blocks_and_stats_survive_reopen(tmp_path: Path):
     c.put("f", 3, _block(3))
     assert c.get("f", 3) is not None
     assert c.get("f", 4) is None
-    c.set_meta("ident:u", ("etag1", None))
+    FileMeta(c).set_identity("u", ("etag1", None))
+    FileMeta(c).set_size_change("v", 10, 12)
     c.close()
     c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
     try:
         assert c.get("f", 3) == _block(3)
-        assert c.get_meta("ident:u") == ("etag1", None)
+        assert FileMeta(c).identity("u") == ("etag1", None)
+        assert FileMeta(c).size_change("v") == (10, 12)
         s = c.stats()
         assert (s.hits, s.misses, s.entries) == (2, 1, 1), s
         assert s.hit_rate == pytest.approx(2 / 3)
@@ -265,3 +268,38 @@ def test_write_behind_writes_a_burst_and_a_failed_block_loses_no_other(tmp_path:
     finally:
         wb.close()
         c.close()
+
+
+def test_a_cache_of_an_older_terrafs_is_emptied_once_and_its_pickles_never_read(tmp_path: Path):
+    """An older terrafs kept identities as pickled tuples; without them a file republished since
+    could mix versions, so the blocks go once, and nothing of the old store is unpickled."""
+    import diskcache
+
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    c.put("f", 0, _block(0))
+    c.close()
+    marker = tmp_path / "pickle-ran"
+    with diskcache.Cache(str(tmp_path / "c" / "meta")) as old:  # rewrite the store as the older one left it
+        old.clear()
+        old.set(("meta", "ident:u"), _Planted(marker))
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    try:
+        assert c.get("f", 0) is None, "blocks of an older cache were served without their identities"
+        assert FileMeta(c).identity("u") is None
+        FileMeta(c).set_identity("u", ('"e2"', None))
+    finally:
+        c.close()
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    try:
+        assert FileMeta(c).identity("u") == ('"e2"', None), "the new store was emptied again"
+    finally:
+        c.close()
+    assert not marker.exists()
+
+
+class _Planted:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))

@@ -7,6 +7,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from clustering import redis_server  # noqa: F401  (fixture)
+from terrafs.blockcache import MemoryOnlyCache
+from terrafs.filemeta import FileMeta
 from terrafs.read.remote import RemoteFile, blocks_of
 from terrafs.read.sharedfetch import SharedFetch
 from terrafs.read.sharedtier import PREFIX, SharedMeta, SharedTier, TierSettings
@@ -17,22 +19,9 @@ F = RemoteFile("http://127.0.0.1:1/file.tif", len(DATA), f"http://127.0.0.1:1/fi
 U = blocks_of(F, UNIT)
 
 
-class Meta:
-    """The disk cache's identity records (get_meta / set_meta), in RAM."""
-
-    def __init__(self):
-        self.d = {}
-
-    def get_meta(self, key):
-        return self.d.get(key)
-
-    def set_meta(self, key, value):
-        self.d[key] = value
-
-
-def node(url: str, **settings) -> tuple[SharedTier, Meta]:
+def node(url: str, **settings) -> tuple[SharedTier, FileMeta]:
     tier = SharedTier(TierSettings(url, **settings), retry_every=0.5)
-    meta = Meta()
+    meta = FileMeta(MemoryOnlyCache(UNIT, "a node's file metadata, in RAM"))
     tier.bind(meta)
     return tier, meta
 
@@ -44,7 +33,7 @@ def unit(i: int) -> bytes:
 def test_an_entry_put_by_one_node_is_read_verified_by_another(redis_server):
     a, meta_a = node(redis_server.url)
     b, _ = node(redis_server.url)
-    SharedMeta(meta_a, a).set_meta("ident:" + F.url, ['"v1"', "Mon"])  # the guard saw version v1
+    SharedMeta(meta_a, a).set_identity(F.url, ('"v1"', "Mon"))  # the guard saw version v1
     a.put(U, 5, unit(5))
     a.flush()
     assert b.get(U, 5) == unit(5)
@@ -65,16 +54,16 @@ def test_an_entry_put_by_one_node_is_read_verified_by_another(redis_server):
 def test_a_new_version_seen_by_one_node_makes_the_old_one_stale_everywhere(redis_server):
     a, meta_a = node(redis_server.url)
     b, meta_b = node(redis_server.url)
-    SharedMeta(meta_a, a).set_meta("ident:" + F.url, ['"v1"', "Mon"])
+    SharedMeta(meta_a, a).set_identity(F.url, ('"v1"', "Mon"))
     a.put(U, 0, unit(0))
     a.flush()
     assert b.get(U, 0) == unit(0)  # b now holds v1 (adopted from the tier)
-    assert meta_b.d["ident:" + F.url] == ['"v1"', "Mon"]
+    assert meta_b.identity(F.url) == ('"v1"', "Mon")
     c, meta_c = node(redis_server.url)
-    SharedMeta(meta_c, c).set_meta("ident:" + F.url, ['"v2"', "Tue"])  # c's response is version 2
+    SharedMeta(meta_c, c).set_identity(F.url, ('"v2"', "Tue"))  # c's response is version 2
     assert c.get(U, 0) is None, "the old version's entry was served after a node saw the new one"
     assert b.stale(F) and a.stale(F), "the nodes holding v1 were not told it is stale"
-    assert meta_b.d["ident:" + F.url] is None and not b.stale(F)
+    assert meta_b.identity(F.url) is None and not b.stale(F)
     # A late put of the old version (a fetch that began before the change) does not go in.
     a.put(U, 1, unit(1))
     a.flush()
@@ -121,7 +110,7 @@ def test_a_claim_whose_fetch_fails_lets_the_others_fetch_at_once(redis_server):
 
 def test_redis_away_is_a_miss_with_one_warning_each_way(redis_server, caplog):
     a, meta_a = node(redis_server.url)
-    SharedMeta(meta_a, a).set_meta("ident:" + F.url, ['"v1"', "Mon"])
+    SharedMeta(meta_a, a).set_identity(F.url, ('"v1"', "Mon"))
     a.put(U, 2, unit(2))
     a.flush()
     caplog.set_level(logging.WARNING, logger="terrafs.read.sharedtier")

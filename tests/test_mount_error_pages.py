@@ -43,21 +43,20 @@ def test_every_file_is_read_exactly_under_login_pages_answered_200(emulator_fact
 def test_the_identity_guard_takes_no_size_from_an_answer_without_the_files_identity():
     from terrafs.errors import FetchError, SizeChanged
     from terrafs.http import RemoteInfo
+    from terrafs.blockcache import MemoryOnlyCache
+    from terrafs.filemeta import FileMeta
     from terrafs.read.identity import IdentityGuard
     from terrafs.read.remote import RemoteFile
 
-    class Meta(dict):
-        get_meta, set_meta = dict.get, dict.__setitem__
-
     dropped: list[RemoteFile] = []
-    meta = Meta()
+    meta = FileMeta(MemoryOnlyCache(1 << 16, "test"))
     guard = IdentityGuard(meta, dropped.append)
     f = RemoteFile("https://h/download/B04.tif", 152991, "k")
     guard.check(f, RemoteInfo(152991, '"v1"', None))
     with pytest.raises(FetchError) as err:
         guard.check(f, RemoteInfo(39, None, None))  # a page that got past http.py
     assert not isinstance(err.value, SizeChanged) and not dropped
-    assert meta["ident:" + f.url] == ('"v1"', None)
+    assert meta.identity(f.url) == ('"v1"', None)
     with pytest.raises(SizeChanged):  # the file republished at another size: its own identity
         guard.check(f, RemoteInfo(200000, '"v2"', None))
     assert dropped == [f]

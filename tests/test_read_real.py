@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from terrafs.auth import BasicAuth
+from terrafs.filemeta import FileMeta
 from terrafs.blockcache import BlockCache
 from terrafs.http import Downloader
 from terrafs.read import Reader, RemoteFile
@@ -48,7 +49,7 @@ def test_a_stream_of_the_real_downloader_carries_the_files_identity(emulator, re
     assert bytes(out) == source
     gets = [r for r in emulator.requests("download") if r.get("method") == "GET"]
     assert len(gets) == 1, f"a copy made {len(gets)} GET requests"
-    assert cache.get_meta("ident:" + f.url) is not None, "the stream's ETag/Last-Modified were never checked"
+    assert FileMeta(cache).identity(f.url) is not None, "the stream's ETag/Last-Modified were never checked"
 
 
 def test_random_reads_through_the_real_downloader_are_exact(emulator, real):

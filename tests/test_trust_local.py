@@ -192,21 +192,27 @@ def test_old_pickled_listings_are_ignored_by_a_mount_store(tmp_path: Path) -> No
     assert not marker.exists()
 
 
-def test_remembered_sizes_of_republished_files_are_parsed_as_hostile(tmp_path: Path) -> None:
-    """The sizes the server gave for files republished at another size come back from the meta
-    cache, which is a file on disk: only well-formed entries are taken, anything else is dropped."""
-    from terrafs.files import _resized_from
-    from terrafs.listings import NoPickleDisk
+def test_remembered_file_facts_are_parsed_as_hostile(tmp_path: Path) -> None:
+    """Sizes of republished files, HEAD sizes and identities come back from the block cache's metadata,
+    which is a file on disk: only well-formed entries are taken, anything else reads as unknown."""
+    from terrafs.blockcache import BlockCache
+    from terrafs.filemeta import FileMeta
 
-    meta = diskcache.Cache(str(tmp_path / "meta"), disk=NoPickleDisk)
-    try:
-        assert _resized_from(meta) == {}
-        meta.set("resized", json.dumps({"https://h/a.tif": [10, 12], "https://h/b.tif": [-1, 5],
-                                        "https://h/c.tif": [1, True], "https://h/d.tif": "x",
-                                        "https://h/e.tif": [1, 2, 3]}))
-        assert _resized_from(meta) == {"https://h/a.tif": (10, 12)}
-        for junk in ("not json", json.dumps([1, 2]), json.dumps("text"), "{" * 100000):
-            meta.set("resized", junk)
-            assert _resized_from(meta) == {}
-    finally:
-        meta.close()
+    def reopened(key: str, text: str) -> FileMeta:
+        cache = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=1 << 16)
+        cache.set_meta(key, text)  # what someone else may have written there
+        return FileMeta(cache)
+
+    sizes = {"https://h/a.tif": [10, 12], "https://h/b.tif": [-1, 5], "https://h/c.tif": [1, True],
+             "https://h/d.tif": "x", "https://h/e.tif": [1, 2, 3]}
+    meta = reopened("resized", json.dumps(sizes))
+    assert [meta.size_change(u) for u in sizes] == [(10, 12), None, None, None, None]
+    for junk in ("not json", json.dumps([1, 2]), json.dumps("text"), "{" * 100000):
+        assert reopened("resized", junk).size_change("https://h/a.tif") is None
+    for junk in ("not json", json.dumps([1, 2, 3]), json.dumps([None, None]), json.dumps([1, "x"]), "{" * 100000):
+        meta = reopened("ident:https://h/a.tif", junk)
+        assert meta.identity("https://h/a.tif") is None
+    for junk in (json.dumps(-1), json.dumps(True), json.dumps("12"), "[" * 100000):
+        assert reopened("size:https://h/a.tif", junk).head_size("https://h/a.tif") is None
+    meta = reopened("ident:https://h/a.tif", json.dumps(['"e1"', None]))
+    assert meta.identity("https://h/a.tif") == ('"e1"', None)

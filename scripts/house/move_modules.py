@@ -35,6 +35,7 @@ MOVES = {  # old module -> new module
     "terrafs.limiter": "terrafs.remote.limiter",
     "terrafs.memtrim": "terrafs.mount.memtrim",
     "terrafs.preflight": "terrafs.cli.preflight",
+    "terrafs.filemeta": "terrafs.cache.filemeta",
 }
 PACKAGES = {  # new package -> its __init__ docstring (job; what it may import)
     "terrafs/cli": "The command line: `terrafs` and `mount.terrafs`; parses arguments, prints, exits.\n\nMay import every other package of terrafs; nothing imports it.",
@@ -44,7 +45,7 @@ PACKAGES = {  # new package -> its __init__ docstring (job; what it may import)
     "terrafs/tree": "Paths <-> catalogue nodes (default and platform layouts); listings asked lazily, kept bounded.\n\nMay import catalogue, cache, config, text, errors. Must not import read, remote, mount, cli.",
 }
 NEW = set(MOVES.values()) | {p.replace("/", ".") for p in PACKAGES} | {
-    "terrafs.mount.xattrs", "terrafs.mount.daemon", "terrafs.cache.filemeta"}  # made by hand in later steps
+    "terrafs.mount.xattrs", "terrafs.mount.daemon"}  # made by hand in later steps
 DOTTED = re.compile(r"(?<![\w.])terrafs(?:\.[A-Za-z_]\w*)+")
 PATHS = re.compile(r"(?<![\w/.])(" + "|".join(re.escape(k.replace(".", "/")) for k in sorted(MOVES, key=len, reverse=True))
                    + r")\.py\b")

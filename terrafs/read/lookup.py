@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 
 from terrafs.blockcache import BlockCache, DiskBlock
 from terrafs.counters import Counters
+from terrafs.filemeta import FileMeta
 from terrafs.read import tiff
 from terrafs.read.diskahead import DiskAhead
 from terrafs.read.hotset import HotSet
@@ -39,11 +40,12 @@ _WAIT_LIMIT = 600.0  # seconds to wait for a loader thread's block
 
 class Lookup:
     def __init__(self, cache: BlockCache, hot: HotSet, wb: WriteBehind, block_size: int,
-                 shared: SharedTier | None = None):
+                 shared: SharedTier | None = None, filemeta: FileMeta | None = None):
         self.cache = cache
+        self.filemeta = filemeta if filemeta is not None else FileMeta(cache)
         self.shared = shared
         if shared is not None:
-            shared.bind(cache)
+            shared.bind(self.filemeta)
         self.hot = hot
         self.wb = wb
         self._block_size = block_size
@@ -107,9 +109,9 @@ class Lookup:
         if self.shared is not None and f.size <= self.shared.settings.stream_max:
             self.shared.put(blocks_of(f, self._block_size), i, data)
 
-    def identities(self):
-        """Where the identity guard records the versions it sees: the disk cache, and the cluster if shared."""
-        return self.cache if self.shared is None else SharedMeta(self.cache, self.shared)
+    def identities(self) -> FileMeta | SharedMeta:
+        """Where the identity guard records the versions it sees: the file metadata, and the cluster if shared."""
+        return self.filemeta if self.shared is None else SharedMeta(self.filemeta, self.shared)
 
     def peek(self, units: tuple[Units, ...], offset: int, n: int) -> bytes | None:
         """Bytes [offset, offset+n) if cached in any of these unit sizes, else None; never fetches."""

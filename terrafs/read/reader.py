@@ -29,6 +29,7 @@ from typing import Callable, Iterator, Union
 
 from terrafs.blockcache import BlockCache, DiskBlock
 from terrafs.errors import FetchError
+from terrafs.filemeta import FileMeta
 from terrafs.read import policy as decide
 from terrafs.read.cost import Conditions, describe
 from terrafs.read.cursor import Cursor
@@ -57,7 +58,8 @@ class Reader:
     """Serves reads of remote files from the block cache, fetching what is missing. Thread-safe."""
 
     def __init__(self, downloader: Downloader, cache: BlockCache, policy: ReadPolicy | None = None, *,
-                 block_size: int | None = None, shared: SharedTier | None = None, **knobs):
+                 block_size: int | None = None, shared: SharedTier | None = None, filemeta: FileMeta | None = None,
+                 **knobs):
         if block_size is not None and block_size != cache.block_size:
             raise ValueError(f"reader block_size {block_size} differs from the cache's {cache.block_size}")
         if "max_workers" in knobs:
@@ -70,7 +72,8 @@ class Reader:
         self._cursors: dict[str, Cursor] = {}  # file key -> its cursor (the dict guarded by _cond)
         self._generations: dict[str, int] = {}  # file key -> how often its remote content changed
         self._closed = False
-        self._held = Lookup(cache, HotSet(p.hot_bytes), WriteBehind(cache, p.block_size, p.write_queue), p.block_size, shared)
+        wb = WriteBehind(cache, p.block_size, p.write_queue)
+        self._held = Lookup(cache, HotSet(p.hot_bytes), wb, p.block_size, shared, filemeta)
         self._fetches = Fetches(self._cond, p)
         self._identity = IdentityGuard(self._held.identities(), self.invalidate)
         self._streams = Streams(downloader, self._cond, p, self._deliver, self._identity.check)
@@ -371,10 +374,8 @@ class Reader:
     def _chunks(self, f: RemoteFile, start: int, end: int) -> Iterator[bytes]:
         """Bytes [start, end) of f in one ranged request, chunk by chunk, once its identity is checked."""
         it = self._dl.stream(f.url, start, end, urgent=True, chunk_size=RANGE_CHUNK)
-        return self._gauges.answer(it, lambda info: self._identity.check(f, info), self._received)
-
-    def _received(self, n: int) -> None:
-        self._counts.add("bytes_from_network", n)
+        return self._gauges.answer(it, lambda info: self._identity.check(f, info),
+                                   lambda n: self._counts.add("bytes_from_network", n))
 
     def _deliver(self, st: Stream, pos: int, block: bytes) -> None:
         self._counts.add("bytes_from_network", len(block))

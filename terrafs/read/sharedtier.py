@@ -42,7 +42,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 try:
     import redis
@@ -52,6 +52,9 @@ except ImportError:  # the cluster extra is not installed: mount.make_shared_tie
 from terrafs.counters import Counters
 from terrafs.read.remote import RemoteFile, Units
 from terrafs.read.stats import SharedTierStats
+
+if TYPE_CHECKING:
+    from terrafs.filemeta import FileMeta
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +161,7 @@ class SharedTier:
         self._away_until = 0.0  # monotonic; > now: Redis is away, don't try
         self._away = False
         self._back = 0  # times Redis was seen back after being away
-        self._cache: Any = None
+        self._meta: FileMeta | None = None
         self._versions: dict[str, Version | None] = {}  # url -> the version this node holds (memo of the meta)
         self._asked: dict[str, float] = {}  # url -> when a read last asked whether its version is stale
         self.counts = Counters(**{"shared_hits": 0, "shared_misses": 0, "shared_bytes_read": 0, "shared_puts": 0,
@@ -180,9 +183,9 @@ class SharedTier:
                         "with an allkeys LRU policy (see the README), or it grows until it refuses writes",
                         self.where, text.get("maxmemory"), text.get("maxmemory-policy"))
 
-    def bind(self, cache: Any) -> None:
-        """The local cache whose identity records (get_meta/set_meta) say which version this node holds."""
-        self._cache = cache
+    def bind(self, meta: FileMeta) -> None:
+        """The identity records (filemeta.py) that say which version of each file this node holds."""
+        self._meta = meta
 
     # -- Redis, guarded ---------------------------------------------------------
 
@@ -226,8 +229,7 @@ class SharedTier:
             return self._versions[url]
         except KeyError:
             pass
-        raw = self._cache.get_meta("ident:" + url) if self._cache is not None else None
-        v = tuple(raw) if isinstance(raw, (list, tuple)) and len(raw) == 2 else None
+        v = self._meta.identity(url) if self._meta is not None else None
         if len(self._versions) > _MEMO_MAX:
             self._versions.clear()  # a memo: the meta records stay
         self._versions[url] = v  # type: ignore[assignment]
@@ -263,8 +265,8 @@ class SharedTier:
         log.info("%s changed on the server (another node saw it): dropping what is cached of it", f.url)
         self.counts.add("shared_stale_dropped", 1)
         self._versions[f.url] = None
-        if self._cache is not None:
-            self._cache.set_meta("ident:" + f.url, None)
+        if self._meta is not None:
+            self._meta.set_identity(f.url, None)
         return True
 
     # -- entries ----------------------------------------------------------------
@@ -321,9 +323,9 @@ class SharedTier:
         mine = self.version(u.url)
         if mine is not None and tuple(mine) != (etag, modified):
             return None  # this node holds another version: the guard sorts out which at its next fetch
-        if mine is None and (etag, modified) != (None, None) and self._cache is not None:
+        if mine is None and (etag, modified) != (None, None) and self._meta is not None:
             self._versions[u.url] = (etag, modified)  # a later response of another version is then a change
-            self._cache.set_meta("ident:" + u.url, [etag, modified])
+            self._meta.set_identity(u.url, (etag, modified))
         return bytes(data)
 
     def put(self, u: Units, i: int, data: bytes, claim: str = "") -> None:
@@ -378,21 +380,17 @@ class SharedTier:
 
 
 class SharedMeta:
-    """The disk cache's identity records, published to the tier as the guard writes them.
+    """The identity records (filemeta.py), published to the tier as the guard writes them: each new
+    version a response names also reaches the cluster (SharedTier.recorded)."""
 
-    The identity guard keeps the version it last saw of each URL with
-    set_meta("ident:<url>", [etag, last-modified]); through this object each new
-    record also reaches the cluster (SharedTier.recorded). Everything else passes through.
-    """
-
-    def __init__(self, cache: Any, tier: SharedTier):
-        self._cache = cache
+    def __init__(self, meta: FileMeta, tier: SharedTier):
+        self._meta = meta
         self._tier = tier
 
-    def get_meta(self, key: str) -> Any:
-        return self._cache.get_meta(key)
+    def identity(self, url: str) -> Version | None:
+        return self._meta.identity(url)
 
-    def set_meta(self, key: str, value: Any) -> None:
-        self._cache.set_meta(key, value)
-        if key.startswith("ident:") and isinstance(value, (list, tuple)) and len(value) == 2:
-            self._tier.recorded(key[len("ident:"):], (value[0], value[1]), None)
+    def set_identity(self, url: str, ident: Version | None) -> None:
+        self._meta.set_identity(url, ident)
+        if ident is not None:
+            self._tier.recorded(url, (ident[0], ident[1]), None)
