@@ -175,7 +175,7 @@ def test_a_planted_pickle_is_a_miss_and_never_runs(tmp_path: Path) -> None:
     # under the key the store reads now: neither may be unpickled.
     with diskcache.Cache(str(tmp_path / "meta")) as plain:
         plain.set(("stac:https://x/", "month:c:2020-01"), (time.time(), 3600, _Boom(marker)))
-        plain.set(store._key("month:c:2020-01"), _Boom(marker))
+        plain.set(store.storage_key("month:c:2020-01"), _Boom(marker))
     assert store.get("month:c:2020-01") is None
     assert store.get_stale("month:c:2020-01") is None
     assert not marker.exists(), "a pickled listing was unpickled"
@@ -194,19 +194,33 @@ def test_old_pickled_listings_are_ignored_by_a_mount_store(tmp_path: Path) -> No
 
 def test_remembered_sizes_of_republished_files_are_parsed_as_hostile(tmp_path: Path) -> None:
     """The sizes the server gave for files republished at another size come back from the meta
-    cache, which is a file on disk: only well-formed entries are taken, anything else is dropped."""
-    from terrafs.files import _resized_from
-    from terrafs.listings import NoPickleDisk
+    cache, which is a file on disk: only well-formed entries are taken, anything else is dropped
+    (a daemon starting on that cache gives the listed size)."""
+    from terrafs.files import Files
+    from terrafs.treenodes import FileNode
+
+    listed = {"a": 10, "b": 7, "c": 1, "d": 3, "e": 1}
+
+    def node(name: str) -> FileNode:
+        f = ProductFile(f"{name}.tif", f"https://h/{name}.tif", listed[name])
+        return FileNode(f, Product(f"id:{name}", name, "c", datetime(2020, 1, 5, tzinfo=UTC), name, (f,)), 0.0)
+
+    def sizes(meta) -> dict[str, int]:
+        """Each file's size as a daemon starting on this meta cache gives it."""
+        files = Files(None, None, meta)
+        got = {name: files.size(node(name)) for name in listed}
+        assert all(type(n) is int for n in got.values()), got
+        return got
 
     meta = diskcache.Cache(str(tmp_path / "meta"), disk=NoPickleDisk)
     try:
-        assert _resized_from(meta) == {}
+        assert sizes(meta) == listed
         meta.set("resized", json.dumps({"https://h/a.tif": [10, 12], "https://h/b.tif": [-1, 5],
                                         "https://h/c.tif": [1, True], "https://h/d.tif": "x",
                                         "https://h/e.tif": [1, 2, 3]}))
-        assert _resized_from(meta) == {"https://h/a.tif": (10, 12)}
+        assert sizes(meta) == {**listed, "a": 12}
         for junk in ("not json", json.dumps([1, 2]), json.dumps("text"), "{" * 100000):
             meta.set("resized", junk)
-            assert _resized_from(meta) == {}
+            assert sizes(meta) == listed
     finally:
         meta.close()
