@@ -16,7 +16,6 @@ from werkzeug.wrappers import Response
 
 from terrafs.emulator.archive import EmuProduct
 
-
 DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _FRACTION = re.compile(r"(\.\d+)")
 

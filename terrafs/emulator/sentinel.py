@@ -26,7 +26,6 @@ from terrafs.emulator.plan import (
     utm_raster,
 )
 
-
 # (platform, acquisition time, relative orbit, tiles, product version) per S2 datatake.
 S2_DATATAKES = [
     ("S2A", "20200101T105431", 51, ("31UFS", "31UES", "31UFT"), "V210"),

@@ -17,7 +17,6 @@ from pathlib import Path
 from terrafs.emulator import layouts, shapes
 from terrafs.emulator.plan import PlannedFile, PlannedProduct, RasterSpec
 
-
 log = logging.getLogger(__name__)
 
 # Bump when the planned content changes, so old data directories are rebuilt.

@@ -21,7 +21,6 @@ from terrafs.emulator.opensearch.query import (
     sort_echo,
 )
 
-
 GEOJSON = "application/geo+json"
 CONTEXT = "http://schemas.opengis.net/os-geojson/1.0/os-geojson.jsonld"
 PROFILES = [{"href": "http://www.opengis.net/spec/owc-geojson/1.0/req/core"},

@@ -13,7 +13,6 @@ from werkzeug.wrappers import Request
 from terrafs.emulator.opensearch.documents import GEOJSON
 from terrafs.emulator.opensearch.query import OpenSearchError, int_param
 
-
 DEFAULT_COUNT = 100  # the real default page size
 # The real maximum page size is unknown; 1000 is accepted, larger values are clamped.
 MAX_COUNT = 1000

@@ -13,7 +13,6 @@ from typing import Any, Callable
 from terrafs.emulator.archive import EmuCollection, EmuProduct
 from terrafs.emulator.common import bboxes_intersect, parse_bbox, parse_instant
 
-
 COMMON_PARAMS = {"startIndex", "count", "clientId", "httpAccept", "start", "end", "bbox", "geometry",
                  "lat", "lon", "radius", "uid", "title", "platform", "sortKeys"}
 PRODUCT_PARAMS = COMMON_PARAMS | {

@@ -34,7 +34,6 @@ from terrafs.emulator.opensearch.query import (
     sort_keys,
 )
 
-
 log = logging.getLogger(__name__)
 
 

@@ -12,7 +12,6 @@ from typing import Any, Callable
 from terrafs.emulator.common import bboxes_intersect, geometry_bbox, parse_bbox, parse_instant
 from terrafs.emulator.stac.params import BadRequest
 
-
 _CMP: dict[str, Callable[[Any, Any], bool]] = {
     "=": lambda a, b: a == b, "eq": lambda a, b: a == b,
     "<>": lambda a, b: a != b, "!=": lambda a, b: a != b, "neq": lambda a, b: a != b,

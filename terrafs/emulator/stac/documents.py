@@ -12,7 +12,6 @@ from terrafs.emulator import fields as fields_ext
 from terrafs.emulator.archive import EmuCollection, EmuFile, EmuProduct
 from terrafs.emulator.common import bbox_polygon, iso_z, wms_preview_url
 
-
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 OLD_TIFF_TYPE = "image/tiff; application=geotiff"
 GEOJSON = "application/geo+json"

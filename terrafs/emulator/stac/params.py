@@ -11,7 +11,6 @@ from typing import Any, Callable
 from terrafs.emulator.archive import EmuCollection, EmuProduct
 from terrafs.emulator.common import DATE_ONLY, parse_instant
 
-
 DEFAULT_LIMIT = 10  # SFEOS default page size
 MAX_LIMIT = 10000  # larger limits are clamped (the real maximum is not documented)
 

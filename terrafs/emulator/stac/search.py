@@ -31,7 +31,6 @@ from terrafs.emulator.stac.documents import (
 from terrafs.emulator.stac.paging import decode_token, encode_token, get_next_link, get_params, item_collection
 from terrafs.emulator.stac.params import BadRequest, as_list, parse_datetime_param, parse_limit, parse_sortby, sort
 
-
 log = logging.getLogger(__name__)
 
 
