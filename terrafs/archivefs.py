@@ -36,7 +36,7 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from terrafs.config import Config, load_config
 from terrafs.errors import TerrafsError
-from terrafs.tree import DirNode, FileNode, NotFound
+from terrafs.tree import DirNode, FileNode, Node, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,9 @@ class TerrascopeFileSystem(AbstractFileSystem):
 
     # -- metadata ---------------------------------------------------------------
 
-    def _node(self, path: str):
+    def node(self, path: str) -> Node:
+        """The tree node (a DirNode, or a FileNode with its catalogue facts) at `path`, with or
+        without the protocol; OSError (FileNotFoundError, ...) when the tree has none."""
         with _as_oserror(path):
             return self.daemon.tree.lookup("/" + self._strip_protocol(path))
 
@@ -133,11 +135,11 @@ class TerrascopeFileSystem(AbstractFileSystem):
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         path = self._strip_protocol(path)
-        return self._entry(path, self._node(path))
+        return self._entry(path, self.node(path))
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list:
         path = self._strip_protocol(path)
-        node = self._node(path)
+        node = self.node(path)
         if isinstance(node, FileNode):
             entries = [self._entry(path, node)]
         else:
@@ -152,7 +154,7 @@ class TerrascopeFileSystem(AbstractFileSystem):
         return datetime.fromtimestamp(self.info(path)["mtime"], tz=timezone.utc)
 
     def ukey(self, path: str) -> str:
-        node = self._node(path)
+        node = self.node(path)
         if not isinstance(node, FileNode):
             raise IsADirectoryError(path)
         return self.daemon.files.remote(node).key
@@ -163,7 +165,7 @@ class TerrascopeFileSystem(AbstractFileSystem):
               cache_options: dict | None = None, **kwargs: Any) -> "TerrascopeFile":
         if mode != "rb":
             raise PermissionError(f"{path}: the Terrascope archive is read-only (mode {mode!r})")
-        node = self._node(path)
+        node = self.node(path)
         if not isinstance(node, FileNode):
             raise IsADirectoryError(path)
         return TerrascopeFile(self, self._strip_protocol(path), node, block_size=block_size)

@@ -87,14 +87,15 @@ class ListingStore:
         self.ttl = ttl
         self.recent_ttl = recent_ttl
 
-    def _key(self, key: str) -> str:
+    def storage_key(self, key: str) -> str:
+        """The key in the disk cache under which the answer for `key` is stored."""
         return f"listing:{FORMAT}:{self._ns}:{key}"
 
     def _read(self, key: str) -> tuple[float, float, Any] | None:
         if self._cache is None:
             return None
         try:
-            text = self._cache.get(self._key(key))
+            text = self._cache.get(self.storage_key(key))
             if text is None:
                 return None
             entry = decode(text)
@@ -121,7 +122,7 @@ class ListingStore:
             return
         try:
             ttl = self.recent_ttl if recent else self.ttl
-            self._cache.set(self._key(key), encode({"stored": time.time(), "ttl": ttl, "value": value}))
+            self._cache.set(self.storage_key(key), encode({"stored": time.time(), "ttl": ttl, "value": value}))
         except Exception as exc:
             log.warning("listing cache write failed: %s", shown(exc))
 

@@ -99,6 +99,25 @@ class DownloadSample:
     url: str | None  # a file on a download host in auth.hosts, for the Basic check; None: none seen
     unlisted: frozenset[Origin]  # download hosts the catalogue names that auth.hosts leaves out
 
+    def kept(self) -> dict:
+        """The sample as the listing store keeps it (JSON)."""
+        return {"url": self.url, "unlisted": sorted(self.unlisted)}
+
+    @classmethod
+    def from_kept(cls, value: object, hosts: frozenset[Origin]) -> DownloadSample | None:
+        """A sample from the listing store, or None when absent or not well formed (a cache
+        file is hostile input: a kept URL gets the password only on a host of `hosts`, auth.hosts)."""
+        if not isinstance(value, dict):
+            return None
+        url, unlisted = value.get("url"), value.get("unlisted")
+        if url is not None and not (isinstance(url, str) and origin_of(url) in hosts):
+            return None
+        if not isinstance(unlisted, list) or not all(
+                isinstance(o, list) and len(o) == 3 and isinstance(o[0], str) and isinstance(o[1], str)
+                and isinstance(o[2], int) for o in unlisted):
+            return None
+        return cls(url, frozenset((o[0], o[1], o[2]) for o in unlisted))
+
 
 def sample_downloads(config: Config) -> DownloadSample:
     """The download hosts of the catalogue's first products, up to the first file on a host
@@ -112,31 +131,16 @@ def sample_downloads(config: Config) -> DownloadSample:
     try:
         store = listing_store(config, meta)
         key = SAMPLE_KEY + ",".join(sorted(f"{s}://{h}:{p}" for s, h, p in config.credential_hosts))
-        kept = _kept_sample(store.get(key), config)
+        kept = DownloadSample.from_kept(store.get(key), config.credential_hosts)
         if kept is not None:
             return kept
         # check_catalogue has just kept the collection list: no second request for it.
         sample, complete = _sample(config, store.get("collections"))
         if complete:
-            store.put(key, {"url": sample.url, "unlisted": sorted(sample.unlisted)}, recent=False)
+            store.put(key, sample.kept(), recent=False)
         return sample
     finally:
         meta.close()
-
-
-def _kept_sample(value, config: Config) -> DownloadSample | None:
-    """A sample from the listing store, or None when absent or not well formed (a cache
-    file is hostile input: a kept URL gets the password only on a host of auth.hosts)."""
-    if not isinstance(value, dict):
-        return None
-    url, unlisted = value.get("url"), value.get("unlisted")
-    if url is not None and not (isinstance(url, str) and origin_of(url) in config.credential_hosts):
-        return None
-    if not isinstance(unlisted, list) or not all(
-            isinstance(o, list) and len(o) == 3 and isinstance(o[0], str) and isinstance(o[1], str)
-            and isinstance(o[2], int) for o in unlisted):
-        return None
-    return DownloadSample(url, frozenset((o[0], o[1], o[2]) for o in unlisted))
 
 
 def _sample(config: Config, collections: list[str] | None) -> tuple[DownloadSample, bool]:

@@ -111,7 +111,7 @@ def fs_config(emulator, cache_dir: Path, rate_limit_state: str, **overrides) -> 
 
 def source_file(emulator_data: Path, fs, path: str) -> Path:
     """The emulator's file on disk behind a path of the terrascope filesystem."""
-    node = fs.daemon.tree.lookup("/" + fs._strip_protocol(path))
+    node = fs.node(path)
     local = node.file.local_path
     assert local and local.startswith("/data/MTDA/"), f"{path}: no platform path in the catalogue ({local!r})"
     return emulator_data / "small" / local[len("/data/MTDA/"):]

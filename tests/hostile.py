@@ -68,6 +68,11 @@ class HostileServer:
 
     # -- the HTTP side -------------------------------------------------------------------
 
+    def record(self, seen: Seen) -> None:
+        """Note one request (the handler calls this first)."""
+        with self._lock:
+            self.seen.append(seen)
+
     def _handler(self) -> type:
         outer = self
 
@@ -78,22 +83,21 @@ class HostileServer:
                 pass
 
             def _record(self) -> None:
-                with outer._lock:
-                    outer.seen.append(Seen(self.command, self.path, dict(self.headers.items())))
+                outer.record(Seen(self.command, self.path, dict(self.headers.items())))
 
             def do_GET(self) -> None:  # noqa: N802
                 self._record()
-                outer._get(self)
+                outer.answer_get(self)
 
             def do_HEAD(self) -> None:  # noqa: N802
                 self._record()
-                outer._get(self, head=True)
+                outer.answer_get(self, head=True)
 
             def do_POST(self) -> None:  # noqa: N802
                 self._record()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                outer._search(self, body)
+                outer.answer_search(self, body)
 
         return Handler
 
@@ -111,7 +115,7 @@ class HostileServer:
         body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
         self._send(h, 200, body, {"Content-Type": "application/json"})
 
-    def _get(self, h, head: bool = False) -> None:
+    def answer_get(self, h, head: bool = False) -> None:
         path = h.path.split("?")[0]
         b = self.behaviour
         if path.rstrip("/") == "/stac/collections":
@@ -140,7 +144,7 @@ class HostileServer:
                               {"Content-Range": f"bytes {first}-{last}/{len(data)}", "Accept-Ranges": "bytes"}, head)
         self._send(h, 200, data, {"Accept-Ranges": "bytes"}, head)
 
-    def _search(self, h, body: dict) -> None:
+    def answer_search(self, h, body: dict) -> None:
         b = self.behaviour
         cid = (body.get("collections") or [""])[0]
         page = int(body.get("page", 0))

@@ -12,10 +12,13 @@ import pytest
 from werkzeug.test import Client
 from werkzeug.wrappers import Request
 
-from terrafs.emulator.data import _ensure_files, build_archive
-from terrafs.emulator.opensearch import _last_start, handle_opensearch, parse_interval
+from terrafs.emulator.data import build_archive
+from terrafs.emulator.opensearch.paging import last_start
+from terrafs.emulator.opensearch.query import parse_interval
+from terrafs.emulator.opensearch.search import handle_opensearch
 from terrafs.emulator.plan import PlannedFile, PlannedProduct
-from terrafs.emulator.stac import handle_stac
+from terrafs.emulator.stac.search import handle_stac
+from terrafs.emulator.writer import ensure_files
 
 BASE = "http://127.0.0.1:9999"
 TOC = "urn:eop:VITO:TERRASCOPE_S2_TOC_V2"
@@ -81,11 +84,11 @@ def test_a_data_directory_of_another_plan_is_brought_up_to_date(tmp_path):
 
     root = tmp_path / "small"
     root.mkdir()
-    assert _ensure_files(root, plan({"a.txt": "one", "b.txt": "two", "gone.txt": "old"})) == {
+    assert ensure_files(root, plan({"a.txt": "one", "b.txt": "two", "gone.txt": "old"})) == {
         "P/a.txt": 3, "P/b.txt": 3, "P/gone.txt": 3}
     kept = (root / "P/a.txt").stat().st_ino
     (root / "P/stray.aux.xml").write_text("left by a tool")
-    sizes = _ensure_files(root, plan({"a.txt": "one", "b.txt": "changed"}))
+    sizes = ensure_files(root, plan({"a.txt": "one", "b.txt": "changed"}))
     assert sizes == {"P/a.txt": 3, "P/b.txt": 7}
     assert sorted(p.name for p in (root / "P").iterdir()) == ["a.txt", "b.txt"]
     assert (root / "P/b.txt").read_text() == "changed"
@@ -93,7 +96,7 @@ def test_a_data_directory_of_another_plan_is_brought_up_to_date(tmp_path):
     # A marker that is not ours (or unreadable) rebuilds rather than trusting the files.
     (root / ".complete.json").write_text("[1, 2]")
     (root / "P/b.txt").write_text("tampered")
-    assert _ensure_files(root, plan({"a.txt": "one", "b.txt": "changed"}))["P/b.txt"] == 7
+    assert ensure_files(root, plan({"a.txt": "one", "b.txt": "changed"}))["P/b.txt"] == 7
     assert (root / "P/b.txt").read_text() == "changed"
 
 
@@ -190,9 +193,9 @@ def test_opensearch_default_page_is_100_and_large_counts_are_clamped(client):
 
 
 def test_opensearch_result_cap(client):
-    assert _last_start(375433, 100) == 99901
-    assert _last_start(26445, 100) == 26401
-    assert _last_start(375433, 300) + 300 - 1 <= 100000
+    assert last_start(375433, 100) == 99901
+    assert last_start(26445, 100) == 26401
+    assert last_start(375433, 300) + 300 - 1 <= 100000
     r = client.get(f"/catalogue/products?collection={NDVI}&startIndex=99950&count=100")
     assert r.status_code == 400
     assert r.json["exceptions"][0]["locator"] == "startIndex"

@@ -295,7 +295,7 @@ def test_a_refused_connection_is_told_from_other_connection_errors():
 
     import requests as rq
 
-    from terrafs.http import _refused
+    from terrafs.answers import refused as is_refused
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -303,12 +303,12 @@ def test_a_refused_connection_is_told_from_other_connection_errors():
     s.close()  # nothing listens there now
     with pytest.raises(rq.ConnectionError) as refused:
         rq.get(f"http://127.0.0.1:{port}/", timeout=5)
-    assert _refused(refused.value)
+    assert is_refused(refused.value)
     other = rq.ConnectionError(OSError(104, "Connection refused, says the text, but not the errno"))
-    assert not _refused(other)
+    assert not is_refused(other)
     looped = rq.ConnectionError("x")
     looped.__context__ = looped  # a cycle is walked once
-    assert not _refused(looped)
+    assert not is_refused(looped)
 
 
 # -- an error page is never the file -------------------------------------------------

@@ -2,18 +2,20 @@
 real mount is tests/test_mount_tree.py)."""
 from __future__ import annotations
 
-from types import SimpleNamespace
+import json
 
-from terrafs.preflight import DownloadSample, _kept_sample
+from terrafs.preflight import DownloadSample
 
-HOSTS = SimpleNamespace(credential_hosts=frozenset({("https", "services.terrascope.be", 443)}))
+HOSTS = frozenset({("https", "services.terrascope.be", 443)})
 URL = "https://services.terrascope.be/download/a.tif"
 
 
 def test_a_kept_sample_is_taken_back_as_it_was_kept():
-    value = {"url": URL, "unlisted": [["http", "elsewhere.example", 80]]}
-    assert _kept_sample(value, HOSTS) == DownloadSample(URL, frozenset({("http", "elsewhere.example", 80)}))
-    assert _kept_sample({"url": None, "unlisted": []}, HOSTS) == DownloadSample(None, frozenset())
+    sample = DownloadSample(URL, frozenset({("http", "elsewhere.example", 80)}))
+    value = json.loads(json.dumps(sample.kept()))  # as the listing store gives it back
+    assert value == {"url": URL, "unlisted": [["http", "elsewhere.example", 80]]}
+    assert DownloadSample.from_kept(value, HOSTS) == sample
+    assert DownloadSample.from_kept({"url": None, "unlisted": []}, HOSTS) == DownloadSample(None, frozenset())
 
 
 def test_a_kept_url_off_auth_hosts_or_a_malformed_entry_is_not_used():
@@ -21,4 +23,4 @@ def test_a_kept_url_off_auth_hosts_or_a_malformed_entry_is_not_used():
                   {"url": "http://services.terrascope.be/a.tif", "unlisted": []},
                   {"url": 3, "unlisted": []}, {"url": URL}, {"url": URL, "unlisted": [["https", "h"]]},
                   {"url": URL, "unlisted": [["https", "h", "443"]]}, [URL], None, "x"):
-        assert _kept_sample(value, HOSTS) is None, value
+        assert DownloadSample.from_kept(value, HOSTS) is None, value

@@ -14,7 +14,8 @@ from terrafs.blockcache import BlockCache
 from terrafs.errors import FetchError, SizeChanged
 from terrafs.read import Reader, RemoteFile
 from terrafs.read.fetches import RANGE_CHUNK
-from terrafs.read.remote import blocks_of
+from terrafs.read import writebehind
+from terrafs.read.spool import Spool, Spooled
 
 BS = 64 << 10
 URL = "http://127.0.0.1:1/download/x/B02.tif"
@@ -542,35 +543,58 @@ def test_spool_is_bounded_and_the_stream_waits_for_room(env):
     assert out == [data]
 
 
-def test_a_read_racing_the_reuse_of_a_spool_slot_never_serves_the_new_bytes(env):
-    data, f, dl, cache, reader = env(size=1 << 20)
-    assert _read_all(reader, f) == data
-    reader.flush()
-    spool = reader._held.wb.spool  # white-box: the race cannot be timed from outside
-    stale = spool.put(b"x" * BS)
-    spool.free(stale)
-    fresh = spool.put(b"y" * BS)  # the same slot, handed out again
-    assert fresh.slot == stale.slot
-    assert spool.read(stale, 0, 10) is None, "a reused slot was not detected"
-    assert spool.read(fresh, 0, 10) == b"y" * 10
-    # The reader looks again (here: the disk cache) instead of serving the slot's new bytes.
-    out = bytearray(100)
-    reader._copy(blocks_of(f, BS), 3, stale, 5, 105, memoryview(out))
-    assert out == data[3 * BS + 5 : 3 * BS + 105]
-    spool.free(fresh)
+def test_a_read_racing_the_reuse_of_a_spool_slot_never_serves_the_new_bytes(env, monkeypatch):
+    """A read finds a block in the spool; before it copies it out, the block's cache write completes
+    and its slot is handed out again to other bytes. The read looks again (here: the disk cache)."""
+    race = threading.Event()  # set: the next read from the spool races
+
+    class RacingSpool(Spool):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.freed = threading.Condition()
+            self.gone: set[int] = set()
+            self.reused: list[Spooled] = []
+
+        def free(self, sp: Spooled) -> None:
+            super().free(sp)
+            with self.freed:
+                self.gone.add(id(sp))
+                self.freed.notify_all()
+
+        def read_into(self, sp: Spooled, start: int, dst: memoryview) -> bool:
+            if race.is_set():
+                race.clear()
+                cache.go.set()  # the write completes and frees the slot meanwhile ...
+                with self.freed:
+                    assert self.freed.wait_for(lambda: id(sp) in self.gone, 30), "the block was never written"
+                while not self.reused or self.reused[-1].slot != sp.slot:
+                    self.reused.append(self.put(b"y" * BS))  # ... and the slot takes other bytes
+                assert self.read(sp, 0, 10) is None, "a reused slot was not detected"
+            return super().read_into(sp, start, dst)
+
+    monkeypatch.setattr(writebehind, "Spool", RacingSpool)
+    data, f, dl, cache, reader = env(size=1 << 20, write_queue=32 * BS, cache_cls=StalledCache)
+    try:
+        assert _read_all(reader, f) == data  # every block waits in the spool: the cache's writer is stuck
+        race.set()
+        assert reader.read(f, 3 * BS + 5, 100) == data[3 * BS + 5: 3 * BS + 105]
+        assert not race.is_set(), "the read did not find the block in the spool"
+    finally:
+        cache.go.set()
 
 
-def test_a_read_of_a_slot_freed_as_the_spool_empties_looks_elsewhere(env):
+def test_a_read_of_a_slot_freed_as_the_spool_empties_looks_elsewhere(tmp_path: Path):
     """The last free empties the spool and truncates its file: a reader still holding the block
     gets "look elsewhere", not a short read turned into an error."""
-    data, f, dl, cache, reader = env(size=1 << 20)
-    spool = reader._held.wb.spool  # white-box: the race cannot be timed from outside
-    assert _read_all(reader, f) == data
-    reader.flush()
-    spool._reserve = False  # as on a filesystem without fallocate: the truncated file stays empty
-    held = spool.put(b"z" * BS)
-    spool.free(held)  # the only slot in use: the spool is empty now, its file truncated
-    assert spool.read_into(held, 0, memoryview(bytearray(100))) is False
+    # No reservation, as on a filesystem without fallocate: the truncated file stays empty.
+    spool = Spool(str(tmp_path), BS, 4, reserve=False)
+    try:
+        held = spool.put(b"z" * BS)
+        spool.free(held)  # the only slot in use: the spool is empty now, its file truncated
+        assert spool.disk_bytes() == 0
+        assert spool.read_into(held, 0, memoryview(bytearray(100))) is False
+    finally:
+        spool.close()
 
 
 # -- pieces: sub-block fetches for format probes and COG tiles ------------------
@@ -719,22 +743,20 @@ def test_a_file_of_one_block_is_fetched_whole_in_one_request(penv):
 
 
 def test_spool_reserves_its_space_on_disk_but_not_in_memory(tmp_path: Path):
-    from terrafs.read.spool import Spool as _Spool
-
-    spool = _Spool(str(tmp_path), BS, 4)
+    spool = Spool(str(tmp_path), BS, 4)
     try:
-        assert os.fstat(spool._fd).st_blocks * 512 >= 4 * BS, "the spool's space was not reserved ahead"
+        assert spool.disk_bytes() >= 4 * BS, "the spool's space was not reserved ahead"
         sp = spool.put(b"z" * BS)
         out = bytearray(10)
         assert spool.read_into(sp, 100, memoryview(out)) and out == b"z" * 10
         spool.free(sp)  # empty again: pages given back, space reserved again
-        assert os.fstat(spool._fd).st_blocks * 512 >= 4 * BS
+        assert spool.disk_bytes() >= 4 * BS
     finally:
         spool.close()
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
-        spool = _Spool("/dev/shm", BS, 4)
+        spool = Spool("/dev/shm", BS, 4)
         try:
-            assert os.fstat(spool._fd).st_blocks == 0, "a spool in memory reserved 4 blocks of RAM"
+            assert spool.disk_bytes() == 0, "a spool in memory reserved 4 blocks of RAM"
         finally:
             spool.close()
 

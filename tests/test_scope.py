@@ -1,9 +1,7 @@
-"""The lines scope.py writes about hosts that get no credentials (pure functions)."""
+"""The lines scope.py writes about hosts that get no credentials (pure functions; one config file read back)."""
 from __future__ import annotations
 
-import yaml
-
-from terrafs.config_schema import _hosts
+from terrafs.config import load_config
 from terrafs.scope import DEFAULT_SCOPE, CredentialScope, host_entry, unlisted_hosts_note
 from terrafs.text import origin_of, parse_origin
 
@@ -15,12 +13,14 @@ def test_host_entry_is_what_auth_hosts_reads_back():
         assert parse_origin(host_entry(origin)) == origin, host_entry(origin)
 
 
-def test_the_note_names_the_host_and_a_config_line_that_works():
+def test_the_note_names_the_host_and_a_config_line_that_works(tmp_path):
     origin = origin_of("http://127.0.0.1:8080/download/a.tif")
     note = unlisted_hosts_note([origin])
     assert "\n" not in note and "http://127.0.0.1:8080" in note and "auth.hosts" in note, note
     snippet = note[note.index("auth: {"):-1]
-    assert _hosts(yaml.safe_load(snippet)["auth"]["hosts"]) == {origin}, snippet
+    config = tmp_path / "config.yaml"
+    config.write_text(snippet + "\n")  # the line pasted into a config file as it is
+    assert load_config(config, env={"HOME": str(tmp_path)}).credential_hosts == {origin}, snippet
 
 
 def test_the_note_stays_one_short_line_for_many_hosts():

@@ -211,11 +211,11 @@ class EmulatorApp:
                     return failure
             # Catalogue handlers get the path after their prefix, with its leading slash.
             if kind == "stac":
-                from terrafs.emulator.stac import handle_stac
+                from terrafs.emulator.stac.search import handle_stac
                 return handle_stac(request, self.archive, base_url, path[len("/stac"):] or "/",
                                    fields_extension=self.settings.stac_fields)
             if kind == "opensearch":
-                from terrafs.emulator.opensearch import handle_opensearch
+                from terrafs.emulator.opensearch.search import handle_opensearch
                 return handle_opensearch(request, self.archive, base_url, path[len("/catalogue"):] or "/")
             if kind == "auth":
                 if path == REALM_PATH or path.startswith(REALM_PATH + "/"):

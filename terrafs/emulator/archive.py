@@ -1,6 +1,6 @@
 """The emulator's archive: collections, products and file bytes.
 
-Contract shared by the catalogue side (stac.py, opensearch.py) and the server
+Contract shared by the catalogue side (stac/, opensearch/) and the server
 side (app.py, download.py). data.py builds an Archive (synthetic, deterministic).
 A collection may be generated on demand (a GeneratedCollection, e.g. daily.py's
 archive-size TOC): the catalogues then ask for a time window (products_between)

@@ -35,6 +35,8 @@ from pathlib import Path
 
 from terrafs.emulator.archive import EmuFile, EmuProduct
 from terrafs.emulator.plan import MTDA, UTC, RasterSpec, seed, utm_raster
+from terrafs.emulator.sentinel import RASTER_SIDE, S2_WMS_LAYERS, TOC_BANDS, toc_product
+from terrafs.emulator.writer import write_raster
 
 STAC_ID = "terrascope-s2-toc-v2"
 URN = "urn:eop:VITO:TERRASCOPE_S2_TOC_V2"
@@ -120,8 +122,6 @@ def _offsets(data: bytes, needle: bytes) -> tuple[int, ...]:
 def load_templates(folder: Path, specs: dict[str, RasterSpec]) -> dict[str, Template]:
     """The templates for `specs` (kind -> RasterSpec at _TEMPLATE_TILE), written into
     `folder` once, read into memory, their georeferencing located."""
-    from terrafs.emulator.data import _write_raster
-
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     _, epsg, ulx, uly = _TEMPLATE_TILE
@@ -129,7 +129,7 @@ def load_templates(folder: Path, specs: dict[str, RasterSpec]) -> dict[str, Temp
         key = hashlib.sha256(repr((TEMPLATE_VERSION, spec)).encode()).hexdigest()[:16]
         path = folder / f"{kind}-{key}.tif"
         if not path.is_file():
-            _write_raster(path, spec)
+            write_raster(path, spec)
         data = path.read_bytes()
         template = Template(data, _offsets(data, struct.pack("<6d", 0.0, 0.0, 0.0, ulx, uly, 0.0)),
                             tuple(at + 6 for at in _offsets(data, struct.pack("<4H", 3072, 0, 1, epsg))),
@@ -153,8 +153,6 @@ class DailyCollection:
     stac_id = STAC_ID
 
     def __init__(self, templates: Path, first: date = FIRST_DAY, last: date = LAST_DAY, cached_days: int = CACHED_DAYS):
-        from terrafs.emulator.data import RASTER_SIDE, TOC_BANDS
-
         self.first, self.last = first, last
         self.pool = tile_pool()
         self._corners = {t: tile_corner(t) for t in self.pool}
@@ -189,8 +187,6 @@ class DailyCollection:
         return [("S2A" if seed(f"sat{t}{ordinal // REVISIT_DAYS}") % 2 == 0 else "S2B", t) for t in tiles]
 
     def _plan_day(self, day: date) -> tuple[list[EmuProduct], dict[str, EmuFile]]:
-        from terrafs.emulator.data import S2_WMS_LAYERS, _toc_product
-
         products, files = [], {}
         for platform, tile in self.tiles_on(day):
             zone = int(tile[:2])
@@ -200,7 +196,7 @@ class DailyCollection:
             stamp = start.strftime("%Y%m%dT%H%M%S")
             orbit = 1 + (zone * 29 + (0 if platform == "S2A" else 71)) % 143
             corner = self._corners[tile]
-            planned = _toc_product(URN, self._sides, platform, stamp, orbit, tile, VERSION, corner=corner)
+            planned = toc_product(URN, self._sides, platform, stamp, orbit, tile, VERSION, corner=corner)
             efiles = []
             for pf in planned.files:
                 if pf.raster is not None:

@@ -7,470 +7,32 @@ files) and returns the Archive that the catalogue and download handlers serve.
 Bulk products (for listing tests) are generated from a hash and never touch
 the disk.
 
-This module plans the core collections (Sentinel-2 TOC and LAI, Sentinel-1
-sigma0, WorldCover) and writes every file; shapes.py plans the archive's other
-path shapes and layouts.py the raster layouts for benchmarks.
+This module puts the archive together: sentinel.py plans the core collections
+(Sentinel-2 TOC and LAI, Sentinel-1 sigma0, WorldCover), shapes.py the archive's
+other path shapes, layouts.py the raster layouts for benchmarks, daily.py the
+archive profile's day-by-day TOC collection, bulk.py the bulk products, and
+writer.py writes every file.
 
 It must not serve HTTP, know about STAC or OpenSearch JSON, or import anything
 from the client side of terrafs.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
-from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 
-from terrafs.emulator import layouts, shapes
-from terrafs.emulator.archive import Archive, EmuCollection, EmuFile, EmuProduct
-from terrafs.emulator.plan import (
-    MTDA,
-    S2_TILE_SIZE_M,
-    S2_TILES,
-    TIFF,
-    UTC,
-    PlannedFile,
-    PlannedProduct,
-    RasterSpec,
-    cloud_cover,
-    lonlat_bounds,
-    lonlat_raster,
-    metadata_file,
-    raster_file,
-    seed,
-    stamp_time,
-    utm_raster,
-)
+from terrafs.emulator import layouts, sentinel, shapes
+from terrafs.emulator.archive import Archive, EmuFile, EmuProduct
+from terrafs.emulator.bulk import bulk_products as make_bulk_products
+from terrafs.emulator.daily import DailyCollection
+from terrafs.emulator.plan import MTDA
+from terrafs.emulator.writer import ensure_files, read_disk
 
-log = logging.getLogger(__name__)
-
-# Bump when the planned content changes, so old data directories are rebuilt.
-DATA_VERSION = 2
 # small: the tests' archive; large: full-size Sentinel-2 bands (the read-path bench);
 # bench: large plus full-size raster layouts (4096 x 4096, >= 40 files per layout).
 # archive: the small profile with the S2 TOC collection at the real archive's size
 # (about 100 products a day for three months, bytes made on demand: daily.py).
 PROFILES = ("small", "large", "bench", "archive")
-
-# (platform, acquisition time, relative orbit, tiles, product version) per S2 datatake.
-S2_DATATAKES = [
-    ("S2A", "20200101T105431", 51, ("31UFS", "31UES", "31UFT"), "V210"),
-    ("S2B", "20200102T104429", 8, ("31UFS", "31UES"), "V210"),
-    ("S2A", "20200215T105021", 51, ("31UFS", "31UES", "31UFT"), "V210"),
-    ("S2B", "20210630T104619", 8, ("31UFS", "31UFT"), "V220"),
-    ("S2A", "20210701T103631", 8, ("31UES",), "V220"),
-    # An older version of one acquisition, side by side with its V210 in one date folder.
-    ("S2A", "20200215T105021", 51, ("31UFS",), "V200"),
-]
-LAI_DATATAKES = S2_DATATAKES[:2]
-S1_PRODUCTS = [
-    ("S1A", "20200101T172614", "ASCENDING", 88, "2F1C"),
-    ("S1B", "20200102T055849", "DESCENDING", 110, "22F3"),
-    ("S1A", "20200215T172608", "ASCENDING", 88, "31A0"),
-    ("S1A", "20210630T055912", "DESCENDING", 110, "4B7E"),
-]
-WORLDCOVER_TILES = ("N48E000", "N51E000", "N51E003")
-
-# TOC bands: (band, resolution m, dtype, OpenSearch group, category, STAC key, roles).
-# Reflectances are int16; CLOUDMASK exists from V220 on.
-TOC_BANDS = (
-    [(b, 10, "int16", "data", None, b, ("data",)) for b in ("B02", "B03", "B04", "B08")]
-    + [(b, 20, "int16", "data", None, b, ("data",)) for b in ("B05", "B06", "B07", "B8A", "B11", "B12")]
-    + [("B01", 60, "int16", "data", None, "B01", ("data",))]
-    + [
-        ("SCENECLASSIFICATION", 20, "uint8", "related", "QUALITY", "SCL", ("data-mask",)),
-        ("CLOUDMASK", 20, "uint8", "related", "CLOUD", "CLOUDMASK", ("data-mask", "cloud")),
-    ]
-    + [(b, 60, "uint16", "related", "QUALITY", b, ("data",)) for b in ("AOT", "SZA", "VZA", "RAA", "WVP")]
-)
-# Pixels per side for each resolution, per profile ("large" = the real sizes).
-RASTER_SIDE = {
-    "small": {10: 512, 20: 256, 60: 128, "ql": 128},
-    "large": {10: 10980, 20: 5490, 60: 1830, "ql": 686},
-}
-RASTER_SIDE["bench"] = RASTER_SIDE["large"]
-COG_BLOCK = 256
-S2_WMS_LAYERS = {"TOC": "CGS_S2_RADIOMETRY", "NDVI": "CGS_S2_NDVI"}
-
-
-# ---------------------------------------------------------------------------------------------
-# Collections
-
-
-def _collections() -> list[EmuCollection]:
-    return [
-        EmuCollection("terrascope-s2-toc-v2", "urn:eop:VITO:TERRASCOPE_S2_TOC_V2",
-                      "Sentinel-2 top-of-canopy reflectance V2", datetime(2015, 7, 6, tzinfo=UTC), None,
-                      (-180.0, -84.0, 180.0, 84.0)),
-        EmuCollection("terrascope-s2-lai-v2", "urn:eop:VITO:TERRASCOPE_S2_LAI_V2",
-                      "Sentinel-2 leaf area index V2", datetime(2015, 7, 6, tzinfo=UTC), None,
-                      (-180.0, -84.0, 180.0, 84.0), older_item_form=True),
-        EmuCollection("terrascope-s1-grd-sigma0-v1", "urn:eop:VITO:CGS_S1_GRD_SIGMA0_L1",
-                      "Sentinel-1 GRD sigma0 backscatter", datetime(2014, 10, 3, tzinfo=UTC), None,
-                      (-180.0, -90.0, 180.0, 90.0)),
-        # in_stac=True although the real STAC may not list it, so both backends can be tested on it.
-        EmuCollection("esa-worldcover-10m-2020-v1", "urn:eop:VITO:ESA_WorldCover_10m_2020_V1",
-                      "ESA WorldCover 10 m 2020 V1", datetime(2020, 1, 1, tzinfo=UTC),
-                      datetime(2020, 12, 31, 23, 59, 59, tzinfo=UTC), (-180.0, -60.0, 180.0, 84.0)),
-    ]
-
-
-def s2_product_fields(platform: str, stamp: str, rel_orbit: int, tile: str, title: str, ptype: str,
-                      collection: str, resolution: int | None = None, wms: str | None = None,
-                      corner: tuple[int, float, float] | None = None) -> dict:
-    """EmuProduct keywords of a Sentinel-2 product (tile geometry, orbits, MGRS); `corner`
-    (EPSG, upper-left x, y) for a tile that S2_TILES does not have."""
-    epsg, ulx, uly = corner or S2_TILES[tile]
-    when = stamp_time(stamp)
-    bbox = lonlat_bounds(epsg, ulx, uly - S2_TILE_SIZE_M, ulx + S2_TILE_SIZE_M, uly)
-    extra = {
-        "platform": platform, "platform_short": "Sentinel-2", "constellation": "sentinel-2",
-        "instrument": "msi", "epsg": epsg, "relative_orbit": rel_orbit,
-        "absolute_orbit": 10000 + (when - datetime(2017, 1, 1, tzinfo=UTC)).days * 14 + rel_orbit,
-        "orbit_direction": "DESCENDING", "product_version": title.rsplit("_", 1)[1],
-        "proj_bbox": [ulx, uly - S2_TILE_SIZE_M, ulx + S2_TILE_SIZE_M, uly],
-        "mgrs": (int(tile[:2]), tile[2], tile[3:]), "gsd": resolution or 10,
-    }
-    if resolution:
-        extra["resolution"] = resolution
-    if wms:
-        extra["wms_layer"] = wms
-    return dict(id=title, title=title, collection=collection, datetime=when, tile_id=tile,
-                cloud_cover=cloud_cover(title), product_type=ptype, bbox=bbox,
-                published=when + timedelta(days=2, hours=3), updated=when + timedelta(days=2, hours=3),
-                extra=extra)
-
-
-def _plan_toc(profile: str) -> list[PlannedProduct]:
-    urn = "urn:eop:VITO:TERRASCOPE_S2_TOC_V2"
-    sides = RASTER_SIDE[profile]
-    first = S2_DATATAKES[0]
-    datatakes = S2_DATATAKES if profile == "small" else [(first[0], first[1], first[2], ("31UFS",), first[4])]
-    out = []
-    for platform, stamp, orbit, tiles, version in datatakes:
-        for tile in tiles:
-            out.append(_toc_product(urn, sides, platform, stamp, orbit, tile, version))
-    return out
-
-
-def _toc_product(urn: str, sides: dict, platform: str, stamp: str, orbit: int, tile: str,
-                 version: str, corner: tuple[int, float, float] | None = None) -> PlannedProduct:
-    stem = f"{platform}_{stamp}_{tile}"
-    title = f"{stem}_TOC_{version}"
-    when = stamp_time(stamp)
-    rel_dir = f"TERRASCOPE_Sentinel2/TOC_V2/{when:%Y/%m/%d}/{title}"
-    dl_dir = f"Sentinel2/TOC_V2/{when:%Y/%m/%d}/{title}"
-    epsg, ulx, uly = corner or S2_TILES[tile]
-    files = []
-    for band, res, dtype, group, category, key, roles in TOC_BANDS:
-        if band == "CLOUDMASK" and version < "V220":
-            continue
-        name = f"{stem}_TOC-{band}_{res}M_{version}.tif" if group == "data" else f"{stem}_{band}_{res}M_{version}.tif"
-        nodata = 32767 if dtype in ("uint16", "int16") else None
-        spec = utm_raster(epsg, ulx, uly, sides[res], 1, dtype, f"{rel_dir}/{name}", nodata)
-        ftitle = f"TOC-{band}_{res}M" if group == "data" else f"{band}_{res}M"
-        scale = 0.0001 if dtype == "int16" else 0.001 if group == "related" and dtype == "uint16" else 1.0
-        # "sentinel2": a COG in 256 x 256 deflate tiles (10980 x 10980 for 10 m bands in the large profile).
-        files.append(raster_file(rel_dir, dl_dir, name, spec, group=group, key=key, roles=roles, title=ftitle,
-                                 category=category, gsd=float(res), scale=scale, layout="sentinel2"))
-    ql = f"{stem}_TOC_QUICKLOOK_{version}.tif"
-    spec = utm_raster(epsg, ulx, uly, sides["ql"], 3, "uint8", f"{rel_dir}/{ql}")
-    files.append(raster_file(rel_dir, dl_dir, ql, spec, group="previews", key="QUICKLOOK", roles=("thumbnail",),
-                             title="QUICKLOOK", category="QUICKLOOK"))
-    files.append(metadata_file(rel_dir, dl_dir, f"{title}.xml", title, urn, when))
-    prod = s2_product_fields(platform, stamp, orbit, tile, title, "TOC", "terrascope-s2-toc-v2",
-                             wms=S2_WMS_LAYERS["TOC"], corner=corner)
-    return PlannedProduct(prod, files)
-
-
-def _plan_lai() -> list[PlannedProduct]:
-    """LAI: the 10 m and 20 m products share one folder, each in its resolution
-    sub-folder, with a scene classification and a quicklook of the same name in both."""
-    urn = "urn:eop:VITO:TERRASCOPE_S2_LAI_V2"
-    out = []
-    for platform, stamp, orbit, tiles, _ in LAI_DATATAKES:
-        for tile in tiles:
-            stem = f"{platform}_{stamp}_{tile}"
-            folder = f"{stem}_LAI_V200"
-            when = stamp_time(stamp)
-            epsg, ulx, uly = S2_TILES[tile]
-            for res, side in ((10, 512), (20, 256)):
-                title = f"{stem}_LAI_{res}M_V200"
-                rel_dir = f"TERRASCOPE_Sentinel2/LAI_V2/{when:%Y/%m/%d}/{folder}/{res}M"
-                dl_dir = f"Sentinel2/LAI_V2/{when:%Y/%m/%d}/{folder}/{res}M"
-                name, scl, ql = f"{title}.tif", f"{stem}_SCENECLASSIFICATION_20M_V200.tif", f"{stem}_LAI_QUICKLOOK_V200.tif"
-                spec = utm_raster(epsg, ulx, uly, side, 1, "uint16", f"{rel_dir}/{name}", 65535)
-                scl_spec = utm_raster(epsg, ulx, uly, 128, 1, "uint8", f"{rel_dir}/{scl}")
-                ql_spec = utm_raster(epsg, ulx, uly, 64, 3, "uint8", f"{rel_dir}/{ql}")
-                files = [
-                    # Older STAC item form: asset keys are the file names.
-                    raster_file(rel_dir, dl_dir, name, spec, group="data", key=name, roles=("data",),
-                                title=f"LAI_{res}M", gsd=float(res), stac_title="LAI"),
-                    raster_file(rel_dir, dl_dir, scl, scl_spec, group="related", key=scl, roles=("data",),
-                                title="SCENECLASSIFICATION_20M", category="QUALITY", gsd=20.0, stac_title="SCL"),
-                    raster_file(rel_dir, dl_dir, ql, ql_spec, group="previews", key=ql, roles=("thumbnail",),
-                                title="QUICKLOOK", category="QUICKLOOK", stac_title="QUICKLOOK"),
-                    # No length anywhere in the catalogue: clients must HEAD it.
-                    metadata_file(rel_dir, dl_dir, f"{title}.xml", title, urn, when, asset_key=f"{title}.xml",
-                                  size_in_catalogue=False),
-                ]
-                prod = s2_product_fields(platform, stamp, orbit, tile, title, "LAI", "terrascope-s2-lai-v2", res)
-                out.append(PlannedProduct(prod, files))
-    return out
-
-
-def _plan_s1() -> list[PlannedProduct]:
-    urn = "urn:eop:VITO:CGS_S1_GRD_SIGMA0_L1"
-    epsg, ulx, uly, width_m = 32631, 450000.0, 5720000.0, 250000.0
-    bbox = lonlat_bounds(epsg, ulx, uly - width_m, ulx + width_m, uly)
-    out = []
-    for platform, stamp, direction, orbit, code in S1_PRODUCTS:
-        when = stamp_time(stamp)
-        title = f"{platform}_IW_GRDH_SIGMA0_DV_{stamp}_{direction}_{orbit}_{code}_V110"
-        rel_dir = f"CGS_S1/CGS_S1_GRD_SIGMA0_L1/{when:%Y/%m/%d}/{title}"
-        dl_dir = f"CGS_S1_GRD_SIGMA0_L1/{when:%Y/%m/%d}/{title}"
-        files = []
-        for band, side in (("VV", 256), ("VH", 256), ("angle", 128)):
-            name = f"{title}_{band}.tif"
-            res = width_m / side
-            spec = RasterSpec(side, side, 1, "float32", f"EPSG:{epsg}", (ulx, res, 0.0, uly, 0.0, -res),
-                              seed(f"{rel_dir}/{name}"))
-            # angle is a data link too (OpenSearch), as VV and VH.
-            files.append(raster_file(rel_dir, dl_dir, name, spec, group="data", key=band, roles=("data",),
-                                     title=band, gsd=10.0))
-        files.append(metadata_file(rel_dir, dl_dir, f"{title}.xml", title, urn, when))
-        extra = {"platform": platform, "platform_short": "Sentinel-1", "constellation": "sentinel-1",
-                 "instrument": "c-sar", "epsg": epsg, "relative_orbit": orbit,
-                 "absolute_orbit": 30000 + (when - datetime(2017, 1, 1, tzinfo=UTC)).days * 15 + orbit,
-                 "orbit_direction": direction, "product_version": "V110",
-                 "proj_bbox": [ulx, uly - width_m, ulx + width_m, uly], "gsd": 10,
-                 "acquisition": {"operationalMode": "IW", "polarisationMode": "D", "polarisationChannels": "VV, VH"}}
-        prod = dict(id=title, title=title, collection="terrascope-s1-grd-sigma0-v1", datetime=when, tile_id=None,
-                    cloud_cover=None, product_type="SIGMA0", bbox=bbox, published=when + timedelta(hours=6),
-                    updated=when + timedelta(hours=6), extra=extra)
-        out.append(PlannedProduct(prod, files))
-    return out
-
-
-def _plan_worldcover() -> list[PlannedProduct]:
-    """WorldCover 2020: flat tile folders, a title without "_Map", no platform,
-    dated at the end of its year, with an InputQuality file beside the map."""
-    out = []
-    when = datetime(2020, 12, 31, 23, 59, 59, tzinfo=UTC)
-    for tile in WORLDCOVER_TILES:
-        lat = int(tile[1:3]) * (1 if tile[0] == "N" else -1)
-        lon = int(tile[4:7]) * (1 if tile[3] == "E" else -1)
-        title = f"ESA_WorldCover_10m_2020_v100_{tile}"
-        rel_dir = f"WORLDCOVER/ESA_WORLDCOVER_10M_2020_V100/MAP/{title}_Map"
-        name, quality = f"{title}_Map.tif", f"{title}_InputQuality.tif"
-        spec = lonlat_raster(float(lon), float(lat + 3), 3.0, 512, "uint8", f"{rel_dir}/{name}", 0)
-        q_spec = RasterSpec(64, 64, 3, "int16", "EPSG:4326", (float(lon), 3.0 / 64, 0.0, float(lat + 3), 0.0, -3.0 / 64),
-                            seed(f"{rel_dir}/{quality}"))
-        files = [raster_file(rel_dir, rel_dir, name, spec, group="data", key="ESA_WORLDCOVER_10M_MAP", roles=("data",),
-                             title="ESA_WORLDCOVER_10M_MAP", gsd=10.0),
-                 raster_file(rel_dir, rel_dir, quality, q_spec, group="related", key="ESA_WORLDCOVER_10M_INPUTQUALITY",
-                             roles=("data",), title="ESA_WORLDCOVER_10M_INPUTQUALITY", category="QUALITY", gsd=60.0)]
-        extra = {"epsg": 4326, "product_version": "V100", "gsd": 10,
-                 "proj_bbox": [float(lon), float(lat), float(lon + 3), float(lat + 3)]}
-        prod = dict(id=title, title=title, collection="esa-worldcover-10m-2020-v1", datetime=when, tile_id=tile,
-                    cloud_cover=None, product_type="ESA_WORLDCOVER_10M",
-                    bbox=(float(lon), float(lat), float(lon + 3), float(lat + 3)),
-                    published=datetime(2021, 10, 20, tzinfo=UTC), updated=datetime(2021, 10, 20, tzinfo=UTC),
-                    extra=extra)
-        out.append(PlannedProduct(prod, files))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Bulk products: generated bytes, nothing on disk
-
-
-def _bulk_tile(i: int) -> str:
-    letters = "CDEFGHJKLMNPQRSTUVWX"
-    squares = "ABCDEFGHJKLMNPQRSTUVWXYZ"
-    zone = 1 + i % 60
-    band = letters[(i // 60) % len(letters)]
-    sq = squares[(i // 1200) % 24] + squares[(i // 28800) % 24]
-    return f"{zone:02d}{band}{sq}"
-
-
-def _generated_read(seed_text: str, size: int, start: int, length: int) -> bytes:
-    """Bytes [start, start+length) of a stream of sha256 blocks keyed by the path."""
-    if start >= size or length <= 0:
-        return b""
-    end = min(size, start + length)
-    first, last = start // 32, (end - 1) // 32
-    buf = b"".join(hashlib.sha256(f"{seed_text}:{k}".encode()).digest() for k in range(first, last + 1))
-    off = start - first * 32
-    return buf[off:off + end - start]
-
-
-def _bulk_products(n: int) -> list[EmuProduct]:
-    out = []
-    base = datetime(2021, 6, 15, 0, 0, 0, tzinfo=UTC)
-    for i in range(n):
-        when = base + timedelta(seconds=i % 86400)
-        tile = _bulk_tile(i)
-        platform = "S2A" if i % 2 == 0 else "S2B"
-        stamp = when.strftime("%Y%m%dT%H%M%S")
-        # Real NDVI naming: the product is "..._NDVI_10M_V200", its folder "..._NDVI_V200".
-        title = f"{platform}_{stamp}_{tile}_NDVI_10M_V200"
-        folder = f"{platform}_{stamp}_{tile}_NDVI_V200"
-        name = f"{title}.tif"
-        rel = f"TERRASCOPE_Sentinel2/NDVI_V2/2021/06/15/{folder}/{name}"
-        dl = f"Sentinel2/NDVI_V2/2021/06/15/{folder}/{name}"
-        size = 1024 + seed(rel) % 3072
-        ef = EmuFile(name, MTDA + rel, dl, size, "data", "NDVI", ("data",), "NDVI_10M", TIFF,
-                     read=partial(_generated_read, rel, size), extra={"stac_title": "NDVI", "gsd": 10.0})
-        lon = -180.0 + (i * 7.3) % 355.0
-        lat = -60.0 + (i * 3.1) % 140.0
-        extra = {"platform": platform, "platform_short": "Sentinel-2", "constellation": "sentinel-2",
-                 "instrument": "msi", "relative_orbit": 1 + i % 143, "orbit_direction": "DESCENDING",
-                 "product_version": "V200", "gsd": 10}
-        out.append(EmuProduct(id=title, title=title, collection="terrascope-s2-ndvi-v2", datetime=when,
-                              tile_id=tile, cloud_cover=cloud_cover(title), product_type="NDVI",
-                              bbox=(round(lon, 4), round(lat, 4), round(lon + 1.2, 4), round(lat + 1.0, 4)),
-                              files=(ef,), published=when + timedelta(days=1), updated=when + timedelta(days=1),
-                              extra=extra))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Writing files
-
-
-def _pixels(spec: RasterSpec):
-    """A smooth gradient plus noise: compressible, but not trivially."""
-    import numpy as np
-
-    rng = np.random.default_rng(spec.seed)
-    h, w = spec.height, spec.width
-    phase = (spec.seed % 1000) / 100.0
-    if spec.dtype == "uint8":
-        lo, amp, noise = 10, 200, 12
-    elif spec.dtype == "float32":
-        lo, amp, noise = -25, 20, 2
-    else:
-        lo, amp, noise = 200, 6000, 60
-    out = np.empty((spec.count, h, w), dtype=spec.dtype)
-    xx = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :]
-    rows = 1024  # fill in strips so the large profile does not need float copies of the whole band
-    for b in range(spec.count):
-        for r0 in range(0, h, rows):
-            yy = np.linspace(r0 / h, min(h, r0 + rows) / h, min(rows, h - r0), endpoint=False, dtype=np.float32)[:, None]
-            smooth = 0.45 * xx + 0.35 * yy + 0.2 * (np.sin(xx * 9.0 + phase + b) * np.cos(yy * 7.0 - phase)) * 0.5 + 0.1
-            vals = lo + amp * smooth + rng.normal(0.0, noise, size=(yy.shape[0], w)).astype(np.float32)
-            if spec.dtype != "float32":
-                info = np.iinfo(spec.dtype)
-                top = info.max - 1 if spec.nodata is None else min(info.max, spec.nodata) - 1
-                vals = np.clip(vals, info.min, top)
-            out[b, r0:r0 + yy.shape[0], :] = vals.astype(spec.dtype)
-    return out
-
-
-def _write_raster(path: Path, spec: RasterSpec) -> None:
-    import rasterio
-    from affine import Affine
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    profile = dict(width=spec.width, height=spec.height, count=spec.count, dtype=spec.dtype,
-                   crs=spec.crs, transform=Affine.from_gdal(*spec.transform), num_threads="ALL_CPUS")
-    if spec.layout is None:
-        profile.update(driver="COG", compress="DEFLATE", blocksize=COG_BLOCK, overview_resampling="average")
-    else:
-        profile.update(layouts.creation_options(spec))
-    if spec.nodata is not None:
-        profile["nodata"] = spec.nodata
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(_pixels(spec) if spec.layout is None else layouts.pixels(spec))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _read_disk(path: str, start: int, length: int) -> bytes:
-    if length <= 0:
-        return b""
-    with open(path, "rb") as f:
-        f.seek(start)
-        return f.read(length)
-
-
-def _content_key(pf: PlannedFile) -> str:
-    """A digest of everything that decides a planned file's bytes (with DATA_VERSION for the writers)."""
-    what = repr((DATA_VERSION, pf.raster, pf.grid, pf.text))
-    return hashlib.sha256(what.encode()).hexdigest()[:16]
-
-
-def _ensure_files(root: Path, planned: list[PlannedProduct]) -> dict[str, int]:
-    """Write the files whose planned content is missing or changed (each atomically), remove
-    files that the plan no longer has, and return rel path -> size.
-
-    The marker records each file's content key and size: a directory written by another
-    version of the plan is brought up to date file by file, and never serves a file that the
-    catalogue does not list or one whose bytes the plan now decides otherwise."""
-    marker = root / ".complete.json"
-    wanted = {pf.rel: pf for pp in planned for pf in pp.files}
-    try:
-        done = json.loads(marker.read_text())
-        if not isinstance(done, dict) or done.get("version") != DATA_VERSION:
-            done = {}
-    except (OSError, ValueError):
-        done = {}
-    keys = {rel: _content_key(pf) for rel, pf in wanted.items()}
-    old_keys = done.get("keys") if isinstance(done.get("keys"), dict) else {}
-    old_sizes = done.get("sizes") if isinstance(done.get("sizes"), dict) else {}
-    sizes: dict[str, int] = {}
-    wrote = False
-    for rel, pf in wanted.items():
-        path = root / rel
-        if old_keys.get(rel) == keys[rel] and rel in old_sizes and path.is_file():
-            sizes[rel] = int(old_sizes[rel])
-            continue
-        if not wrote:
-            log.info("writing emulator archive files into %s", root)
-            wrote = True
-        if pf.raster is not None:
-            _write_raster(path, pf.raster)
-        elif pf.grid is not None:
-            _write_bytes(path, shapes.netcdf_bytes(pf.grid))
-        else:
-            _write_bytes(path, (pf.text or "").encode())
-        sizes[rel] = path.stat().st_size
-    removed = _remove_unplanned(root, set(wanted))
-    if wrote or removed or old_keys != keys:
-        tmp = marker.with_name(f".complete.json.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"version": DATA_VERSION, "keys": keys, "sizes": sizes}, sort_keys=True))
-        os.replace(tmp, marker)
-    return sizes
-
-
-def _remove_unplanned(root: Path, wanted: set[str]) -> int:
-    """Remove files below root that the plan does not have (left by an older plan), except
-    the directory's own dot files (marker, lock); return how many."""
-    removed = 0
-    for path in root.rglob("*"):
-        if path.name.startswith(".") and path.parent == root:
-            continue
-        if path.is_file() and not path.is_symlink() and path.relative_to(root).as_posix() not in wanted:
-            path.unlink()
-            removed += 1
-    if removed:
-        log.info("removed %d files that the archive plan no longer has from %s", removed, root)
-    return removed
 
 
 def build_archive(data_dir: Path, profile: str = "small", bulk_products: int = 0) -> Archive:
@@ -483,24 +45,23 @@ def build_archive(data_dir: Path, profile: str = "small", bulk_products: int = 0
     root.mkdir(parents=True, exist_ok=True)
     daily = []
     if profile == "archive":
-        from terrafs.emulator.daily import DailyCollection
-
         # Its templates live beside the profile's directory, which keeps only planned files.
         daily.append(DailyCollection(Path(data_dir) / "archive-templates"))
-    planned = ([] if daily else _plan_toc(profile)) + (_plan_lai() + _plan_s1() + _plan_worldcover()
-               + shapes.plan_shapes() + layouts.plan_layouts("small" if daily else profile))
-    sizes = _ensure_files(root, planned)
+    planned = ([] if daily else sentinel.plan_toc(profile)) + (
+        sentinel.plan_lai() + sentinel.plan_s1() + sentinel.plan_worldcover()
+        + shapes.plan_shapes() + layouts.plan_layouts("small" if daily else profile))
+    sizes = ensure_files(root, planned)
     products = []
     for pp in planned:
         files = tuple(
             EmuFile(
                 name=pf.rel.rsplit("/", 1)[1], platform_path=MTDA + pf.rel, download_path=pf.download_path,
                 size=sizes[pf.rel], group=pf.group, asset_key=pf.asset_key, roles=pf.roles, title=pf.title,
-                type=pf.type, category=pf.category, read=partial(_read_disk, str(root / pf.rel)),
+                type=pf.type, category=pf.category, read=partial(read_disk, str(root / pf.rel)),
                 size_in_catalogue=pf.size_in_catalogue, extra=pf.extra, layout=pf.layout,
             )
             for pf in pp.files
         )
         products.append(EmuProduct(files=files, **pp.product))
-    products.extend(_bulk_products(bulk_products))
-    return Archive(_collections() + shapes.collections() + layouts.collections(), products, daily)
+    products.extend(make_bulk_products(bulk_products))
+    return Archive(sentinel.collections() + shapes.collections() + layouts.collections(), products, daily)

@@ -3,9 +3,9 @@ write looks like (a raster spec, a text, or a netCDF grid), what a planned
 product is, and small deterministic helpers (seeds, times, UTM grids, the
 catalogue-only raster details).
 
-data.py (the core collections and the writing), shapes.py (the archive's
-unusual path shapes) and layouts.py (raster layouts for benchmarks) plan with
-these. Nothing here writes files, serves HTTP or imports from the client side
+sentinel.py (the core collections), shapes.py (the archive's unusual path
+shapes) and layouts.py (raster layouts for benchmarks) plan with these;
+writer.py writes what they plan. Nothing here writes files, serves HTTP or imports from the client side
 of terrafs.
 """
 from __future__ import annotations

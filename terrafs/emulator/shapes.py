@@ -37,6 +37,7 @@ from terrafs.emulator.plan import (
     stamp_time,
     utm_raster,
 )
+from terrafs.emulator.sentinel import S2_WMS_LAYERS, s2_product_fields
 
 WORLD = (-180.0, -90.0, 180.0, 90.0)
 EUROPE = (-25.0, 30.0, 45.0, 72.0)
@@ -85,8 +86,6 @@ def _product(collection: str, title: str, when: datetime, ptype: str, bbox: tupl
 
 
 def _ndvi() -> list[PlannedProduct]:
-    from terrafs.emulator.data import S2_WMS_LAYERS, s2_product_fields
-
     urn = "urn:eop:VITO:TERRASCOPE_S2_NDVI_V2"
     out = []
     for platform, stamp, orbit, tile in NDVI_PRODUCTS:

@@ -75,7 +75,8 @@ class Spool:
     211 MB band). The space is held only while the daemon runs.
     """
 
-    def __init__(self, directory: str, slot_size: int, slots: int):
+    def __init__(self, directory: str, slot_size: int, slots: int, reserve: bool = True):
+        """reserve=False: never reserve space ahead (as on a filesystem without fallocate)."""
         self._fh = tempfile.TemporaryFile(dir=directory)
         self._fd = self._fh.fileno()
         self._size = slot_size
@@ -84,7 +85,7 @@ class Spool:
         self._room = threading.Semaphore(slots)
         self._lock = threading.Lock()
         # Not on tmpfs: there, reserving would take 256 MiB of RAM for as long as we run.
-        self._reserve = _fallocate is not None and not _in_memory(self._fd)
+        self._reserve = reserve and _fallocate is not None and not _in_memory(self._fd)
         self._allocate()
 
     def _allocate(self) -> None:
@@ -142,6 +143,10 @@ class Spool:
                 os.ftruncate(self._fd, 0)
                 self._allocate()
         self._room.release()
+
+    def disk_bytes(self) -> int:
+        """Bytes the spool file occupies on its filesystem (its allocated blocks, reserved or written)."""
+        return os.fstat(self._fd).st_blocks * 512
 
     def close(self) -> None:
         self._fh.close()
