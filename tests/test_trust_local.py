@@ -175,7 +175,7 @@ def test_a_planted_pickle_is_a_miss_and_never_runs(tmp_path: Path) -> None:
     # under the key the store reads now: neither may be unpickled.
     with diskcache.Cache(str(tmp_path / "meta")) as plain:
         plain.set(("stac:https://x/", "month:c:2020-01"), (time.time(), 3600, _Boom(marker)))
-        plain.set(store._key("month:c:2020-01"), _Boom(marker))
+        plain.set(store.storage_key("month:c:2020-01"), _Boom(marker))
     assert store.get("month:c:2020-01") is None
     assert store.get_stale("month:c:2020-01") is None
     assert not marker.exists(), "a pickled listing was unpickled"
