@@ -44,21 +44,24 @@ _MISSES = "stats:misses"
 _FORMAT = "format"
 META_FORMAT = 2  # 2: string keys, JSON text (1, unmarked: pickled tuples)
 _FLUSH_EVERY = 1024  # counter updates kept in memory before being written
-# SQLite page cache per connection, in pages of 4 KiB. diskcache keeps one connection per thread
-# and gives each 8192 pages (32 MiB); small blocks (pieces) live in the index itself, so each
-# thread's cache filled with copies of cached bytes: a soak's RSS grew with the index (docs/soak.md).
-# Reads of the index go through its memory map (diskcache's 64 MiB) and need no page cache.
-SQLITE_CACHE_PAGES = 256
+# SQLite page cache per connection (4 KiB pages; diskcache gives each thread's connection 32 MiB), and
+# no memory map of the index (diskcache maps 64 MiB): small blocks live in the index itself, and both
+# grew the daemon's RSS with it under a long load (docs/soak.md). Reads of the index then use pread.
+SQLITE_CACHE_PAGES, SQLITE_MMAP_BYTES = 256, 0
 
 
 class _BlockDisk(diskcache.Disk):
     """diskcache's Disk with a cheaper store for block-sized bytes values.
 
-    The stock one wraps bytes in a BytesIO and iterates it, i.e. writes it
-    line by line (thousands of tiny writes per MiB of binary data), and calls
-    makedirs before every file. Blocks are written at download speed, so
-    here: one write, directories made only when missing, and fewer of them.
+    The stock one wraps bytes in a BytesIO and writes it line by line (thousands of tiny
+    writes per MiB of binary data), and calls makedirs before every file. Blocks are written
+    at download speed, so here: one write, directories made only when missing, and fewer of
+    them; and a file whose write fails (a full disk) is removed, not left empty or torn.
     """
+
+    def __init__(self, directory, **kwargs):
+        super().__init__(directory, **kwargs)
+        self.written = threading.local()  # .files: value files this thread wrote, while a caller records them
 
     def filename(self, key=diskcache.core.UNKNOWN, value=diskcache.core.UNKNOWN):
         # One level of 256 directories (the stock two levels make a new
@@ -75,10 +78,21 @@ class _BlockDisk(diskcache.Disk):
             except FileNotFoundError:
                 os.makedirs(os.path.dirname(full_path), exist_ok=True)
                 fh = open(full_path, "xb")
-            with fh:
-                fh.write(value)
+            try:
+                with fh:
+                    fh.write(value)
+            except BaseException:
+                _unlink(full_path)
+                raise
+            if (files := getattr(self.written, "files", None)) is not None:
+                files.append(full_path)
             return len(value), diskcache.core.MODE_BINARY, filename, None
         return super().store(value, read, key)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):  # gone already, or an unwritable folder: an orphan, as after a kill -9
+        os.remove(path)
 
 
 def _tag(data: bytes, stored: float) -> str:
@@ -138,9 +152,7 @@ def _check(value, tag: object) -> float | None:
         length, crc, stored = (int(x) for x in str(tag).split(":"))
     except ValueError:
         return None
-    if length != len(value) or crc != zlib.crc32(value):
-        return None
-    return float(stored)
+    return float(stored) if length == len(value) and crc == zlib.crc32(value) else None
 
 
 class BlockCache:
@@ -155,15 +167,11 @@ class BlockCache:
         self.touch_after = touch_after
         # The cache holds data that needed credentials to fetch: owner only.
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._blocks = diskcache.Cache(
-            str(self.directory / "blocks"),
-            size_limit=size_limit,
-            eviction_policy="least-recently-stored",
-            disk=_BlockDisk,
-            sqlite_cache_size=SQLITE_CACHE_PAGES,
-        )
+        self._blocks = diskcache.Cache(str(self.directory / "blocks"), size_limit=size_limit,
+                                       eviction_policy="least-recently-stored", disk=_BlockDisk,
+                                       sqlite_cache_size=SQLITE_CACHE_PAGES, sqlite_mmap_size=SQLITE_MMAP_BYTES)
         self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none", disk=NoPickleDisk,
-                                     sqlite_cache_size=SQLITE_CACHE_PAGES)
+                                     sqlite_cache_size=SQLITE_CACHE_PAGES, sqlite_mmap_size=SQLITE_MMAP_BYTES)
         if len(self._meta) and self._meta.get(_FORMAT) != META_FORMAT:
             # An older terrafs kept identities as pickles this one does not read: without them a file
             # republished since could mix versions, so its blocks go once (they are fetched again).
@@ -233,7 +241,7 @@ class BlockCache:
         now = time.time()
         if now - stored > self.touch_after:
             try:
-                self._blocks.set(key, bytes(data), tag=_tag(data, now))  # used: to the back of the queue
+                self._set(key, bytes(data), _tag(data, now))  # used: to the back of the queue
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:  # a full disk: serve it all the same
                 log.debug("block %d of %s not touched: %s", index, file_key, exc)
         self._count(True)
@@ -245,21 +253,47 @@ class BlockCache:
         if len(data) != want or want > self.block_size or want <= 0:
             raise ValueError(f"incomplete block {index} of {file_key}: {len(data)} bytes, expected {want}")
         data = bytes(data)
-        # diskcache writes the value file first and commits the row after, so a
-        # kill -9 in between leaves an orphan file, never a row pointing at a torn one.
-        self._blocks.set((_BLOCK, file_key, index), data, tag=_tag(data, time.time()))
+        self._set((_BLOCK, file_key, index), data, _tag(data, time.time()))
+
+    def _set(self, key: tuple, data: bytes, tag: str) -> None:
+        # diskcache writes the value file first and commits the row after: a kill -9 in between leaves
+        # an orphan file, never a row pointing at a torn one; a row not written takes its file with it.
+        with self._files_of_rows():
+            self._blocks.set(key, data, tag=tag)
+
+    @contextlib.contextmanager
+    def _files_of_rows(self) -> Iterator[None]:
+        """Value files written inside are removed if it ends in an error (diskcache leaves them behind
+        without a row: a full disk filled up with them); inside a batch, if the batch ends in one."""
+        written = self._blocks.disk.written
+        outer, written.files = getattr(written, "files", None), []
+        mine = written.files
+        try:
+            yield
+        except BaseException:
+            for path in mine:
+                _unlink(path)
+            raise
+        finally:
+            written.files = outer
+        if outer is not None:
+            outer.extend(mine)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """put()s inside share one SQLite transaction: one commit for many blocks, where each
         put alone commits (a 16 KiB piece cost as much to commit as to serve). Nothing is
-        visible to other readers of the index until the end; an error inside rolls all back.
-        If the index is busy or unwritable, the puts go on one transaction each."""
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(self._blocks.transact())
-            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-                log.debug("cache writes not batched: %s", exc)
+        visible to other readers of the index until the end; an error inside rolls all back,
+        value files too. If the index is busy or unwritable, the puts go on one transaction each."""
+        try:
+            transaction = self._blocks.transact()
+            transaction.__enter__()
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            log.debug("cache writes not batched: %s", exc)
+            yield
+            return
+        with self._files_of_rows(), contextlib.ExitStack() as stack:
+            stack.push(transaction)
             yield
 
     def has(self, file_key: str, index: int) -> bool:
@@ -279,8 +313,6 @@ class BlockCache:
             log.info("dropped %d cached blocks of %s", len(doomed), file_key)
         return len(doomed)
 
-    # -- metadata -------------------------------------------------------------
-
     def get_meta(self, key: str) -> Any:
         """Text kept under key (filemeta.py is the one reader), or None."""
         try:
@@ -295,14 +327,10 @@ class BlockCache:
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:  # a full disk: remembered next time
             log.debug("cache metadata not written: %s", exc)
 
-    # -- housekeeping ---------------------------------------------------------
-
     def _count(self, hit: bool) -> None:
         with self._lock:
-            if hit:
-                self._hits += 1
-            else:
-                self._misses += 1
+            self._hits += hit
+            self._misses += not hit
             pending = self._hits + self._misses
         if pending >= _FLUSH_EVERY:
             self._flush_counters()

@@ -20,7 +20,7 @@ from urllib3.util.retry import Retry
 
 from terrafs import __version__
 from terrafs.auth import make_auth as auth_from_values
-from terrafs.blockcache import BlockCache, MemoryOnlyCache
+from terrafs.blockcache import SQLITE_MMAP_BYTES, BlockCache, MemoryOnlyCache
 from terrafs.catalogue import Catalogue, Filter
 from terrafs.catalogue.opensearch import OpenSearchCatalogue
 from terrafs.catalogue.stac import StacCatalogue
@@ -130,12 +130,13 @@ def open_meta_cache(config: Config) -> diskcache.Cache:
     try:
         private_dir(config.cache_dir)
         path = private_dir(config.cache_dir / "meta")
-        return diskcache.Cache(str(path), size_limit=256 << 20, disk=NoPickleDisk)
+        return diskcache.Cache(str(path), size_limit=256 << 20, disk=NoPickleDisk, sqlite_mmap_size=SQLITE_MMAP_BYTES)
     except (FolderUnusable, OSError, sqlite3.Error, diskcache.Timeout) as exc:  # not the other UnsafePathErrors
         spare = Path(tempfile.mkdtemp(prefix="terrafs-meta-"))
         log.warning("the cache folder %s cannot be used (%s); listings are kept in %s for this run",
                     config.cache_dir, exc, spare)
-        return diskcache.Cache(str(spare), size_limit=256 << 20, disk=NoPickleDisk)
+        return diskcache.Cache(str(spare), size_limit=256 << 20, disk=NoPickleDisk,
+                              sqlite_mmap_size=SQLITE_MMAP_BYTES)
 
 
 def listing_store(config: Config, meta: diskcache.Cache) -> ListingStore:

@@ -1,6 +1,7 @@
 """BlockCache: complete blocks only, checksums, persistence, LRU size limit, invalidation."""
 from __future__ import annotations
 
+import builtins
 import os
 import time
 from pathlib import Path
@@ -226,18 +227,64 @@ def test_a_batch_of_puts_is_one_transaction(cache: BlockCache):
                 cache.put("f", i, _block(i))
             assert not other.has("f", 0), "a put inside a batch was visible before its commit"
         assert all(other.has("f", i) for i in range(4))
+        files = sorted(cache.directory.rglob("*.val"))
         with pytest.raises(RuntimeError):
             with cache.batch():
                 cache.put("g", 0, _block(9))
+                cache.put("g", 1, _block(10))
                 raise RuntimeError("boom")
         assert not cache.has("g", 0) and cache.get("g", 0) is None
+        assert sorted(cache.directory.rglob("*.val")) == files, "a rolled-back batch left its value files"
     finally:
         other.close()
 
 
+def test_a_put_on_a_full_disk_leaves_no_file(tmp_path: Path, monkeypatch):
+    """A block whose file cannot be written whole (ENOSPC part-way) leaves no empty or torn file
+    behind, alone or in a batch; the blocks written before it in the batch stay."""
+    cache = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    real_open = open
+
+    class Full:  # a file on a disk that fills up after the first bytes
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[:100])
+            raise OSError(28, "No space left on device")
+
+    full = []  # not empty: the disk is full
+
+    def full_open(path, mode="r", *args, **kwargs):
+        fh = real_open(path, mode, *args, **kwargs)
+        return Full(fh) if full and str(path).endswith(".val") and "x" in mode else fh
+
+    monkeypatch.setattr(builtins, "open", full_open)
+    try:
+        cache.put("f", 0, _block(0))
+        full.append(True)
+        with pytest.raises(OSError):
+            cache.put("f", 1, _block(1))
+        with cache.batch():
+            with pytest.raises(OSError):
+                cache.put("f", 2, _block(2))
+        full.clear()
+        assert len(list(cache.directory.rglob("*.val"))) == 1, "a failed write left a file behind"
+        assert cache.get("f", 0) == _block(0) and not cache.has("f", 1) and not cache.has("f", 2)
+    finally:
+        cache.close()
+
+
 def test_write_behind_writes_a_burst_and_a_failed_block_loses_no_other(tmp_path: Path):
     """Blocks queued together go to disk together; one block whose write fails (a full disk)
-    costs that block alone, and the writer reports the cache degraded until a write works."""
+    costs that block alone, and the writer reports the cache degraded until writes have worked
+    for a while: one batch that fits between failures does not end it."""
     from terrafs.read.writebehind import WriteBehind
 
     class OneFails(BlockCache):
@@ -253,7 +300,7 @@ def test_write_behind_writes_a_burst_and_a_failed_block_loses_no_other(tmp_path:
             return super().put(file_key, index, data, expected_len)
 
     c = OneFails(tmp_path / "c", size_limit=64 << 20, block_size=BS)
-    wb = WriteBehind(c, BS, 64 * BS)
+    wb = WriteBehind(c, BS, 64 * BS, recovered_after=0.5)
     try:
         wb.last_read = time.monotonic()  # a program is reading: the writer holds back, blocks queue up
         for i in range(5):  # the last one fails
@@ -264,7 +311,12 @@ def test_write_behind_writes_a_burst_and_a_failed_block_loses_no_other(tmp_path:
         assert wb.stats().pending_blocks == 0 and wb.degraded and "No space" in wb.degraded
         wb.put(("g", 0), _block(7), spool=False)
         wb.flush()
-        assert c.get("g", 0) == _block(7) and wb.degraded is None
+        assert c.get("g", 0) == _block(7)
+        assert wb.degraded and "No space" in wb.degraded, "one write that worked right after a failure ended it"
+        deadline = time.monotonic() + 10
+        while wb.degraded and time.monotonic() < deadline:  # no failure for recovered_after: it works
+            time.sleep(0.05)
+        assert wb.degraded is None and wb.stats().degraded is None
     finally:
         wb.close()
         c.close()

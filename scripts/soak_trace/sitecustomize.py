@@ -39,7 +39,26 @@ if _OUT:
             pass
         out.append(f"threads: {threading.active_count()}")
         out.append(_held())
+        out.append(_file_backed())
         return "; ".join(out)
+
+    def _file_backed() -> str:
+        """Resident KiB of the daemon's file mappings, largest first (the SQLite index's map, -shm, libraries)."""
+        rss: dict[str, int] = {}
+        name = ""
+        try:
+            with open("/proc/self/smaps") as f:
+                for line in f:
+                    head = line.split()
+                    if head and "-" in head[0] and len(head) >= 5:
+                        name = head[5] if len(head) > 5 and head[4] != "0" else ""
+                    elif name and head[:1] == ["Rss:"]:
+                        rss[name] = rss.get(name, 0) + int(head[1])
+        except OSError:
+            return "file maps: unreadable"
+        top = sorted(rss.items(), key=lambda kv: -kv[1])[:4]
+        return (f"file maps {sum(rss.values()) / 1024:.1f} MiB resident ("
+                + ", ".join(f"{os.path.basename(k)} {v / 1024:.1f}" for k, v in top) + ")")
 
     def _held() -> str:
         """Bytes the read path holds in RAM by design: the hot set's and the write-behind's."""

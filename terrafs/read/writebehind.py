@@ -10,7 +10,10 @@ so none of its writes compete with serving it.
 A cache that cannot write (a full or read-only disk, a removed folder, a
 damaged index) never fails a read: the block was served already; the writer
 logs one warning per cause naming the folder, reports itself degraded in
-stats(), and goes on trying, so writes resume when the cause is gone.
+stats(), and goes on trying, so writes resume when the cause is gone. It is
+degraded until writes have gone RECOVERED_AFTER seconds without a failure: on a
+full disk, a batch small enough for what a removed file freed commits between
+failures, and one such batch does not mean the disk has room again.
 
 Lock order: `_write_lock` (held while a batch of blocks goes to disk) before `_lock`
 (pending; a leaf). Must not: decide what to fetch, or hold `_lock` across I/O.
@@ -29,6 +32,7 @@ from terrafs.read.stats import WriteBehindStats
 
 log = logging.getLogger(__name__)
 WARN_EVERY = 600.0  # seconds: the same cause of failing cache writes is logged at most this often
+RECOVERED_AFTER = 60.0  # seconds without a failed write before the cache is reported working again
 
 Key = tuple[str, int]
 
@@ -39,7 +43,8 @@ _BATCH_BYTES = 16 << 20  # ... and bytes
 
 
 class WriteBehind:
-    def __init__(self, cache: BlockCache, block_size: int, queue_bytes: int):
+    def __init__(self, cache: BlockCache, block_size: int, queue_bytes: int,
+                 recovered_after: float = RECOVERED_AFTER):
         self._cache = cache
         self._pending: dict[Key, bytes | Spooled] = {}
         self._lock = threading.Lock()
@@ -53,7 +58,10 @@ class WriteBehind:
         self.last_read = 0.0  # monotonic time of the last read (unlocked: a hint)
         self._flushing = 0
         self._closed = False
-        self.degraded: str | None = None  # why the last write failed, until one succeeds
+        self._why: str | None = None  # why the last write failed, until writes work again
+        self._failed_at = 0.0  # monotonic time of the last failure
+        self._last_failed = False  # the last batch had a failure
+        self._recovered_after = recovered_after
         self._warned: dict[str, float] = {}  # cause -> when it was last warned about (monotonic)
         self._told = False  # a warning was logged since the last "work again"
         self._writer = threading.Thread(target=self._loop, name="terrafs-cache-writer", daemon=True)
@@ -107,6 +115,15 @@ class WriteBehind:
         self._writer.join(timeout=60)
         if self.spool is not None and not self._writer.is_alive():
             self.spool.close()
+
+    @property
+    def degraded(self) -> str | None:
+        """Why cache writes fail, while they do: the last batch had a failure, or one came within
+        `recovered_after` seconds (a success between failures on a full disk is no recovery)."""
+        why = self._why
+        if why is None or (not self._last_failed and time.monotonic() - self._failed_at >= self._recovered_after):
+            return None
+        return why
 
     def stats(self) -> WriteBehindStats:
         with self._lock:
@@ -166,7 +183,7 @@ class WriteBehind:
 
     def _write(self, items: list[tuple[Key, bytes | Spooled, float]]) -> None:
         """Write queued blocks still current in one transaction; drop them from pending after its commit."""
-        works = False  # a write succeeded after the last one that failed
+        wrote = failed = False
         try:
             with self._write_lock, self._cache.batch():
                 for key, held, _ in items:
@@ -181,17 +198,12 @@ class WriteBehind:
                             raise RuntimeError(f"spool slot of block {key[1]} was reused before its write")
                     try:
                         self._cache.put(key[0], key[1], block, expected_len=len(block))
-                        works = True
+                        wrote = True
                     except OSError as exc:  # this block's file (a full disk): the others may still fit
-                        works = False
+                        failed = True
                         self._failed(exc)
-            if works and self.degraded is not None:
-                # A full disk that the cache's culling keeps freeing flaps between the two: each cause is
-                # told at most once per WARN_EVERY, and its end only after a warning that was told.
-                if self._told:
-                    log.warning("cache writes to %s work again", self._cache.directory)
-                    self._told = False
-                self.degraded = None
+            if wrote and not failed:
+                self._worked()
         except OSError as exc:  # the blocks were served already; it costs a refetch later, no more
             self._failed(exc)
         except Exception as exc:  # noqa: BLE001 - a damaged index (sqlite3) or a bug: still never fail a read
@@ -203,13 +215,24 @@ class WriteBehind:
                     if self._pending.get(key) is held:
                         del self._pending[key]
 
+    def _worked(self) -> None:
+        """A batch went to disk whole; the cache works again once no write failed for recovered_after s."""
+        self._last_failed = False
+        if self._why is not None and time.monotonic() - self._failed_at >= self._recovered_after:
+            self._why = None
+            # A full disk that the cache's culling keeps freeing flaps between the two: each cause is
+            # told at most once per WARN_EVERY, and its end only after a warning that was told.
+            if self._told:
+                log.warning("cache writes to %s work again", self._cache.directory)
+                self._told = False
+
     def _failed(self, exc: OSError) -> None:
         self._warn(type(exc).__name__ + str(exc.errno), f"cannot write to the cache in {self._cache.directory} "
                    f"({exc.strerror or exc}); reads go on from the network")
 
     def _warn(self, cause: str, message: str) -> None:
-        self.degraded = message
         now = time.monotonic()
+        self._why, self._failed_at, self._last_failed = message, now, True
         if now - self._warned.get(cause, -WARN_EVERY) >= WARN_EVERY:
             self._warned[cause] = now
             self._told = True
