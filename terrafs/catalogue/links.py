@@ -22,9 +22,9 @@ __all__ = ["Link", "href_path", "http_url", "local_path", "place"]
 _HTTP_SCHEMES = ("http", "https")
 # Resolution sub-folders between a product folder and its files (FAPAR/LAI: 10M/, 20M/).
 _RESOLUTION_DIR = re.compile(r"^\d+M$", re.IGNORECASE)
-_PLAIN_HTTP = re.compile(r"(?i:https?)://[^/?#\[\]]*([^?#]*)(\?[^#]*)?(?:#.*)?", re.ASCII)
+_PLAIN_HTTP = re.compile(r"(?i:https?)://[^/?#]*([^?#]*)(\?[^#]*)?(?:#.*)?", re.ASCII)
 _PLAIN_FILE = re.compile(r"(?i:file):///[^?#]*")
-_PRINTABLE_ASCII = re.compile(r"[!-~]*")
+_PRINTABLE_ASCII = re.compile(r"[!-Z\\^-~]*")  # no space, control characters or brackets (IPv6 hosts)
 
 
 def http_url(href: Any) -> bool:
