@@ -22,9 +22,10 @@ __all__ = ["Link", "href_path", "http_url", "local_path", "place"]
 _HTTP_SCHEMES = ("http", "https")
 # Resolution sub-folders between a product folder and its files (FAPAR/LAI: 10M/, 20M/).
 _RESOLUTION_DIR = re.compile(r"^\d+M$", re.IGNORECASE)
-_PLAIN_HTTP = re.compile(r"(?i:https?)://[^/?#]*([^?#]*)(\?[^#]*)?(?:#.*)?", re.ASCII)
-_PLAIN_FILE = re.compile(r"(?i:file):///[^?#]*")
-_PRINTABLE_ASCII = re.compile(r"[!-Z\\^-~]*")  # no space, control characters or brackets (IPv6 hosts)
+# Printable ASCII without space or brackets (IPv6 hosts), less what ends each part of a URL.
+_NET, _PATH, _QUERY, _FRAG = r'[!"$-.0->@-Z\\^-~]', r'[!"$->@-Z\\^-~]', r'[!"$-Z\\^-~]', r'[!-Z\\^-~]'
+_PLAIN_HTTP = re.compile(rf"(?i:https?)://{_NET}*({_PATH}*)(\?{_QUERY}*)?(?:#{_FRAG}*)?", re.ASCII)
+_PLAIN_FILE = re.compile(rf"(?i:file):///{_PATH}*", re.ASCII)
 
 
 def http_url(href: Any) -> bool:
@@ -42,7 +43,7 @@ def local_path(href: Any) -> str | None:
     """A platform path from "file:///data/..." or a bare "/data/..."; else None."""
     if not isinstance(href, str) or not href:
         return None
-    if _PRINTABLE_ASCII.fullmatch(href) and _PLAIN_FILE.fullmatch(href):
+    if _PLAIN_FILE.fullmatch(href):
         return _platform(unquote(href[7:]) if "%" in href else href[7:])
     try:
         parts = urlsplit(href)
@@ -64,7 +65,7 @@ def _platform(path: str) -> str | None:
 
 def _http_parts(href: str) -> tuple[bool, str, bool]:
     """(http_url(href), href_path(href), whether it has a query string): one parse."""
-    m = _PLAIN_HTTP.fullmatch(href) if _PRINTABLE_ASCII.fullmatch(href) else None
+    m = _PLAIN_HTTP.fullmatch(href)
     if m is not None:
         path, query = m.group(1), m.group(2)
         return True, unquote(path) if "%" in path else path, bool(query and len(query) > 1)
