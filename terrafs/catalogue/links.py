@@ -111,8 +111,10 @@ class Link:
     has_query: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for name, value in zip(("is_http", "path", "has_query"), _http_parts(self.href)):
-            object.__setattr__(self, name, value)
+        is_http, path, has_query = _http_parts(self.href)
+        object.__setattr__(self, "is_http", is_http)
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "has_query", has_query)
 
     @property
     def basename(self) -> str:

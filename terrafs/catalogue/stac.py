@@ -28,6 +28,7 @@ from terrafs.text import SizeTooLarge, shown
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 1000
+INDEX_PAGE_SIZE = 10000  # items of ids and dates only (~120 bytes each): stac-fastapi's largest limit
 LONG_RANGE = timedelta(days=2)  # whole items (no fields) over a longer range: pages of LONG_RANGE_PAGE_SIZE
 LONG_RANGE_PAGE_SIZE = 200
 # Elasticsearch's default cap on counted hits: a numberMatched of exactly this
@@ -47,6 +48,7 @@ class StacCatalogue:
         self.url = url if url.endswith("/") else url + "/"
         self._request = JsonRequester(session, limits)
         self._page_size = max(1, page_size)
+        self._index_size = INDEX_PAGE_SIZE
         self._post_search = True
         # fields "auto": the fields extension where the API conforms to it (None: not known yet)
         self._fields: bool | None = None if fields == "auto" else False
@@ -132,7 +134,8 @@ class StacCatalogue:
         if not nonempty:
             return []
         selection = ProductSelection(start, end, flt, None)
-        for raw in self._search(collection, start, end, flt, self._page_size, INDEX_FIELDS):
+        size = max(self._page_size, self._index_size)  # ids and dates: a month in one page where allowed
+        for raw in self._search(collection, start, end, flt, size, INDEX_FIELDS):
             props = properties_of(raw)
             item_id = raw.get("id")
             when = parse_datetime(props.get("datetime")) or parse_datetime(props.get("start_datetime"))
@@ -175,7 +178,9 @@ class StacCatalogue:
                 log.info("STAC refused the fields extension (HTTP %d); asking for whole items", e.status)
                 self._fields, state.fields = False, None
                 page, used = first_page(ask, asked, f"STAC items of {collection.remote_id}")
-            if used != asked:
+            if used != asked and asked > self._page_size:
+                self._index_size = self._page_size  # a page larger than listings ask was refused
+            elif used != asked:
                 self._page_size = used
             return page
 
