@@ -80,3 +80,12 @@ def test_asset_trim_keeps_the_largest_members_within_its_limit():
     trim = AssetTrim(limit=1)
     trim.learn("c", ITEM)
     assert trim.fields("c", TREE_FIELDS)["exclude"][-1] == "assets.B02.proj:transform"
+
+
+def test_asset_trim_stays_small_whatever_an_answer_holds():
+    trim = AssetTrim(limit=5)
+    trim.learn("c", {"assets": {f"A{i}": {"href": "http://h/x", **{f"m{j}": "x" * j for j in range(50)}}
+                                for i in range(100)}})
+    fields = trim.fields("c", TREE_FIELDS)
+    assert len(fields["exclude"]) == len(TREE_FIELDS["exclude"]) + 5
+    assert all(name.endswith(".m49") for name in fields["exclude"][len(TREE_FIELDS["exclude"]):])

@@ -5,7 +5,7 @@ which days of a month have items needs ids and dates only. Everything else (geom
 the other properties) is left out of the answer where the service conforms to the extension.
 Servers that ignore the request send whole items, which parse the same.
 
-Assets are most of an item (21 of an S2 TOC item's ~19 kB), and most of each asset is what the
+Assets are most of an item (about 17 of an S2 TOC item's 19 kB), and about half of each asset is what the
 tree never reads (raster and projection fields, descriptions). The extension has no wildcard
 ("assets.*.proj:transform"), so AssetTrim learns, from a few items of each answer, which members
 each asset key carries, and later listings of that collection exclude the largest of those the
@@ -66,6 +66,9 @@ class AssetTrim:
                 seen = self._seen.setdefault(collection, {})
                 for name, size in found.items():
                     seen[name] = max(seen.get(name, 0), size)
+                if len(seen) > 4 * self._limit:  # a hostile answer's thousands of members: keep the largest
+                    keep = sorted(seen, key=lambda n: (-seen[n], n))[: 2 * self._limit]
+                    self._seen[collection] = {n: seen[n] for n in keep}
 
     def fields(self, collection: str, base: dict) -> dict:
         """`base` (include/exclude) with the collection's largest unread asset members excluded."""
