@@ -15,7 +15,8 @@ HREFS = [
     "HTTPS://Host.example/a/b.tif", "http://host", "http://host/", "http:///x/y.tif", "http://h/p?",
     "http://h/p?x=1", "http://h/p#frag?x", "http://h/p?x#y", "http://h:8080/a%20b/c%2Fd.tif",
     "http://u:p@h/a.tif", "http://[::1]/a.tif", "http://[::1/a.tif", "https://h/a b.tif", "http://h/\x1b[31m.tif",
-    "http://h/\u202ex.tif", "http://h/é.tif", "httpſ://h/a.tif", "http://h/a|b{c}`d.tif", "ftp://h/a.tif", "file:///data/a.tif", "/data/a.tif", "http:/h/a",
+    "http://h/\u202ex.tif", "http://h/é.tif", "httpſ://h/a.tif", "http://h/a|b{c}`d.tif", "ftp://h/a.tif",
+    "file:///data/a.tif", "/data/a.tif", "http:/h/a",
     "", "s3://bucket/key.tif", "http://h/a\tb.tif", " http://h/a.tif", "http://h/wms?SERVICE=WMS&REQUEST=GetMap",
 ]
 

@@ -150,8 +150,8 @@ def _body(r: requests.Response, limit: int, where: str) -> bytes:
 def _parse(text: bytes, content_type: str, where: str) -> Any:
     try:
         doc = json.loads(text)
-        # No "@" can be in any string of the answer when the text has none, nor an escape that
-        # could spell one (a NUL byte: not UTF-8, whose escapes would not be seen here).
+        # No string of the answer can hold "@" when its text has none and no \u escape that could
+        # spell one; a NUL byte means UTF-16/32 text, where neither check holds: walked as before.
         return doc if not _may_hold_userinfo(text) else without_userinfo(doc)
     except RecursionError:
         raise CatalogueError(f"catalogue answered JSON nested too deep: {where}") from None
