@@ -27,7 +27,6 @@ import math
 import posixpath
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
@@ -45,7 +44,6 @@ __all__ = ["DirNode", "FileNode", "Node", "NotFound", "Placement", "Tree", "plat
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY = 64 << 20  # bytes of listings kept in RAM (config cache.listing_memory)
-PLACEMENT_WORKERS = 4  # collections whose platform prefix is learnt at once
 
 
 class NotFound(TerrafsError):
@@ -205,10 +203,12 @@ class Tree(DatedFolders):
         collections = self._selected_collections()
         if self.layout != "platform":
             return [Placement(c, (c.id,), True) for c in collections]
-        # One small search per collection not placed yet: sent side by side, not one after another.
-        with ThreadPoolExecutor(max_workers=PLACEMENT_WORKERS, thread_name_prefix="placement") as pool:
-            found = list(pool.map(self._learn_platform_placement, collections))
-        return [p for p in found if p is not None]
+        out = []
+        for c in collections:
+            placement = self._learn_platform_placement(c)
+            if placement is not None:
+                out.append(placement)
+        return out
 
     def _learn_platform_placement(self, c: Collection) -> Placement | None:
         def learn():
