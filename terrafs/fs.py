@@ -127,7 +127,9 @@ class TerraFS(fuse.Operations):
 
     @translated
     def readdir(self, path, fh):
-        return [".", "..", *self.tree.listdir(path)]
+        # With each entry's type (d_type), a walk such as find need not look up every file.
+        modes = (self._file_mode, self._dir_mode)
+        return [".", "..", *((name, modes[folder], 0) for name, folder in self.tree.entries(path))]
 
     @translated
     def getxattr(self, path, name, position=0):

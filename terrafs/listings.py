@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import fields, is_dataclass
+from dataclasses import fields
 from datetime import datetime
 from typing import Any, Callable
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1  # bumped when the JSON layout changes: older entries are then misses
 _KINDS: dict[str, type] = {"Collection": Collection, "Product": Product, "ProductFile": ProductFile}
+_FIELDS = {cls: (cls.__name__, tuple(f.name for f in fields(cls))) for cls in _KINDS.values()}
 
 
 class NoPickleDisk(diskcache.Disk):
@@ -61,8 +62,12 @@ def decode(text: str) -> Any:
 def _default(obj: Any) -> Any:
     if isinstance(obj, datetime):
         return {"$dt": obj.isoformat()}
-    if is_dataclass(obj) and type(obj).__name__ in _KINDS:
-        return {"$": type(obj).__name__, **{f.name: getattr(obj, f.name) for f in fields(obj)}}
+    kind = _FIELDS.get(type(obj))
+    if kind is not None:
+        out = {"$": kind[0]}
+        for name in kind[1]:
+            out[name] = getattr(obj, name)
+        return out
     raise TypeError(f"cannot store a {type(obj).__name__} in the listing cache")
 
 

@@ -9,8 +9,9 @@
   listing, whose products then fill every day of the month.
 - A walk over a month (find, du, a glob over days): once WALK_DAYS distinct
   days of one month have been asked within WALK_SECONDS, the next day asked
-  lists the whole month in one paged query, and the month's other days come
-  from that answer.
+  lists the rest of the month (from the first to the last day not asked yet:
+  a walk in either order reads no day twice) in one paged query, in pages of
+  the service's largest size, and the month's other days come from that answer.
 - Where the folders are not the products' acquisition days (the platform
   layout of a collection whose platform paths name another day, as S1
   coherence's second acquisition), and for YYYY/MM and YYYY folders, the month
@@ -195,9 +196,10 @@ class DatedFolders:
         found = self.store.get(key)
         if found is not None:
             return found
-        if pending and self._walking(pl, year, month, day):
+        walk = self._walking(pl, year, month, day) if pending else None
+        if walk is not None:
             try:
-                self._fill_month(pl, year, month)
+                self._fill_month(pl, year, month, walk)
             except CatalogueError as exc:
                 log.info("listing a whole month failed (%s); asking for the day", exc)
             with self._walk_lock:
@@ -211,8 +213,9 @@ class DatedFolders:
         return self.store.query(key, lambda: self.catalogue.products(pl.collection, q_start, q_end, flt),
                                 recent=self._is_recent(last))
 
-    def _walking(self, pl: Placement, year: int, month: int, day: int) -> bool:
-        """Whether the days asked so far say a walk reads this month (see the module's docstring)."""
+    def _walking(self, pl: Placement, year: int, month: int, day: int) -> tuple[int, int] | None:
+        """Whether the days asked so far say a walk reads this month (see the module's docstring):
+        None, or the days (first, last) the walk has yet to read, `day` among them."""
         now = time.monotonic()
         with self._walk_lock:
             if len(self._asked) > 64:
@@ -221,19 +224,24 @@ class DatedFolders:
             for d in [d for d, t in asked.items() if now - t > WALK_SECONDS]:
                 del asked[d]
             asked[day] = now
-            return len(asked) > WALK_DAYS
+            if len(asked) <= WALK_DAYS:
+                return None
+            left = [d for d in range(1, calendar.monthrange(year, month)[1] + 1) if d == day or d not in asked]
+            return left[0], left[-1]
 
-    def _fill_month(self, pl: Placement, year: int, month: int) -> list[int]:
-        """A month's full listing, kept per day (store, and in RAM until each day is asked);
-        the days that have products."""
+    def _fill_month(self, pl: Placement, year: int, month: int, span: tuple[int, int] | None = None) -> list[int]:
+        """A month's full listing (or of its days `span`, first and last), kept per day (store, and
+        in RAM until each day is asked); the days that have products."""
         days = calendar.monthrange(year, month)[1]
-        q_start, q_end, last = self._bounds(pl, datetime(year, month, 1, tzinfo=timezone.utc), days)
+        first, final = span or (1, days)
+        q_start, q_end, last = self._bounds(pl, datetime(year, month, first, tzinfo=timezone.utc),
+                                            final - first + 1)
         flt = self._filter_for(pl.collection)
         products = self.catalogue.products(pl.collection, q_start, q_end, flt) if q_start <= q_end else []
-        by_day: dict[int, list[Product]] = {d: [] for d in range(1, days + 1)}
+        by_day: dict[int, list[Product]] = {d: [] for d in range(first, final + 1)}
         for p in products:
             y, m, d = _utc_day(p)
-            if (y, m) == (year, month):
+            if (y, m) == (year, month) and first <= d <= final:
                 by_day[d].append(p)
         del products
         recent = self._is_recent(last)
@@ -246,7 +254,8 @@ class DatedFolders:
         with self._walk_lock:
             self._pending = pending  # one month at a time: RAM stays bounded
         listed = [d for d, found in by_day.items() if found]
-        self.store.put(self._key("days", pl, f"{year:04d}-{month:02d}"), listed, recent)
+        if span is None:  # the whole month: which days have products, too
+            self.store.put(self._key("days", pl, f"{year:04d}-{month:02d}"), listed, recent)
         del by_day
         give_back_memory()
         return listed

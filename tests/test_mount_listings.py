@@ -112,7 +112,7 @@ def test_archive_ls_of_a_day_is_one_search_of_about_a_days_items(archive_emulato
 
 
 def test_archive_find_over_a_month_costs_the_months_pages_and_a_few(archive_emulator, mount_factory, tmp_path):
-    from terrafs.catalogue.stac import LONG_RANGE_PAGE_SIZE
+    from terrafs.catalogue.stac import StacCatalogue
     from terrafs.treedays import WALK_DAYS
 
     emu = archive_emulator
@@ -124,9 +124,12 @@ def test_archive_find_over_a_month_costs_the_months_pages_and_a_few(archive_emul
     days = os.listdir(month)
     products = sum(len(os.listdir(month / d)) for d in days)
     assert len(days) == 29 and len(files) >= 20 * products
-    pages = -(-products // LONG_RANGE_PAGE_SIZE)
-    # the month's days (ids and dates: a few pages), the first days one by one, then the month
-    assert len(asked) <= pages + WALK_DAYS + 4, f"{len(asked)} searches for a month of {pages} pages"
+    pages = -(-products // StacCatalogue.PAGE_SIZE)
+    # the month's days (ids and dates: a few pages), the first days one by one, then the rest of the
+    # month in pages of the largest size, its items without the asset members the tree does not read
+    assert len(asked) <= pages * 2 + WALK_DAYS + 1, f"{len(asked)} searches for a month of {pages} pages"
+    # (about 17 kB an item with every asset member, 12 kB without those the tree does not read)
+    assert sum(r["bytes"] for r in asked) < products * 14_000, f"{sum(r['bytes'] for r in asked)} bytes"
     emu.mark()
     assert [f for _, _, fs in os.walk(month) for f in fs] == files
     assert searches(emu) == [], "a second walk reached the catalogue"

@@ -135,8 +135,20 @@ def test_a_walk_over_a_month_lists_the_month_once_after_a_few_days():
     for d in days:
         assert len(tree.listdir(f"/terrascope-s2-toc-v2/2020/01/{d}")) == 2
     spans = [q[2] - q[1] for q in cat.queries]
-    day, month = timedelta(days=1, microseconds=-1), timedelta(days=31, microseconds=-1)
-    assert spans == [day] * WALK_DAYS + [month], "a few days, then the month once"
+    day, rest = timedelta(days=1, microseconds=-1), timedelta(days=31 - WALK_DAYS, microseconds=-1)
+    assert spans == [day] * WALK_DAYS + [rest], "a few days, then the rest of the month once"
+    assert cat.queries[-1][1] == datetime(2020, 1, WALK_DAYS + 1, tzinfo=timezone.utc)
+
+
+def test_a_walk_backwards_reads_no_day_twice():
+    cat = IndexedCatalogue({TOC.id: month_of_days()})
+    tree = Tree(cat, selection=None)
+    days = tree.listdir("/terrascope-s2-toc-v2/2020/01")
+    listed = {d: tree.listdir(f"/terrascope-s2-toc-v2/2020/01/{d}") for d in reversed(days)}
+    assert all(len(names) == 2 for names in listed.values())
+    asked = [(q[1].day, q[2].day) for q in cat.queries]  # (first, last day) of each query
+    first_days = [(d, d) for d in range(31, 31 - WALK_DAYS, -1)]
+    assert asked == first_days + [(1, 31 - WALK_DAYS)], "a few days, then the days before them once"
 
 
 def test_listings_beyond_the_budget_come_back_from_the_disk_cache(tmp_path):

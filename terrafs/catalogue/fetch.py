@@ -149,12 +149,19 @@ def _body(r: requests.Response, limit: int, where: str) -> bytes:
 
 def _parse(text: bytes, content_type: str, where: str) -> Any:
     try:
-        return without_userinfo(json.loads(text))
+        doc = json.loads(text)
+        # No string of the answer can hold "@" when its text has none and no \u escape that could
+        # spell one; a NUL byte means UTF-16/32 text, where neither check holds: walked as before.
+        return doc if not _may_hold_userinfo(text) else without_userinfo(doc)
     except RecursionError:
         raise CatalogueError(f"catalogue answered JSON nested too deep: {where}") from None
     except ValueError:
         kind = shown(content_type.split(";")[0], 80)
         raise _Transient(f"catalogue answered non-JSON ({kind}): {where}") from None
+
+
+def _may_hold_userinfo(text: bytes) -> bool:
+    return b"@" in text or b"\\u" in text or b"\x00" in text
 
 
 def without_userinfo(doc: Any) -> Any:

@@ -22,11 +22,10 @@ import re
 import sys
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import unquote, urlsplit
 
+from terrafs.catalogue.links import Link, href_path, http_url, local_path, place  # noqa: F401 (re-exported)
 from terrafs.catalogue.model import Filter, Product, ProductFile
 from terrafs.text import UNSAFE_CHARS, SizeTooLarge, parse_size, shown
 
@@ -39,10 +38,7 @@ _DATETIME = re.compile(
     r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d+))?)?)?"
     r"\s*(Z|z|[+-]\d{2}:?\d{2}|[+-]\d{2})?\s*$"
 )
-# Resolution sub-folders between a product folder and its files (FAPAR/LAI: 10M/, 20M/).
-_RESOLUTION_DIR = re.compile(r"^\d+M$", re.IGNORECASE)
 _MAX_NAME_BYTES = 255  # NAME_MAX on Linux filesystems
-_HTTP_SCHEMES = ("http", "https")
 
 def safe_name(s: Any) -> str | None:
     """`s` as one safe path component, or None when it cannot be made safe.
@@ -54,7 +50,9 @@ def safe_name(s: Any) -> str | None:
     """
     if not isinstance(s, str):
         return None
-    name = UNSAFE_CHARS.sub("", unicodedata.normalize("NFC", s)).replace("/", "_").replace("\\", "_").strip()
+    if not (s.isascii() and s.isprintable()):  # else NFC and UNSAFE_CHARS leave it as it is
+        s = UNSAFE_CHARS.sub("", unicodedata.normalize("NFC", s))
+    name = s.replace("/", "_").replace("\\", "_").strip()
     if name in ("", ".", ".."):
         return None
     if len(name.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES:
@@ -144,79 +142,6 @@ def link_size(value: Any) -> int | None:
         return None
 
 
-def http_url(href: Any) -> bool:
-    """An http(s) URL that parses and holds no control, bidi or space characters (such an
-    href is no file: it would only carry a forged line into a log)."""
-    if not isinstance(href, str) or UNSAFE_CHARS.search(href) or " " in href:
-        return False
-    try:
-        return urlsplit(href).scheme.lower() in _HTTP_SCHEMES
-    except ValueError:
-        return False
-
-
-def local_path(href: Any) -> str | None:
-    """A platform path from "file:///data/..." or a bare "/data/..."; else None."""
-    if not isinstance(href, str) or not href:
-        return None
-    try:
-        parts = urlsplit(href)
-    except ValueError:
-        return None
-    if parts.scheme.lower() == "file":
-        path = unquote(parts.path)
-    elif parts.scheme == "" and href.startswith("/"):
-        path = href
-    else:
-        return None
-    path = posixpath.normpath(path)
-    if not path.startswith("/") or "\x00" in path:
-        return None
-    return path
-
-
-def href_path(href: str) -> str:
-    """The URL-unquoted path of an href ("" for one that does not parse)."""
-    try:
-        return unquote(urlsplit(href).path)
-    except ValueError:
-        return ""
-
-
-def place(path: str) -> tuple[str | None, str | None]:
-    """(product folder, resolution sub-folder) of a file at `path`.
-
-    ".../<PROD>/10M/<file>" -> ("<PROD>", "10M"); ".../<PROD>/<file>" -> ("<PROD>", None).
-    """
-    parts = [p for p in path.split("/") if p]
-    if len(parts) < 2:
-        return None, None
-    parent = parts[-2]
-    if _RESOLUTION_DIR.match(parent) and len(parts) >= 3:
-        return parts[-3], parent.upper()
-    return parent, None
-
-
-@dataclass(frozen=True)
-class Link:
-    """One file of a record before it becomes a ProductFile (any scheme)."""
-
-    href: str  # as given: http(s), file:// or a bare platform path
-    local_path: str | None = None
-    size: int | None = None
-    type: str | None = None
-    role: str | None = None
-    title: str | None = None
-
-    @property
-    def is_http(self) -> bool:
-        return http_url(self.href)
-
-    @property
-    def basename(self) -> str:
-        return posixpath.basename(href_path(self.href).rstrip("/"))
-
-
 def build_product(
     *,
     id: str,
@@ -238,18 +163,21 @@ def build_product(
     for link in links:
         if not link.is_http and link.local_path:
             known.setdefault(posixpath.basename(link.local_path), link.local_path)
-    folder = _folder(links, known) or safe_name(title)
+    # Each link's platform path and its place: worked out once, for the vote and for the file.
+    lps = [link.local_path or known.get(link.basename) for link in links]
+    placed = [place(lp) if lp else None for lp in lps]
+    folder = _folder(links, placed) or safe_name(title)
     if folder is None:
         log.warning("skipping product %s: no safe folder name", shown(id))
         return None
     files: list[ProductFile] = []
     seen_hrefs: set[str] = set()
     seen_paths: set[str] = set()
-    for link in links:
-        if not link.is_http or link.href in seen_hrefs or urlsplit(link.href).query:
+    for link, lp, at in zip(links, lps, placed):
+        if not link.is_http or link.href in seen_hrefs or link.has_query:
             continue  # a query string: a rendering service (the WMS preview), never a file; not worth a warning
         seen_hrefs.add(link.href)
-        pf = _product_file(link, known)
+        pf = _product_file(link, lp, at or place(link.path))
         if pf is None:
             log.warning("product %s: skipping a file whose name cannot be made safe", shown(folder))
             continue
@@ -264,17 +192,16 @@ def build_product(
     )
 
 
-def _folder(links: list[Link], known: Mapping[str, str]) -> str | None:
-    """The product folder: from platform paths if any, else from download URL paths.
+def _folder(links: list[Link], placed: list[tuple[str | None, str | None] | None]) -> str | None:
+    """The product folder: from platform paths (their `placed`) if any, else from download URL paths.
 
     A majority vote, so that one odd link (a WMS preview at /wms/v2) does not
     decide the folder of the whole product.
     """
-    platform = [link.local_path or known.get(link.basename) for link in links]
-    paths = [p for p in platform if p]
-    if not paths:
-        paths = [href_path(link.href) for link in links if link.is_http and not urlsplit(link.href).query]
-    votes = Counter(f for f in (place(p)[0] for p in paths) if f)
+    places = [at for at in placed if at is not None]
+    if not places:
+        places = [place(link.path) for link in links if link.is_http and not link.has_query]
+    votes = Counter(f for f, _ in places if f)
     for name, _ in votes.most_common():
         safe = safe_name(name)
         if safe:
@@ -282,16 +209,16 @@ def _folder(links: list[Link], known: Mapping[str, str]) -> str | None:
     return None
 
 
-def _product_file(link: Link, known: Mapping[str, str]) -> ProductFile | None:
-    if urlsplit(link.href).query:
+def _product_file(link: Link, lp: str | None, at: tuple[str | None, str | None]) -> ProductFile | None:
+    """The file of `link`, at its platform path `lp` (if any) whose place() is `at`."""
+    if link.has_query:
         # A rendering service (the WMS GetMap preview), not an archive file: it has
         # no stable size and no Range support, so it gets no place in the tree.
         return None
     name = safe_name(link.basename)
     if name is None:
         return None
-    lp = link.local_path or known.get(link.basename)
-    _, res = place(lp) if lp else place(href_path(link.href))
+    res = at[1]
     relpath = f"{res}/{name}" if res else name
     # Types, roles and titles repeat in every product: one copy each in RAM.
     return ProductFile(

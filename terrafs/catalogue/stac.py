@@ -16,22 +16,11 @@ from urllib.parse import quote
 import requests
 
 from terrafs.catalogue.model import CatalogueLimits, Collection, Filter, Product
-from terrafs.catalogue.fields import INDEX_FIELDS, TREE_FIELDS, conforms_to_fields
+from terrafs.catalogue.fields import INDEX_FIELDS, SAMPLE_ITEMS, TREE_FIELDS, AssetTrim, conforms_to_fields
 from terrafs.catalogue.fetch import CatalogueHTTPError, JsonRequester, SeenRequests, first_page, walk_pages
 from terrafs.catalogue.parse import (
-    Link,
-    ProductSelection,
-    build_product,
-    format_datetime,
-    link_size,
-    local_path,
-    parse_datetime,
-    properties_of,
-    query_range,
-    record_text,
-    safe_name,
-    to_float,
-    unique_collections,
+    Link, ProductSelection, build_product, format_datetime, link_size, local_path, parse_datetime,
+    properties_of, query_range, record_text, safe_name, to_float, unique_collections,
 )
 from terrafs.errors import CatalogueError
 from terrafs.text import SizeTooLarge, shown
@@ -39,7 +28,8 @@ from terrafs.text import SizeTooLarge, shown
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 1000
-LONG_RANGE = timedelta(days=2)  # a listing longer than this (a month) is paged by LONG_RANGE_PAGE_SIZE
+INDEX_PAGE_SIZE = 10000  # items of ids and dates only (~120 bytes each): stac-fastapi's largest limit
+LONG_RANGE = timedelta(days=2)  # whole items (no fields) over a longer range: pages of LONG_RANGE_PAGE_SIZE
 LONG_RANGE_PAGE_SIZE = 200
 # Elasticsearch's default cap on counted hits: a numberMatched of exactly this
 # may mean "at least", so it must not stop the walk.
@@ -58,9 +48,11 @@ class StacCatalogue:
         self.url = url if url.endswith("/") else url + "/"
         self._request = JsonRequester(session, limits)
         self._page_size = max(1, page_size)
+        self._index_size = INDEX_PAGE_SIZE
         self._post_search = True
         # fields "auto": the fields extension where the API conforms to it (None: not known yet)
         self._fields: bool | None = None if fields == "auto" else False
+        self._trim = AssetTrim()  # asset members the tree does not read, learnt per collection
 
     @property
     def uses_fields(self) -> bool:
@@ -115,13 +107,15 @@ class StacCatalogue:
         if not nonempty:
             return []
         size = self._page_size if limit is None else max(1, min(self._page_size, limit))
-        if limit is None and start is not None and end is not None and end - start > LONG_RANGE:
+        fields = self._trim.fields(collection.remote_id, TREE_FIELDS) if limit is None and self.uses_fields else None
+        if fields is None and limit is None and start is not None and end is not None and end - start > LONG_RANGE:
             # A month of whole items in pages of 1000 parses into hundreds of MB at once, and
             # the RAM stays with the process: smaller pages keep the daemon small (a day fits one).
             size = min(size, LONG_RANGE_PAGE_SIZE)
         selection = ProductSelection(start, end, flt, limit)
-        fields = TREE_FIELDS if limit is None and self.uses_fields else None
-        for raw in self._search(collection, start, end, flt, size, fields, ahead=limit is None):
+        for i, raw in enumerate(self._search(collection, start, end, flt, size, fields, ahead=limit is None)):
+            if i < SAMPLE_ITEMS and fields is not None:
+                self._trim.learn(collection.remote_id, raw)
             props = properties_of(raw)
             product = parse_item(raw, collection.id, with_record=fields is None)
             if selection.add(product, to_float(props.get("eo:cloud_cover")), item_tile_id(props)):
@@ -140,7 +134,8 @@ class StacCatalogue:
         if not nonempty:
             return []
         selection = ProductSelection(start, end, flt, None)
-        for raw in self._search(collection, start, end, flt, self._page_size, INDEX_FIELDS):
+        size = max(self._page_size, self._index_size)  # ids and dates: a month in one page where allowed
+        for raw in self._search(collection, start, end, flt, size, INDEX_FIELDS):
             props = properties_of(raw)
             item_id = raw.get("id")
             when = parse_datetime(props.get("datetime")) or parse_datetime(props.get("start_datetime"))
@@ -183,7 +178,9 @@ class StacCatalogue:
                 log.info("STAC refused the fields extension (HTTP %d); asking for whole items", e.status)
                 self._fields, state.fields = False, None
                 page, used = first_page(ask, asked, f"STAC items of {collection.remote_id}")
-            if used != asked:
+            if used != asked and asked > self._page_size:
+                self._index_size = self._page_size  # a page larger than listings ask was refused
+            elif used != asked:
                 self._page_size = used
             return page
 
