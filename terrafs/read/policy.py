@@ -19,6 +19,9 @@ bytes cost less than the request they save:
   enters and the adjacent ones up to `tile_ahead` past it, so a program
   reading a run of tiles in one read() (which the kernel cuts into 128 KiB
   FUSE reads) costs one request, not one per cut.
+* When such a fetch holds whole tiles of a row and the link is slow, the
+  tiles under them come in a second request at the same time (rows.py): a
+  program reading a window reads its rows one after the other.
 * Missing units separated by cached ones are fetched as one range when the
   cached gap costs less to fetch again than a request (`merge_gap`).
 
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from terrafs.read import cost
+from terrafs.read import cost, rows
 from terrafs.read.cost import Conditions, Link
 from terrafs.read.tiff import TiffLayout
 
@@ -101,6 +104,9 @@ class ReadPolicy:
     chance_next: float = 0.5
     #: Chance that a further adjacent tile within `tile_ahead` is read (a run of tiles in one read()).
     chance_run: float = 0.25
+    #: Chance that a program reading whole tiles of a row reads the tiles under them next (a window
+    #: half a tile tall or more spans two rows at least half the time; GDAL's larger windows always do).
+    chance_below: float = 0.6
     #: Chance that a probe needs more of the head than its first piece (IFDs past 16 KiB).
     chance_head: float = 0.5
     #: Reads past the head that look for a TIFF layout in the cached bytes before giving up on a file.
@@ -142,6 +148,7 @@ class Access:
     seq_end: int = 0  # highest end of the current run
     run_reads: int = 0
     finished: tuple[int, int] | None = None  # the run the last read ended, if it ended one
+    alongside: tuple[int, int] = (0, 0)  # what the file's last guess of a row below fetched (rows.below)
 
     def note(self, offset: int, end: int, slack: int) -> bool:
         """Record a read; True if it continues a sequential run.
@@ -193,6 +200,7 @@ class Plan:
     allow_stream_to: int | None = None  # let the live stream run this far
     disk_ahead_from: int | None = None  # block index to load ahead from the disk cache
     overshoot: int | None = None  # how far the run this read ended went past its tiles (the kernel's reach)
+    below: tuple[int, int] | None = None  # the tile row under the fetch, to fetch alongside it (rows.py)
     notes: tuple[str, ...] = field(default=())
 
 
@@ -246,7 +254,11 @@ def _plan(p: ReadPolicy, c: Conditions, access: Access, size: int, offset: int, 
     # A random read, or a short run (a tile range the kernel cut up, or the next tile
     # row close by): pieces, reaching further the longer the run.
     start, stop = reach(p, layout, offset, end, run if sequential else 0, c)
-    return Plan(pieces_on, start, min(size, stop), disk_ahead_from=disk)
+    stop = min(size, stop)
+    under = rows.below(layout, start, stop, size, c, p.chance_below, access.alongside)
+    if under is not None:
+        access.alongside = under
+    return Plan(pieces_on, start, stop, disk_ahead_from=disk, below=under)
 
 
 def head(p: ReadPolicy, c: Conditions) -> int:
