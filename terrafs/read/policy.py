@@ -12,7 +12,8 @@ bytes cost less than the request they save:
 * A smaller first read at 0 is a format probe: one bounded request for the
   head (`head_size`), where a COG keeps every IFD (gdalinfo costs 1 request).
 * A sequential run that reaches uncached blocks past `stream_after` starts a
-  stream from there.
+  stream from there (on a slow link, from the next block, the rest of the
+  current one in pieces beside it, when its held part costs more than a request).
 * Any other read is random (a tile of a GeoTIFF): it fetches what it touches
   plus `random_ahead`, in pieces. Where the file is a TIFF whose IFDs are
   cached, the fetch is stretched to whole tiles (or strips): the one the read
@@ -235,7 +236,9 @@ def _plan(p: ReadPolicy, c: Conditions, access: Access, size: int, offset: int, 
         if sequential and stream.start <= access.seq_end <= stream.end:
             want = max(stream.allowed_end, min(stream.end, access.seq_end + ahead))
             allow = want if want > stream.allowed_end else None
-        return Plan(False, offset, end, allow_stream_to=allow)
+        # Bytes before the stream's start come in the pieces a fetch brings (see below), not as blocks.
+        before = offset < stream.start and p.piece_size < bs
+        return Plan(before, offset, min(end, stream.start) if before else end, allow_stream_to=allow)
     disk = (end - 1) // bs + 1 if sequential and p.disk_ahead else None
     pieces_on = p.piece_size < bs
     if first == 0 and not facts.head_cached:
@@ -247,7 +250,15 @@ def _plan(p: ReadPolicy, c: Conditions, access: Access, size: int, offset: int, 
         return Plan(pieces_on, offset, end, disk_ahead_from=disk)
     if sequential and run >= p.stream_after and not facts.first_cached:
         stop = min(size, access.seq_end + max(p.stream_reach, 2 * run))
-        return Plan(False, offset, end, start_stream=(first * bs, min(size, access.seq_end + ahead), stop),
+        at = first * bs
+        again = cost.byte_price(c, offset - at)
+        if pieces_on and end <= at + bs < size and again > cost.request_price(c) - c.link.ttfb:
+            # The run came through this block in pieces: streaming them again delays the stream's new bytes
+            # more than a request for the rest of the block costs, sent beside a stream from the next block
+            # (a slow link; the round trip is the stream's too).
+            return Plan(True, offset, at + bs, start_stream=(at + bs, min(size, access.seq_end + ahead), stop),
+                        disk_ahead_from=disk)
+        return Plan(False, offset, end, start_stream=(at, min(size, access.seq_end + ahead), stop),
                     disk_ahead_from=disk)
     if sequential and not (pieces_on and run < bs):
         return Plan(False, offset, end, disk_ahead_from=disk)

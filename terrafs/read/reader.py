@@ -273,7 +273,7 @@ class Reader:
         while pos < end:
             i = pos // blocks.unit
             stop = min(end, (i + 1) * blocks.unit)
-            if self._held.has(blocks, i):
+            if pos >= decided.fetch_end or self._held.has(blocks, i):  # (past a fetch: a stream's blocks)
                 block = self._units(blocks, i, i, i, i)[i]
                 self._copy(blocks, i, block, pos - i * blocks.unit, stop - i * blocks.unit,
                            out[pos - offset: stop - offset])
