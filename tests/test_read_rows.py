@@ -141,3 +141,17 @@ def test_a_hostile_layout_bounds_the_search_for_the_row_under():
     segs += [Segment(10 * MB + n * 1000, 900, 0, 2 + n) for n in range(2)]
     layout = TiffLayout(tuple(segs), (2, 1))
     assert rows.under(layout, rows.row_of(layout, segs[0].offset, segs[1].end)) == []
+
+
+def test_only_the_first_row_a_file_is_read_at_guesses():
+    """A link measured between two rows can flip the decision: the second row of a window two rows tall,
+    had it guessed, would bring a third that nobody reads (a request more than /vsicurl/'s)."""
+    layout = _grid(8, 8, COG)
+    access = Access()
+    t9, t17 = _tile(layout, 0, 9), _tile(layout, 0, 17)
+    first = plan(P, access, 1 << 30, t9.offset, t9.offset + 128 * KB, stream=None, facts=NOTHING, layout=layout,
+                 cond=_cond(FAST, BOUND))  # the budget binds: no guess
+    assert first.below is None
+    second = plan(P, access, 1 << 30, t17.offset, t17.offset + 128 * KB, stream=None, facts=NOTHING,
+                  layout=layout, cond=_cond(SLOW))
+    assert second.below is None, "the window's second row guessed a third"

@@ -149,7 +149,8 @@ class Access:
     seq_end: int = 0  # highest end of the current run
     run_reads: int = 0
     finished: tuple[int, int] | None = None  # the run the last read ended, if it ended one
-    alongside: tuple[int, int] = (0, 0)  # what the file's last guess of a row below fetched (rows.below)
+    alongside: tuple[int, int] = (0, 0)  # what the file's guess of a row below fetched (rows.below)
+    tile_rows: int = 0  # fetches of whole tiles of a row so far: only the first guesses the row below
 
     def note(self, offset: int, end: int, slack: int) -> bool:
         """Record a read; True if it continues a sequential run.
@@ -266,9 +267,11 @@ def _plan(p: ReadPolicy, c: Conditions, access: Access, size: int, offset: int, 
     # row close by): pieces, reaching further the longer the run.
     start, stop = reach(p, layout, offset, end, run if sequential else 0, c)
     stop = min(size, stop)
-    under = rows.below(layout, start, stop, size, c, p.chance_below, access.alongside)
-    if under is not None:
-        access.alongside = under
+    under = None
+    if layout is not None and rows.row_of(layout, start, stop - c.kernel_ahead):
+        under = None if access.tile_rows else rows.below(layout, start, stop, size, c, p.chance_below, access.alongside)
+        access.tile_rows += 1
+        access.alongside = under or access.alongside
     return Plan(pieces_on, start, stop, disk_ahead_from=disk, below=under)
 
 

@@ -15,8 +15,9 @@ right, it saves the next row's round trip and transfer and costs no request
 (the row would be fetched anyway); wrong, it costs a request. So it is made
 only while the budget has room, only when a row takes longer to arrive than
 a request is worth (slow links: on loopback and fast links it never pays),
-and never from a read of bytes a guess fetched (a window two rows tall must
-not bring a third).
+and only from the first row a program reads of the file (policy.plan): the
+second row of a window two rows tall must not guess a third, and a link
+measured between the two can flip the decision.
 
 Must not: fetch, lock or measure (layout, span and conditions in, a byte range out).
 """
