@@ -168,6 +168,7 @@ def test_the_limiter_reports_its_budget_without_taking_a_slot():
     (LOOPBACK, False),  # 600 KB again cost 1.5 ms: one request (the stream) is cheaper
     (FAST, False),  # 24 ms at 25 MB/s, below a request's share of the budget
     (SLOW, True),  # 123 ms at 5 MB/s before the stream's first new byte: a request beside it is cheaper
+    (Link(0.004, 5e6), False),  # loopback on a loaded CPU: the time is the CPU's, not a link's
 ])
 def test_a_stream_reached_mid_block_on_a_slow_link_starts_at_the_next_block(link, split):
     from terrafs.read.policy import StreamView

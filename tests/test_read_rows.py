@@ -58,6 +58,7 @@ SMALL = 110_000  # a 256 px tile of the Sentinel-2 bands and the tiled GeoTIFFs
 
 @pytest.mark.parametrize("link, budget, size, guessed", [
     (LOOPBACK, ROOM, COG, False),  # a row arrives in ms: a request is worth more than that
+    (Link(0.004, 10e6), ROOM, COG, False),  # loopback on a loaded CPU: slow answers, but no network to overlap
     (FAST, ROOM, SMALL, False),  # 220 KB at 25 MB/s: 9 ms, not worth a request
     (FAST, ROOM, COG, True),  # 880 KB at 25 MB/s: 35 ms, plus the round trip
     (SLOW, ROOM, SMALL, True),  # 220 KB at 5 MB/s: 44 ms

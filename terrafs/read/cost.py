@@ -46,6 +46,9 @@ class Conditions:
     kernel_ahead: int  # bytes the kernel asks past a program's read, as measured on this mount
 
 
+#: The first byte comes this late only over a network: on loopback within a few ms, loaded or not.
+NETWORK_RTT = 0.01
+
 #: No limiter known (a test's downloader, or a budget that cannot say): the documented
 #: service budget (80 requests per 10 s), with room.
 DOCUMENTED = BudgetState(room=80, wait=0.0, spacing=10 / 80, used=0.0)
@@ -73,10 +76,16 @@ def parallel_worth(c: Conditions, n: int, chance: float) -> bool:
     """Whether n bytes the program may ask for next are worth a request of their own now, sent
     alongside the one it waits for: read (`chance`), they save their round trip and transfer and
     no request (they would be fetched anyway); unread, the request is spent. Never once the
-    budget binds: then every request spent makes the user wait."""
-    if c.budget.room <= 0:
+    budget binds: then every request spent makes the user wait. Never without a network either."""
+    if c.budget.room <= 0 or not networked(c):
         return False
     return chance * (c.link.ttfb + byte_price(c, n)) > (1.0 - chance) * request_price(c)
+
+
+def networked(c: Conditions) -> bool:
+    """Whether a network lies between the mount and the server (a round trip of NETWORK_RTT or more):
+    on loopback a slow answer is the machine's CPU, which two requests at once share, not a link."""
+    return c.link.ttfb >= NETWORK_RTT
 
 
 def affordable(c: Conditions, chance: float) -> int:

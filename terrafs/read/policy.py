@@ -253,7 +253,7 @@ def _plan(p: ReadPolicy, c: Conditions, access: Access, size: int, offset: int, 
         stop = min(size, access.seq_end + max(p.stream_reach, 2 * run))
         at = first * bs
         again = cost.byte_price(c, offset - at)
-        if pieces_on and end <= at + bs < size and again > cost.request_price(c) - c.link.ttfb:
+        if pieces_on and end <= at + bs < size and cost.networked(c) and again > cost.request_price(c) - c.link.ttfb:
             # The run came through this block in pieces: streaming them again delays the stream's new bytes
             # more than a request for the rest of the block costs, sent beside a stream from the next block
             # (a slow link; the round trip is the stream's too).
