@@ -4,7 +4,8 @@ A block is `block_size` bytes of one file (the last block of a file may be
 shorter). Only complete blocks are stored, each with its length and CRC32 kept
 in the same SQLite row (diskcache's `tag`), and both are checked on every get:
 a block torn by a crash or flipped on disk is dropped and reported as a miss,
-never served.
+never served. How a block sits on disk (value files, tags, reads of a verified
+block): blockfiles.py.
 
 Eviction is least-recently-used at `touch_after` granularity: diskcache's own
 LRU policy writes to SQLite on every get (a transaction per block, contended
@@ -27,13 +28,13 @@ import sqlite3
 import tempfile
 import threading
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import diskcache
 
+from terrafs.blockfiles import BlockDisk, DiskBlock, read_fully, tag_of, unlink_quietly, verified_at
 from terrafs.listings import NoPickleDisk
 
 log = logging.getLogger(__name__)
@@ -48,56 +49,6 @@ _FLUSH_EVERY = 1024  # counter updates kept in memory before being written
 # no memory map of the index (diskcache maps 64 MiB): small blocks live in the index itself, and both
 # grew the daemon's RSS with it under a long load (docs/soak.md). Reads of the index then use pread.
 SQLITE_CACHE_PAGES, SQLITE_MMAP_BYTES = 256, 0
-
-
-class _BlockDisk(diskcache.Disk):
-    """diskcache's Disk with a cheaper store for block-sized bytes values.
-
-    The stock one wraps bytes in a BytesIO and writes it line by line (thousands of tiny
-    writes per MiB of binary data), and calls makedirs before every file. Blocks are written
-    at download speed, so here: one write, directories made only when missing, and fewer of
-    them; and a file whose write fails (a full disk) is removed, not left empty or torn.
-    """
-
-    def __init__(self, directory, **kwargs):
-        super().__init__(directory, **kwargs)
-        self.written = threading.local()  # .files: value files this thread wrote, while a caller records them
-
-    def filename(self, key=diskcache.core.UNKNOWN, value=diskcache.core.UNKNOWN):
-        # One level of 256 directories (the stock two levels make a new
-        # directory for almost every block of a cache of a few thousand).
-        name = os.urandom(16).hex()
-        filename = os.path.join(name[:2], name[2:] + ".val")
-        return filename, os.path.join(self._directory, filename)
-
-    def store(self, value, read, key=diskcache.core.UNKNOWN):
-        if type(value) is bytes and len(value) >= self.min_file_size:
-            filename, full_path = self.filename(key, value)
-            try:
-                fh = open(full_path, "xb")
-            except FileNotFoundError:
-                os.makedirs(os.path.dirname(full_path), exist_ok=True)
-                fh = open(full_path, "xb")
-            try:
-                with fh:
-                    fh.write(value)
-            except BaseException:
-                _unlink(full_path)
-                raise
-            if (files := getattr(self.written, "files", None)) is not None:
-                files.append(full_path)
-            return len(value), diskcache.core.MODE_BINARY, filename, None
-        return super().store(value, read, key)
-
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(OSError):  # gone already, or an unwritable folder: an orphan, as after a kill -9
-        os.remove(path)
-
-
-def _tag(data: bytes, stored: float) -> str:
-    # Length, checksum and store time, kept atomically with the row.
-    return f"{len(data)}:{zlib.crc32(data)}:{int(stored)}"
 
 
 @dataclass(frozen=True)
@@ -115,46 +66,6 @@ class BlockCacheStats:
         return self.hits / (self.hits + self.misses) if self.hits + self.misses else 0.0
 
 
-class DiskBlock:
-    """A verified cached block, served from its open file (closed when the last user lets go)."""
-
-    __slots__ = ("_file", "length")
-
-    def __init__(self, file, length: int):
-        self._file = file  # an unbuffered file object: closes its fd when collected
-        self.length = length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def read_into(self, start: int, dst: memoryview) -> None:
-        """Bytes [start, start+len(dst)) of the block into dst."""
-        if read_fully(self._file.fileno(), dst, start) < len(dst):
-            raise OSError("cached block file ended short")
-
-
-def read_fully(fd: int, dst: memoryview, pos: int) -> int:
-    """pread into all of dst from pos (fewer bytes only at end of file); returns how many were read."""
-    done = 0
-    while done < len(dst):
-        n = os.preadv(fd, [dst[done:]], pos + done)
-        if n <= 0:
-            break
-        done += n
-    return done
-
-
-def _check(value, tag: object) -> float | None:
-    """When a block with this tag was stored, or None if value (bytes-like) does not match it."""
-    if isinstance(tag, int):  # the first format: length and CRC packed, no time
-        return 0.0 if tag == (len(value) << 32) | zlib.crc32(value) else None
-    try:
-        length, crc, stored = (int(x) for x in str(tag).split(":"))
-    except ValueError:
-        return None
-    return float(stored) if length == len(value) and crc == zlib.crc32(value) else None
-
-
 class BlockCache:
     """Blocks of remote files, LRU-evicted to stay under `size_limit` bytes."""
 
@@ -168,7 +79,7 @@ class BlockCache:
         # The cache holds data that needed credentials to fetch: owner only.
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._blocks = diskcache.Cache(str(self.directory / "blocks"), size_limit=size_limit,
-                                       eviction_policy="least-recently-stored", disk=_BlockDisk,
+                                       eviction_policy="least-recently-stored", disk=BlockDisk,
                                        sqlite_cache_size=SQLITE_CACHE_PAGES, sqlite_mmap_size=SQLITE_MMAP_BYTES)
         self._meta = diskcache.Cache(str(self.directory / "meta"), eviction_policy="none", disk=NoPickleDisk,
                                      sqlite_cache_size=SQLITE_CACHE_PAGES, sqlite_mmap_size=SQLITE_MMAP_BYTES)
@@ -224,7 +135,7 @@ class BlockCache:
                 if length > len(scratch):
                     raise OSError(f"{length} bytes, more than a block")
                 data = memoryview(scratch)[: read_fully(raw.fileno(), memoryview(scratch)[:length], 0)]
-            stored = _check(data, tag)
+            stored = verified_at(data, tag)
         except OSError as exc:
             log.warning("block cache read failed for block %d of %s: %s", index, file_key, exc)
             stored = None
@@ -241,7 +152,7 @@ class BlockCache:
         now = time.time()
         if now - stored > self.touch_after:
             try:
-                self._set(key, bytes(data), _tag(data, now))  # used: to the back of the queue
+                self._set(key, bytes(data), tag_of(data, now))  # used: to the back of the queue
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:  # a full disk: serve it all the same
                 log.debug("block %d of %s not touched: %s", index, file_key, exc)
         self._count(True)
@@ -253,7 +164,7 @@ class BlockCache:
         if len(data) != want or want > self.block_size or want <= 0:
             raise ValueError(f"incomplete block {index} of {file_key}: {len(data)} bytes, expected {want}")
         data = bytes(data)
-        self._set((_BLOCK, file_key, index), data, _tag(data, time.time()))
+        self._set((_BLOCK, file_key, index), data, tag_of(data, time.time()))
 
     def _set(self, key: tuple, data: bytes, tag: str) -> None:
         # diskcache writes the value file first and commits the row after: a kill -9 in between leaves
@@ -272,7 +183,7 @@ class BlockCache:
             yield
         except BaseException:
             for path in mine:
-                _unlink(path)
+                unlink_quietly(path)
             raise
         finally:
             written.files = outer

@@ -355,3 +355,35 @@ class _Planted:
 
     def __reduce__(self):
         return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("key", [
+    ("b", "https://services.terrascope.be/download/S2/T31UFS_B04_10M.tif#12345:67890", 7),
+    ("b", "é" * 40000, 1 << 40),  # long, non-ASCII, framed
+    ("b", "k", 0),
+    ("b", "u:p", -3),
+])
+def test_block_keys_are_the_bytes_diskcache_makes_of_them(key):
+    """A cache written before the cheaper key conversion must still find its blocks (and the reverse)."""
+    import pickle
+    import pickletools
+
+    from terrafs.blockfiles import fast_pickle
+
+    for protocol in (4, 5):
+        assert fast_pickle(key, protocol) == pickletools.optimize(pickle.dumps(key, protocol=protocol))
+
+
+def test_blocks_written_are_found_by_diskcaches_own_key_conversion(tmp_path: Path):
+    import diskcache
+
+    c = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=BS)
+    c.put("https://host/download/x.tif#1:2", 3, _block(3))
+    c.close()
+    stock = diskcache.Cache(str(tmp_path / "c" / "blocks"))  # diskcache's own Disk: pickle, then optimize
+    try:
+        assert len(stock) == 1
+        assert next(iter(stock)) == ("b", "https://host/download/x.tif#1:2", 3)
+        assert ("b", "https://host/download/x.tif#1:2", 3) in stock
+    finally:
+        stock.close()

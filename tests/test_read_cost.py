@@ -162,3 +162,29 @@ def test_the_limiter_reports_its_budget_without_taking_a_slot():
     later = lim.budget()
     assert later.room == 10 and later.wait == 0.0
     assert RateLimiter([]).budget() == UNBOUNDED
+
+
+@pytest.mark.parametrize("link, split", [
+    (LOOPBACK, False),  # 600 KB again cost 1.5 ms: one request (the stream) is cheaper
+    (FAST, False),  # 24 ms at 25 MB/s, below a request's share of the budget
+    (SLOW, True),  # 123 ms at 5 MB/s before the stream's first new byte: a request beside it is cheaper
+    (Link(0.004, 5e6), False),  # loopback on a loaded CPU: the time is the CPU's, not a link's
+])
+def test_a_stream_reached_mid_block_on_a_slow_link_starts_at_the_next_block(link, split):
+    from terrafs.read.policy import StreamView
+
+    c = _cond(link)
+    at = 5 * MB
+    offset = at + 600 * KB  # a run of pieces came through [4 MiB, offset)
+    access = Access(last_end=offset, run_start=4 * MB, seq_end=offset, run_reads=10)
+    first = plan(P, access, 50 * MB, offset, offset + 128 * KB, stream=None, facts=NOTHING, layout=None, cond=c)
+    assert first.start_stream is not None
+    if split:
+        assert first.start_stream[0] == at + MB and first.pieces and first.fetch_end == at + MB
+    else:
+        assert first.start_stream[0] == at and not first.pieces
+    if split:  # the reads after it: pieces before the stream's start, never past it
+        view = StreamView(at + MB, first.start_stream[2], first.start_stream[1], at + MB)
+        crossing = plan(P, access, 50 * MB, at + MB - 64 * KB, at + MB + 64 * KB, stream=view, facts=NOTHING,
+                        layout=None, cond=c)
+        assert crossing.pieces and crossing.fetch_end == at + MB

@@ -36,6 +36,7 @@ MOVES = {  # old module -> new module
     "terrafs.memtrim": "terrafs.mount.memtrim",
     "terrafs.preflight": "terrafs.cli.preflight",
     "terrafs.filemeta": "terrafs.cache.filemeta",
+    "terrafs.blockfiles": "terrafs.cache.blockfiles",
 }
 PACKAGES = {  # new package -> its __init__ docstring (job; what it may import)
     "terrafs/cli": "The command line: `terrafs` and `mount.terrafs`; parses arguments, prints, exits.\n\nMay import every other package of terrafs; nothing imports it.",

@@ -11,7 +11,9 @@ what it wastes if nobody reads it is below what it saves if somebody does:
 it is read. (Bytes that are read cost the same in either request.) On
 loopback and fast links that favours large fetches; on a slow link with room
 in the budget it favours what the program asked for and what the kernel will
-ask next.
+ask next. A guess sent in a request of its own, alongside the one the user
+waits for (the next tile row of a window), is priced by the time it saves
+against the request it spends when wrong.
 
 Everything here is pure: link and budget state in, prices out; no clock, lock or I/O.
 Must not: measure anything (link.py does) or ask the limiter (the reader does, outside its locks).
@@ -44,6 +46,9 @@ class Conditions:
     kernel_ahead: int  # bytes the kernel asks past a program's read, as measured on this mount
 
 
+#: The first byte comes this late only over a network: on loopback within a few ms, loaded or not.
+NETWORK_RTT = 0.01
+
 #: No limiter known (a test's downloader, or a budget that cannot say): the documented
 #: service budget (80 requests per 10 s), with room.
 DOCUMENTED = BudgetState(room=80, wait=0.0, spacing=10 / 80, used=0.0)
@@ -65,6 +70,22 @@ def byte_price(c: Conditions, n: int) -> float:
 def worth(c: Conditions, n: int, chance: float) -> bool:
     """Whether n speculative bytes are worth fetching if they are read (and save a request) with this chance."""
     return (1.0 - chance) * byte_price(c, n) <= chance * request_price(c)
+
+
+def parallel_worth(c: Conditions, n: int, chance: float) -> bool:
+    """Whether n bytes the program may ask for next are worth a request of their own now, sent
+    alongside the one it waits for: read (`chance`), they save their round trip and transfer and
+    no request (they would be fetched anyway); unread, the request is spent. Never once the
+    budget binds: then every request spent makes the user wait. Never without a network either."""
+    if c.budget.room <= 0 or not networked(c):
+        return False
+    return chance * (c.link.ttfb + byte_price(c, n)) > (1.0 - chance) * request_price(c)
+
+
+def networked(c: Conditions) -> bool:
+    """Whether a network lies between the mount and the server (a round trip of NETWORK_RTT or more):
+    on loopback a slow answer is the machine's CPU, which two requests at once share, not a link."""
+    return c.link.ttfb >= NETWORK_RTT
 
 
 def affordable(c: Conditions, chance: float) -> int:

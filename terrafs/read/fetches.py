@@ -9,7 +9,8 @@ the gap is cheaper than a request (policy.ranges). Readers of units in flight
 (the leader's own included) wait for those units only, not for the whole
 answer: the bytes a plan fetched past a read (the kernel's read-ahead, a
 neighbouring tile) arrive behind the read's, and on a slow link the read is
-answered while they flow.
+answered while they flow. A plan's guess of the next tile row runs as a fetch
+of its own (`alongside`), sent right after the read's.
 
 Locking, pairwise: the reader's condition (shared with streams.py) guards the
 in-flight table and batches; `Fetch._arrival` (a leaf) guards a fetch's
@@ -121,6 +122,21 @@ class Fetches:
                     batch.wanted.add(i)
                     self._inflight[(u.key, i)] = batch
         return lead, theirs, coming
+
+    def alongside(self, u: Units, span: tuple[int, int], elsewhere: Callable[[int], bool],
+                  chunks: Callable[[int, int], Iterable[bytes]], store: Callable[[int, bytes], None]) -> None:
+        """Fetch the units of bytes `span` that nothing brings yet in a request of their own, which
+        nobody waits for (a plan's guess of the next tile row): reads that want them later join it.
+        Caller does not hold cond; `elsewhere` as for `claim`."""
+        fetch = Fetch()
+        fetch.open = False  # its own request: it neither joins a read's batch nor is joined
+        with self._cond:
+            for i in u.span(*span):
+                if (u.key, i) not in self._inflight and not elsewhere(i):
+                    fetch.wanted.add(i)
+                    self._inflight[(u.key, i)] = fetch
+        if fetch.wanted:
+            self.start(u, fetch, chunks, store)
 
     def start(self, u: Units, fetch: Fetch, chunks: Callable[[int, int], Iterable[bytes]],
               store: Callable[[int, bytes], None]) -> None:

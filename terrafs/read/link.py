@@ -19,6 +19,7 @@ import time
 from collections import deque
 from typing import Callable, Iterable, Iterator
 
+from terrafs.limiter import BudgetState
 from terrafs.read.cost import DOCUMENTED, Conditions, Link
 from terrafs.read.stats import LinkStats
 
@@ -28,6 +29,9 @@ _SAMPLES = 16
 _TRUSTED = 8  # runs of FUSE reads seen before the kernel's measured reach replaces the assumed one
 _PAGE = 4096
 _FLOW_SAMPLE = 64 << 10  # answers this large time the link's throughput (smaller: mostly latency)
+#: Seconds the limiter's answer is reused: the kernel's reads of one program read come within
+#: ms, and asking a file budget reads its state file (~1 ms of a loaded CPU per read otherwise).
+_BUDGET_FRESH = 0.05
 
 
 class LinkMeter:
@@ -104,6 +108,7 @@ class Gauges:
         self.kernel = KernelMeter(assumed.kernel_ahead)
         self._timing = threading.local()
         self._limiter = getattr(downloader, "limiter", None)
+        self._budget: tuple[float, BudgetState] = (-1e9, DOCUMENTED)  # (when asked, what the limiter said)
         hooks = getattr(getattr(downloader, "session", None), "hooks", None)
         self._measured = isinstance(hooks, dict)
         if isinstance(hooks, dict):
@@ -113,8 +118,12 @@ class Gauges:
         """The link, budget and kernel read-ahead now (may read the limiter's state file)."""
         if not self._measured:  # a downloader that cannot be timed: the policy's fixed prices
             return dataclasses.replace(self._assumed, kernel_ahead=self.kernel.ahead())
-        ask = getattr(self._limiter, "budget", None)
-        budget = (ask() if callable(ask) else None) or DOCUMENTED
+        now = time.monotonic()
+        at, budget = self._budget
+        if now - at > _BUDGET_FRESH:
+            ask = getattr(self._limiter, "budget", None)
+            budget = (ask() if callable(ask) else None) or DOCUMENTED
+            self._budget = (now, budget)  # one tuple: a plain read elsewhere is consistent
         return Conditions(self.link.now(), budget, self.kernel.ahead())
 
     def answer(self, it: Iterable[bytes], check: Callable[[object], None],

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable
 
-from terrafs.blockcache import BlockCache, DiskBlock
+from terrafs.blockcache import BlockCache
+from terrafs.blockfiles import DiskBlock
 from terrafs.counters import Counters
 from terrafs.filemeta import FileMeta
 from terrafs.read import tiff
@@ -118,9 +119,13 @@ class Lookup:
         out = memoryview(bytearray(n))
         pos, end = offset, offset + n
         while pos < end:
-            for u in units:
+            # RAM first, in every unit size: a layout is parsed from pieces a fetch just brought, and
+            # asking SQLite for the block around each of them cost a lookup per peek.
+            held = ([u for u in units if self.in_ram(u, pos // u.unit)]
+                    or [u for u in units if self.has(u, pos // u.unit)])
+            for u in held:
                 i = pos // u.unit
-                data = self.data(u, i) if self.has(u, i) else None
+                data = self.data(u, i)
                 if data is not None:
                     stop = min(end, i * u.unit + u.length(i))
                     if not self.copy(data, pos - i * u.unit, stop - i * u.unit, out[pos - offset: stop - offset]):

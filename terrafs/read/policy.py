@@ -12,13 +12,17 @@ bytes cost less than the request they save:
 * A smaller first read at 0 is a format probe: one bounded request for the
   head (`head_size`), where a COG keeps every IFD (gdalinfo costs 1 request).
 * A sequential run that reaches uncached blocks past `stream_after` starts a
-  stream from there.
+  stream from there (on a slow link, from the next block, the rest of the
+  current one in pieces beside it, when its held part costs more than a request).
 * Any other read is random (a tile of a GeoTIFF): it fetches what it touches
   plus `random_ahead`, in pieces. Where the file is a TIFF whose IFDs are
   cached, the fetch is stretched to whole tiles (or strips): the one the read
   enters and the adjacent ones up to `tile_ahead` past it, so a program
   reading a run of tiles in one read() (which the kernel cuts into 128 KiB
   FUSE reads) costs one request, not one per cut.
+* When such a fetch holds whole tiles of a row and the link is slow, the
+  tiles under them come in a second request at the same time (rows.py): a
+  program reading a window reads its rows one after the other.
 * Missing units separated by cached ones are fetched as one range when the
   cached gap costs less to fetch again than a request (`merge_gap`).
 
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from terrafs.read import cost
+from terrafs.read import cost, rows
 from terrafs.read.cost import Conditions, Link
 from terrafs.read.tiff import TiffLayout
 
@@ -101,6 +105,9 @@ class ReadPolicy:
     chance_next: float = 0.5
     #: Chance that a further adjacent tile within `tile_ahead` is read (a run of tiles in one read()).
     chance_run: float = 0.25
+    #: Chance that a program reading whole tiles of a row reads the tiles under them next (a window
+    #: half a tile tall or more spans two rows at least half the time; GDAL's larger windows always do).
+    chance_below: float = 0.6
     #: Chance that a probe needs more of the head than its first piece (IFDs past 16 KiB).
     chance_head: float = 0.5
     #: Reads past the head that look for a TIFF layout in the cached bytes before giving up on a file.
@@ -142,6 +149,8 @@ class Access:
     seq_end: int = 0  # highest end of the current run
     run_reads: int = 0
     finished: tuple[int, int] | None = None  # the run the last read ended, if it ended one
+    alongside: tuple[int, int] = (0, 0)  # what the file's guess of a row below fetched (rows.below)
+    tile_rows: int = 0  # fetches of whole tiles of a row so far: only the first guesses the row below
 
     def note(self, offset: int, end: int, slack: int) -> bool:
         """Record a read; True if it continues a sequential run.
@@ -193,6 +202,7 @@ class Plan:
     allow_stream_to: int | None = None  # let the live stream run this far
     disk_ahead_from: int | None = None  # block index to load ahead from the disk cache
     overshoot: int | None = None  # how far the run this read ended went past its tiles (the kernel's reach)
+    below: tuple[int, int] | None = None  # the tile row under the fetch, to fetch alongside it (rows.py)
     notes: tuple[str, ...] = field(default=())
 
 
@@ -227,7 +237,9 @@ def _plan(p: ReadPolicy, c: Conditions, access: Access, size: int, offset: int, 
         if sequential and stream.start <= access.seq_end <= stream.end:
             want = max(stream.allowed_end, min(stream.end, access.seq_end + ahead))
             allow = want if want > stream.allowed_end else None
-        return Plan(False, offset, end, allow_stream_to=allow)
+        # Bytes before the stream's start come in the pieces a fetch brings (see below), not as blocks.
+        before = offset < stream.start and p.piece_size < bs
+        return Plan(before, offset, min(end, stream.start) if before else end, allow_stream_to=allow)
     disk = (end - 1) // bs + 1 if sequential and p.disk_ahead else None
     pieces_on = p.piece_size < bs
     if first == 0 and not facts.head_cached:
@@ -239,14 +251,28 @@ def _plan(p: ReadPolicy, c: Conditions, access: Access, size: int, offset: int, 
         return Plan(pieces_on, offset, end, disk_ahead_from=disk)
     if sequential and run >= p.stream_after and not facts.first_cached:
         stop = min(size, access.seq_end + max(p.stream_reach, 2 * run))
-        return Plan(False, offset, end, start_stream=(first * bs, min(size, access.seq_end + ahead), stop),
+        at = first * bs
+        again = cost.byte_price(c, offset - at)
+        if pieces_on and end <= at + bs < size and cost.networked(c) and again > cost.request_price(c) - c.link.ttfb:
+            # The run came through this block in pieces: streaming them again delays the stream's new bytes
+            # more than a request for the rest of the block costs, sent beside a stream from the next block
+            # (a slow link; the round trip is the stream's too).
+            return Plan(True, offset, at + bs, start_stream=(at + bs, min(size, access.seq_end + ahead), stop),
+                        disk_ahead_from=disk)
+        return Plan(False, offset, end, start_stream=(at, min(size, access.seq_end + ahead), stop),
                     disk_ahead_from=disk)
     if sequential and not (pieces_on and run < bs):
         return Plan(False, offset, end, disk_ahead_from=disk)
     # A random read, or a short run (a tile range the kernel cut up, or the next tile
     # row close by): pieces, reaching further the longer the run.
     start, stop = reach(p, layout, offset, end, run if sequential else 0, c)
-    return Plan(pieces_on, start, min(size, stop), disk_ahead_from=disk)
+    stop = min(size, stop)
+    under = None
+    if layout is not None and rows.row_of(layout, start, stop - c.kernel_ahead):
+        under = None if access.tile_rows else rows.below(layout, start, stop, size, c, p.chance_below, access.alongside)
+        access.tile_rows += 1
+        access.alongside = under or access.alongside
+    return Plan(pieces_on, start, stop, disk_ahead_from=disk, below=under)
 
 
 def head(p: ReadPolicy, c: Conditions) -> int:

@@ -1,21 +1,19 @@
 """The reader: the read path's facade, which serves reads of remote files.
 
-For each read: gather what is cached once (a snapshot: RAM, pending writes,
-disk, the TIFF layout, through `Lookup`), with the link and budget measured
-now; plan under the file's cursor (cursor.py) with the pure policy; then
-fetch what is missing (fetches.py, or wait for a stream, streams.py) and copy
-into the caller's buffer. Blocks that arrive are served at once and written to
-the disk cache behind (writebehind.py, through Lookup). Only complete blocks
-from a response whose size and identity (ETag / Last-Modified) were checked
-are cached. Every choice is the policy's; this module carries plans out.
+For each read: gather what is cached once (a snapshot: RAM, pending writes, disk, the TIFF layout, through
+`Lookup`), with the link and budget measured now; plan under the file's cursor (cursor.py) with the pure policy;
+then fetch what is missing (fetches.py, or wait for a stream, streams.py) and copy into the caller's buffer, a
+plan's guess of the next tile row fetched alongside. Blocks that arrive are served at once and written to the disk
+cache behind (writebehind.py, through Lookup). Only complete blocks from a response whose size and identity
+(ETag / Last-Modified) were checked are cached. Every choice is the policy's; this module carries plans out.
 
 Lock order, pairwise (a thread holding the left one may take the right one, never the reverse):
     Cursor.lock    ->  Reader._cond   a file's planning, then streams and in-flight fetches
     Reader._cond   ->  leaf locks     HotSet, WriteBehind._lock, Spool, DiskAhead, the meters
     Cursor.lock    ->  leaf locks
     WriteBehind._write_lock -> WriteBehind._lock (the writer thread; it takes neither of the above)
-No disk or SQLite call, and no HTTP, is made while a cursor's lock or _cond is
-held: the snapshot is gathered before them, and fetches and streams run outside.
+No disk or SQLite call, and no HTTP, is made while a cursor's lock or _cond is held: the snapshot is gathered
+before them, and fetches and streams run outside.
 
 Must not: import FUSE, or do HTTP itself (a Downloader does, see terrafs/http.py).
 """
@@ -27,7 +25,8 @@ import threading
 import time
 from typing import Callable, Iterator, Union
 
-from terrafs.blockcache import BlockCache, DiskBlock
+from terrafs.blockcache import BlockCache
+from terrafs.blockfiles import DiskBlock
 from terrafs.errors import FetchError
 from terrafs.filemeta import FileMeta
 from terrafs.read import policy as decide
@@ -97,9 +96,8 @@ class Reader:
     def read_into(self, f: RemoteFile, offset: int, out: memoryview) -> int:
         """Copy bytes [offset, offset+len(out)) of f into out; returns how many (fewer at end of file).
 
-        The FUSE layer passes the kernel reply's own buffer: each byte is copied
-        once, from RAM, the spool or a cache file. Raises FetchError.
-        """
+        The FUSE layer passes the kernel reply's own buffer: each byte is copied once, from RAM, the spool
+        or a cache file. Raises FetchError."""
         if offset < 0:
             raise ValueError("negative offset")
         end = min(offset + len(out), f.size)
@@ -122,10 +120,8 @@ class Reader:
         return end - offset
 
     def prefetch(self, f: RemoteFile, progress: Callable[[int], None] | None = None) -> None:
-        """Put the whole file in the cache with non-urgent streams over the missing runs.
-
-        progress, if given, is called with the number of bytes of f cached so far.
-        """
+        """Put the whole file in the cache with non-urgent streams over the missing runs;
+        progress, if given, is called with the number of bytes of f cached so far."""
         blocks = blocks_of(f, self.policy.block_size)
         runs = decide.missing_runs([self._held.has(blocks, i) for i in range(blocks.count())])
         self._streams.fill(blocks, runs, progress)
@@ -164,11 +160,10 @@ class Reader:
     def _plan(self, f: RemoteFile, offset: int, end: int) -> Plan:
         """Decide how to serve [offset, end), and start or move this file's stream accordingly.
 
-        What is cached is gathered before the cursor's lock (disk and SQLite lookups, the
-        layout, the limiter's state); the plan is made under it, one read of a file at a time
-        and in the order the reads arrived: the kernel sends a program's reads concurrently,
-        and the first must start the stream or plan the fetch that the others follow.
-        """
+        What is cached is gathered before the cursor's lock (disk and SQLite lookups, the layout, the
+        limiter's state); the plan is made under it, one read of a file at a time and in the order the reads
+        arrived: the kernel sends a program's reads concurrently, and the first must start the stream or plan
+        the fetch that the others follow."""
         p = self.policy
         with self._cond:
             if self._closed:
@@ -254,7 +249,7 @@ class Reader:
         missing: list[tuple[str, int]] = []
         blocks_cached = True
         for i in blocks.span(offset, end):
-            if self._held.has(blocks, i):
+            if first_cached if i == first else self._held.has(blocks, i):  # (one SQLite lookup per block)
                 continue
             blocks_cached = False
             if pieces.unit >= blocks.unit:
@@ -273,28 +268,33 @@ class Reader:
         ps = pieces.unit
         fetch_first = max(0, decided.fetch_start) // ps
         fetch_last = (min(decided.fetch_end, f.size) - 1) // ps
+        below = decided.below  # the plan's guess of the next tile row (rows.py), sent right after this read's fetch
+        then = (lambda: self._fetches.alongside(pieces, below, lambda i: self._elsewhere(pieces, i),
+                                                self._held.fetcher(pieces, lambda a, b: self._chunks(f, a, b)),
+                                                lambda i, data: self._store(pieces, i, data))) if below else None
         pos = offset
         while pos < end:
             i = pos // blocks.unit
             stop = min(end, (i + 1) * blocks.unit)
-            if self._held.has(blocks, i):
+            if pos >= decided.fetch_end or self._held.has(blocks, i):  # (past a fetch: a stream's blocks)
                 block = self._units(blocks, i, i, i, i)[i]
                 self._copy(blocks, i, block, pos - i * blocks.unit, stop - i * blocks.unit,
                            out[pos - offset: stop - offset])
             else:
                 p0, p1 = pos // ps, (stop - 1) // ps
-                got = self._units(pieces, p0, p1, min(p0, fetch_first), max(p1, fetch_last))
+                got = self._units(pieces, p0, p1, min(p0, fetch_first), max(p1, fetch_last), then)
+                then = None
                 for j in range(p0, p1 + 1):
                     a, b = max(pos, j * ps), min(stop, (j + 1) * ps)
                     self._copy(pieces, j, got[j], a - j * ps, b - j * ps, out[a - offset: b - offset])
             pos = stop
 
-    def _units(self, u: Units, first: int, last: int, fetch_first: int, fetch_last: int) -> dict[int, Block]:
+    def _units(self, u: Units, first: int, last: int, fetch_first: int, fetch_last: int,
+               then: Callable[[], None] | None = None) -> dict[int, Block]:
         """Units first..last of a file, from RAM, disk, a stream or new fetches.
 
-        A fetch this read leads also brings the missing units fetch_first..fetch_last
-        in the same request; the read does not wait for those.
-        """
+        A fetch this read leads also brings the missing units fetch_first..fetch_last in the same
+        request; the read does not wait for those. `then` runs once its fetch started, before it waits."""
         got: dict[int, Block] = {}
         for i in range(first, last + 1):
             data = self._held.data(u, i)
@@ -315,6 +315,9 @@ class Reader:
             if lead is not None:
                 self._fetches.start(u, lead, self._held.fetcher(u, lambda a, b: self._chunks(u.file, a, b)),
                                     lambda i, data: self._store(u, i, data))
+            if then is not None:
+                then()
+                then = None
             for i, fetch in theirs.items():
                 if not fetch.wait(i, max(0.0, deadline - time.monotonic())):
                     raise FetchError(f"timed out waiting for block {i} of {u.url}")
@@ -334,10 +337,9 @@ class Reader:
         if u.key != u.file.key or st is None:
             return False  # streams bring whole blocks only
         allow = decide.wait_for_stream(self.policy, cur.stream_view(), i * u.unit, (i + 1) * u.unit)
-        if allow is None:
-            return False
-        self._streams.allow(st, allow)  # cheaper than a request
-        return True
+        if allow is not None:
+            self._streams.allow(st, allow)  # cheaper than a request
+        return allow is not None
 
     def _wait_stream(self, u: Units, wanted: list[int], got: dict[int, Block], deadline: float) -> None:
         """Wait until the stream delivered `wanted` or died; what it failed to bring is fetched later."""
@@ -355,10 +357,8 @@ class Reader:
                     if time.monotonic() > deadline:
                         raise FetchError(f"timed out waiting for block {i} of {u.url}")
                     self._cond.wait(1.0)
-            if i not in got:
-                data = self._held.data(u, i)
-                if data is not None:
-                    got[i] = data
+            if i not in got and (data := self._held.data(u, i)) is not None:
+                got[i] = data
 
     def _copy(self, u: Units, i: int, data: Block, start: int, end: int, dst: memoryview) -> None:
         """Bytes [start, end) of unit i into dst, from RAM, the spool or the unit's cache file."""
