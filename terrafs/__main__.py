@@ -1,3 +1,3 @@
-from terrafs.cli import main
+from terrafs.cli.main import main
 
 raise SystemExit(main())

@@ -36,7 +36,7 @@ from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 
 from terrafs.config import Config, load_config
 from terrafs.errors import TerrafsError
-from terrafs.tree import DirNode, FileNode, Node, NotFound
+from terrafs.tree.paths import DirNode, FileNode, Node, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _daemon_for(config: str | os.PathLike | dict | None):
     with _daemons_lock:
         daemon = _daemons.get(key)
         if daemon is None:
-            from terrafs import mount
+            from terrafs import build as mount
 
             cfg = _config_of(config)
             daemon = mount.build(cfg, mount.make_auth(cfg))

@@ -153,7 +153,7 @@ def check_level(v: Any) -> str:
 
 
 def _listen(v: Any) -> str | None:
-    from terrafs.metrics import split_listen
+    from terrafs.text import split_listen
 
     if v is None:
         return None

@@ -9,7 +9,9 @@ Must not: know what it counts, or call out while holding its lock.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Mapping
+from typing import Any
 
 
 class Counters:
@@ -35,3 +37,25 @@ class Counters:
     def reset(self, values: Mapping[str, int | float] | None = None) -> None:
         with self._lock:
             self._values = {k: 0 for k in self._values} if values is None else dict(values)
+
+
+class StatusCounts:
+    """Responses by HTTP status, as a requests response hook (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        with self._lock:
+            self._counts[str(response.status_code)] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+# The catalogue sessions are made deep inside build.py, one per catalogue
+# object; like prometheus_client's own default registry, one count per process
+# is the simple way to see them all (build.catalogue_session registers the hook).
+CATALOGUE_RESPONSES = StatusCounts()

@@ -1,6 +1,6 @@
 """The exceptions terrafs raises at its edges.
 
-fs.py turns them into an errno, cli.py into one clear line. Messages never
+mount/fuseops.py turns them into an errno, cli/main.py into one clear line. Messages never
 carry secrets (passwords, tokens, Authorization headers).
 """
 

@@ -132,3 +132,12 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     if total is not None and last >= total:
         return None
     return ContentRange(first, last, total)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9567' or '[::1]:9567' -> (host, port); ValueError when malformed."""
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"not HOST:PORT: {listen!r}")
+    return host, int(port)

@@ -114,7 +114,7 @@ class Mount:
 def emulator_is_download_host(emulator, monkeypatch):
     """For tests that build a Downloader without a config: the emulator (plain http on
     loopback) gets the credentials, as `auth.hosts` in write_config says for mounts."""
-    from terrafs import scope
+    from terrafs.remote import scope
     from terrafs.text import origin_of
 
     monkeypatch.setattr(scope, "DEFAULT_SCOPE", scope.CredentialScope([origin_of(emulator.base_url)]))

@@ -14,10 +14,10 @@ import pytest
 import requests
 
 from mounting import emulator_is_download_host  # noqa: F401  (a fixture: the emulator gets credentials)
-from terrafs.auth import (BasicAuth, BearerAuth, TokenManager, device_login, load_refresh_token,
+from terrafs.remote.auth import (BasicAuth, BearerAuth, TokenManager, device_login, load_refresh_token,
                           make_auth, save_refresh_token)
 from terrafs.errors import AuthError
-from terrafs.http import Downloader
+from terrafs.remote.http import Downloader
 
 # -- token manager logic against a fake token endpoint ---------------------------------
 

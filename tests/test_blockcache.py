@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from terrafs.blockcache import BlockCache
-from terrafs.filemeta import FileMeta
+from terrafs.cache.blocks import BlockCache
+from terrafs.cache.filemeta import FileMeta
 
 BS = 64 << 10
 
@@ -368,7 +368,7 @@ def test_block_keys_are_the_bytes_diskcache_makes_of_them(key):
     import pickle
     import pickletools
 
-    from terrafs.blockfiles import fast_pickle
+    from terrafs.cache.blockfiles import fast_pickle
 
     for protocol in (4, 5):
         assert fast_pickle(key, protocol) == pickletools.optimize(pickle.dumps(key, protocol=protocol))

@@ -143,7 +143,7 @@ def test_prompt_on_a_terminal_does_not_echo_the_password(emulator, tmp_path):
 def test_log_filter_redacts_password_and_tokens():
     import logging
 
-    from terrafs.cli import RedactSecrets
+    from terrafs.cli.main import RedactSecrets
 
     f = RedactSecrets()
     f.secrets.add("hunter22")

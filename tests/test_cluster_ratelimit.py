@@ -11,8 +11,8 @@ import pytest
 from clustering import redis_server  # noqa: F401  (fixture)
 from terrafs.config import load_config
 from terrafs.errors import ConfigError
-from terrafs.mount import make_limiter
-from terrafs.ratelimit_redis import RedisRateLimiter
+from terrafs.build import make_limiter
+from terrafs.remote.ratelimit_redis import RedisRateLimiter
 
 
 def limiter(server, windows, tmp_path: Path, **kw) -> RedisRateLimiter:
@@ -82,7 +82,7 @@ def test_redis_away_local_budget_with_one_warning_then_shared_again(redis_server
     lim = limiter(redis_server, [(50, 5.0)], tmp_path, retry_every=0.5)
     lim.acquire()
     redis_server.stop()
-    caplog.set_level(logging.INFO, logger="terrafs.ratelimit_redis")
+    caplog.set_level(logging.INFO, logger="terrafs.remote.ratelimit_redis")
     t0 = time.monotonic()
     for _ in range(20):
         lim.acquire()

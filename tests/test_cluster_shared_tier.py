@@ -7,8 +7,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from clustering import redis_server  # noqa: F401  (fixture)
-from terrafs.blockcache import MemoryOnlyCache
-from terrafs.filemeta import FileMeta
+from terrafs.cache.blocks import MemoryOnlyCache
+from terrafs.cache.filemeta import FileMeta
 from terrafs.read.remote import RemoteFile, blocks_of
 from terrafs.read.sharedfetch import SharedFetch
 from terrafs.read.sharedtier import PREFIX, SharedMeta, SharedTier, TierSettings

@@ -1,9 +1,9 @@
-"""Date folders of platform paths (terrafs/dating.py): pure logic, no mount."""
+"""Date folders of platform paths (terrafs/tree/dating.py): pure logic, no mount."""
 from __future__ import annotations
 
 import pytest
 
-from terrafs.dating import date_folders, platform_date
+from terrafs.tree.dating import date_folders, platform_date
 
 
 @pytest.mark.parametrize("container, folder, expected", [

@@ -1,4 +1,4 @@
-"""Pins the two mfusepy internals that terrafs/fs.py overrides.
+"""Pins the two mfusepy internals that terrafs/mount/fuseops.py overrides.
 
 fs.FUSE replaces mfusepy's `read` callback (to fill libfuse's buffer in place)
 and wraps its `_wrapper` (every callback goes through it). If a new mfusepy
@@ -11,7 +11,7 @@ import inspect
 
 import mfusepy
 
-from terrafs import fs
+from terrafs.mount import fuseops as fs
 
 
 def test_mfusepy_still_has_the_callbacks_fs_overrides():

@@ -10,11 +10,11 @@ import time
 import pytest
 import requests
 
-from terrafs.auth import BasicAuth
+from terrafs.remote.auth import BasicAuth
 from terrafs.errors import AuthError, FetchError
-from terrafs.http import (Downloader, parse_content_range, parse_retry_after, redact_url)
-from terrafs.ratelimit import RateLimiter
-from terrafs.scope import CredentialScope
+from terrafs.remote.http import (Downloader, parse_content_range, parse_retry_after, redact_url)
+from terrafs.remote.ratelimit import RateLimiter
+from terrafs.remote.scope import CredentialScope
 from terrafs.text import origin_of
 
 from mounting import emulator_is_download_host  # noqa: F401  (a fixture: the emulator gets credentials)
@@ -295,7 +295,7 @@ def test_a_refused_connection_is_told_from_other_connection_errors():
 
     import requests as rq
 
-    from terrafs.answers import refused as is_refused
+    from terrafs.remote.answers import refused as is_refused
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -325,7 +325,7 @@ def _answer(content_type: str | None, etag: str | None = None) -> requests.Respo
 
 
 def test_a_page_type_or_a_missing_identity_is_not_the_file() -> None:
-    from terrafs.answers import not_the_file
+    from terrafs.remote.answers import not_the_file
     tif = "https://h/download/a/B04.tif"
     for page in ("text/html; charset=utf-8", "application/json", "application/problem+json", "TEXT/HTML"):
         assert not_the_file(_answer(page), tif, None), f"{page} taken for the file"

@@ -1,4 +1,4 @@
-"""libfuse 3 wherever it is installed, also beside libfuse 2 (terrafs/libfuse.py).
+"""libfuse 3 wherever it is installed, also beside libfuse 2 (terrafs/mount/libfuse.py).
 
 The mount test makes a real "both installed" machine for its process: libfuse 2
 (scripts/setup unpacks it into .venv, or the system has it) is put where the
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mounting import credentials_env
-from terrafs.libfuse import ENV, choose
+from terrafs.mount.libfuse import ENV, choose
 
 LIBFUSE2 = Path(sys.executable).parent.parent / "libfuse2" / "libfuse.so.2"
 

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from terrafs.http import DownloadStats
-from terrafs.metrics import Collector, Figures
-from terrafs.ratelimit import RateLimiter
+from terrafs.remote.http import DownloadStats
+from terrafs.mount.metrics import Collector, Figures
+from terrafs.remote.ratelimit import RateLimiter
 
 
 def exposition(daemon, auth=None) -> str:

@@ -179,7 +179,7 @@ def test_a_config_without_auth_hosts_for_its_download_host_says_so_at_mount_and_
 def test_a_basic_mount_during_a_pause_says_why_and_does_not_wait(emulator, tmp_path):
     """After a 429 paused the shared budget, a new mount's credential check does not spend it."""
     from terrafs.config import load_config
-    from terrafs.mount import make_limiter
+    from terrafs.build import make_limiter
 
     config = write_config(tmp_path / "config.yaml", emulator.base_url, tmp_path / "cache",
                           auth={"method": "basic"}, rate_limit_max_pause=600,

@@ -42,9 +42,9 @@ def test_every_file_is_read_exactly_under_login_pages_answered_200(emulator_fact
 
 def test_the_identity_guard_takes_no_size_from_an_answer_without_the_files_identity():
     from terrafs.errors import FetchError, SizeChanged
-    from terrafs.http import RemoteInfo
-    from terrafs.blockcache import MemoryOnlyCache
-    from terrafs.filemeta import FileMeta
+    from terrafs.remote.http import RemoteInfo
+    from terrafs.cache.blocks import MemoryOnlyCache
+    from terrafs.cache.filemeta import FileMeta
     from terrafs.read.identity import IdentityGuard
     from terrafs.read.remote import RemoteFile
 

@@ -113,7 +113,7 @@ def test_archive_ls_of_a_day_is_one_search_of_about_a_days_items(archive_emulato
 
 def test_archive_find_over_a_month_costs_the_months_pages_and_a_few(archive_emulator, mount_factory, tmp_path):
     from terrafs.catalogue.stac import StacCatalogue
-    from terrafs.treedays import WALK_DAYS
+    from terrafs.tree.days import WALK_DAYS
 
     emu = archive_emulator
     mount = mount_factory(emu, collections=["terrascope-s2-toc-v2"], cache_dir=tmp_path / "cache")

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mounting import write_config
 from support import sha256, source_of
-from terrafs.blockcache import BlockCache
-from terrafs.control import ask, socket_path
-from terrafs.files import RemoteFile, file_key  # files names the read path's module, wherever it lives
+from terrafs.cache.blocks import BlockCache
+from terrafs.mount.control import ask, socket_path
+from terrafs.openfiles import RemoteFile, file_key  # files names the read path's module, wherever it lives
 from terrafs.read.prefetch import cached_bytes
 
 HELPER_LINK = Path("/sbin/mount.terrafs")

@@ -6,8 +6,8 @@ import os
 import pytest
 
 from terrafs.errors import TerrafsError
-from terrafs.metrics import split_listen
-from terrafs.options import parse_options
+from terrafs.text import split_listen
+from terrafs.mount.options import parse_options
 
 
 def test_fstab_line_options_are_sorted_into_their_kinds():

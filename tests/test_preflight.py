@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from terrafs.preflight import DownloadSample
+from terrafs.cli.preflight import DownloadSample
 
 HOSTS = frozenset({("https", "services.terrascope.be", 443)})
 URL = "https://services.terrascope.be/download/a.tif"

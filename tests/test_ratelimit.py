@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from terrafs.ratelimit import RateLimiter
+from terrafs.remote.ratelimit import RateLimiter
 
 
 class FakeClock:

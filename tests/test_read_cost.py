@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from terrafs.ratelimit import UNBOUNDED, BudgetState, RateLimiter
+from terrafs.remote.ratelimit import UNBOUNDED, BudgetState, RateLimiter
 from terrafs.read import cost
 from terrafs.read.cost import Conditions, Link
 from terrafs.read.link import KernelMeter, LinkMeter

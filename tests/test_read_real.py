@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from terrafs.auth import BasicAuth
-from terrafs.filemeta import FileMeta
-from terrafs.blockcache import BlockCache
-from terrafs.http import Downloader
+from terrafs.remote.auth import BasicAuth
+from terrafs.cache.filemeta import FileMeta
+from terrafs.cache.blocks import BlockCache
+from terrafs.remote.http import Downloader
 from terrafs.read import Reader, RemoteFile
 
 from mounting import emulator_is_download_host  # noqa: F401  (a fixture: the emulator gets credentials)

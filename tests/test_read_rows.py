@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from terrafs.ratelimit import BudgetState
+from terrafs.remote.ratelimit import BudgetState
 from terrafs.read import rows
 from terrafs.read.cost import Conditions, Link
 from terrafs.read.policy import Access, Facts, ReadPolicy, plan

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from terrafs.blockcache import BlockCache
+from terrafs.cache.blocks import BlockCache
 from terrafs.errors import FetchError, SizeChanged
 from terrafs.read import Reader, RemoteFile
 from terrafs.read.fetches import RANGE_CHUNK

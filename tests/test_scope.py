@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from terrafs.config import load_config
-from terrafs.scope import DEFAULT_SCOPE, CredentialScope, host_entry, unlisted_hosts_note
+from terrafs.remote.scope import DEFAULT_SCOPE, CredentialScope, host_entry, unlisted_hosts_note
 from terrafs.text import origin_of, parse_origin
 
 

@@ -9,10 +9,10 @@ import diskcache
 import pytest
 
 from terrafs.catalogue.model import Collection, Filter, Product, ProductFile
-from terrafs.listings import ListingStore, NoPickleDisk
-from terrafs.tree import DirNode, FileNode, NotFound, Tree, platform_placement, product_folders, split_path
-from terrafs.treedays import WALK_DAYS
-from terrafs.treenodes import FILE_BYTES, weight
+from terrafs.cache.listings import ListingStore, NoPickleDisk
+from terrafs.tree.paths import DirNode, FileNode, NotFound, Tree, platform_placement, product_folders, split_path
+from terrafs.tree.days import WALK_DAYS
+from terrafs.tree.nodes import FILE_BYTES, weight
 
 UTC = timezone.utc
 TOC = Collection("terrascope-s2-toc-v2", "terrascope-s2-toc-v2", "TOC", datetime(2019, 12, 1, tzinfo=UTC),

@@ -11,9 +11,9 @@ from terrafs.catalogue import stac
 from terrafs.catalogue.fetch import without_userinfo
 from terrafs.catalogue.model import Collection, Product, ProductFile
 from terrafs.catalogue.parse import link_size, parse_datetime, safe_name
-from terrafs.scope import CredentialScope
+from terrafs.remote.scope import CredentialScope
 from terrafs.text import SizeTooLarge, parse_origin, parse_size, redact_url, shown, strip_userinfo
-from terrafs.tree import Tree, platform_placement, product_folders
+from terrafs.tree.paths import Tree, platform_placement, product_folders
 
 UTC = timezone.utc
 

@@ -14,10 +14,10 @@ import diskcache
 import pytest
 
 from terrafs.catalogue.model import Collection, Product, ProductFile
-from terrafs.http import parse_retry_after
-from terrafs.listings import ListingStore, NoPickleDisk, decode, encode
+from terrafs.remote.http import parse_retry_after
+from terrafs.cache.listings import ListingStore, NoPickleDisk, decode, encode
 from terrafs.localfs import UnsafePathError, open_private_file, private_dir
-from terrafs.ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
+from terrafs.remote.ratelimit import DEFAULT_MAX_PAUSE, RateLimiter
 
 NOBODY = 65534  # another local user, as on every Debian system
 UTC = timezone.utc
@@ -195,8 +195,8 @@ def test_old_pickled_listings_are_ignored_by_a_mount_store(tmp_path: Path) -> No
 def test_remembered_file_facts_are_parsed_as_hostile(tmp_path: Path) -> None:
     """Sizes of republished files, HEAD sizes and identities come back from the block cache's metadata,
     which is a file on disk: only well-formed entries are taken, anything else reads as unknown."""
-    from terrafs.blockcache import BlockCache
-    from terrafs.filemeta import FileMeta
+    from terrafs.cache.blocks import BlockCache
+    from terrafs.cache.filemeta import FileMeta
 
     def reopened(key: str, text: str) -> FileMeta:
         cache = BlockCache(tmp_path / "c", size_limit=64 << 20, block_size=1 << 16)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from terrafs.limiter import BudgetState
+from terrafs.remote.limiter import BudgetState
 
 #: The share of its spacing a request is priced at even while the window is far from full:
 #: every mount and command of the user draws on the window, and it refills only at its spacing.

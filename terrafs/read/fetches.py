@@ -61,7 +61,7 @@ class Fetch:
             self._arrival.notify_all()
 
     def failure(self, url: str) -> FetchError:
-        """A new error for one waiter of this failed fetch: a SizeChanged stays one (files.py
+        """A new error for one waiter of this failed fetch: a SizeChanged stays one (openfiles.py
         learns the file's new size from it), any other says which fetch failed."""
         err = self.error
         if isinstance(err, SizeChanged):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from terrafs.blockfiles import DiskBlock
+from terrafs.cache.blockfiles import DiskBlock
 
 Key = tuple[str, int]
 

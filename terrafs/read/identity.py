@@ -21,7 +21,7 @@ from terrafs.errors import FetchError, SizeChanged
 from terrafs.read.remote import RemoteFile
 
 if TYPE_CHECKING:
-    from terrafs.filemeta import FileMeta
+    from terrafs.cache.filemeta import FileMeta
     from terrafs.read.sharedtier import SharedMeta
 
 log = logging.getLogger(__name__)

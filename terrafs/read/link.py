@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import Callable, Iterable, Iterator
 
-from terrafs.limiter import BudgetState
+from terrafs.remote.limiter import BudgetState
 from terrafs.read.cost import DOCUMENTED, Conditions, Link
 from terrafs.read.stats import LinkStats
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 from typing import Callable, Iterable
 
-from terrafs.blockcache import BlockCache
-from terrafs.blockfiles import DiskBlock
+from terrafs.cache.blocks import BlockCache
+from terrafs.cache.blockfiles import DiskBlock
 from terrafs.counters import Counters
-from terrafs.filemeta import FileMeta
+from terrafs.cache.filemeta import FileMeta
 from terrafs.read import tiff
 from terrafs.read.diskahead import DiskAhead
 from terrafs.read.hotset import HotSet

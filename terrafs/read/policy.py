@@ -98,7 +98,7 @@ class ReadPolicy:
     #: A planned ranged fetch never goes beyond this many bytes.
     max_fetch: int = 8 << 20
     #: Bytes the kernel asks past a program's read: the rest of the 128 KiB FUSE read that holds the
-    #: read's end, and one more for its read-ahead (lowered to 96 KiB in fs.py); measured up to 228 KiB.
+    #: read's end, and one more for its read-ahead (lowered to 96 KiB in mount/fuseops.py); measured up to 228 KiB.
     #: Fetched with the tiles, or they cost a request of their own.
     kernel_ahead: int = 256 << 10
     #: Chance that the tile after the one a read enters is read next (a window straddling a tile edge).
@@ -120,7 +120,7 @@ class ReadPolicy:
 
     def assumed(self) -> Conditions:
         """Conditions before anything is measured: the old fixed prices (a bound budget, `bandwidth`)."""
-        from terrafs.limiter import BudgetState
+        from terrafs.remote.limiter import BudgetState
 
         bound = BudgetState(room=0, wait=0.0, spacing=self.request_cost, used=1.0)
         return Conditions(Link(0.0, self.bandwidth), bound, self.kernel_ahead)

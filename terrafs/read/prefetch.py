@@ -2,7 +2,7 @@
 
 A mount's daemon runs it for `terrafs prefetch` through the control socket
 (control.py sends each event as a line), and `terrafs prefetch` runs it in its
-own process for paths no daemon answers for (cachecmd.py prints the same
+own process for paths no daemon answers for (cli/cache.py prints the same
 events); both print them with one renderer. Events, in order: start {files,
 bytes}; per file, progress {done} (throttled), check {path, size, cached} or
 error {path, message}; done {files, failed, bytes}.

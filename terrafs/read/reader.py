@@ -15,7 +15,7 @@ Lock order, pairwise (a thread holding the left one may take the right one, neve
 No disk or SQLite call, and no HTTP, is made while a cursor's lock or _cond is held: the snapshot is gathered
 before them, and fetches and streams run outside.
 
-Must not: import FUSE, or do HTTP itself (a Downloader does, see terrafs/http.py).
+Must not: import FUSE, or do HTTP itself (a Downloader does, see terrafs/remote/http.py).
 """
 from __future__ import annotations
 
@@ -25,10 +25,10 @@ import threading
 import time
 from typing import Callable, Iterator, Union
 
-from terrafs.blockcache import BlockCache
-from terrafs.blockfiles import DiskBlock
+from terrafs.cache.blocks import BlockCache
+from terrafs.cache.blockfiles import DiskBlock
 from terrafs.errors import FetchError
-from terrafs.filemeta import FileMeta
+from terrafs.cache.filemeta import FileMeta
 from terrafs.read import policy as decide
 from terrafs.read.cost import Conditions, describe
 from terrafs.read.cursor import Cursor

@@ -16,7 +16,7 @@ from typing import Iterator, Protocol
 
 
 class Downloader(Protocol):
-    """What the read path needs of terrafs.http.Downloader (the one place that sends requests)."""
+    """What the read path needs of terrafs.remote.http.Downloader (the one place that sends requests)."""
 
     def get_range(self, url: str, start: int, end: int, *, urgent: bool = True) -> tuple[bytes, object]:
         ...

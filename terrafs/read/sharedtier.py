@@ -54,7 +54,7 @@ from terrafs.read.remote import RemoteFile, Units
 from terrafs.read.stats import SharedTierStats
 
 if TYPE_CHECKING:
-    from terrafs.filemeta import FileMeta
+    from terrafs.cache.filemeta import FileMeta
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class SharedTier:
     """The tier of one process; thread-safe. `bind(cache)` before use (the reader's disk cache)."""
 
     def __init__(self, settings: TierSettings, *, retry_every: float = RETRY_EVERY):
-        from terrafs.ratelimit_redis import redact_redis_url, redis_client
+        from terrafs.remote.ratelimit_redis import redact_redis_url, redis_client
 
         self.settings = settings
         self.where = redact_redis_url(settings.url)

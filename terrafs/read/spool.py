@@ -11,7 +11,7 @@ import os
 import tempfile
 import threading
 
-from terrafs.blockfiles import read_fully
+from terrafs.cache.blockfiles import read_fully
 from terrafs.errors import FetchError
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Callable
 
-from terrafs.blockcache import BlockCache
+from terrafs.cache.blocks import BlockCache
 from terrafs.read.spool import Spool, Spooled
 from terrafs.read.stats import WriteBehindStats
 

@@ -229,7 +229,7 @@ def handlers(daemon, config, mountpoint: Path) -> dict[str, Callable[[dict, Call
 
 def _walk(tree, path: str, send: Callable[[dict], None]) -> Iterator[tuple[str, Any]]:
     """(path, file node) of a file, or of every file under a folder, in name order."""
-    from terrafs.tree import FileNode, NotFound
+    from terrafs.tree.paths import FileNode, NotFound
 
     try:
         node = tree.lookup(path)

@@ -25,7 +25,7 @@ EXIT_ERROR = 1
 
 def cmd_cache(args, load) -> int:
     """load(args) -> Config (cli's loader)."""
-    from terrafs.mount import open_block_cache, open_meta_cache
+    from terrafs.build import open_block_cache, open_meta_cache
 
     config = load(args)
     # Running daemons first: asking them for their figures also writes their
@@ -67,7 +67,7 @@ def cmd_cache(args, load) -> int:
 
 
 def _live_daemons(cache_dir: Path) -> list[dict]:
-    from terrafs.control import live_stats
+    from terrafs.mount.control import live_stats
 
     try:
         found = live_stats()
@@ -96,7 +96,7 @@ def _human(n: float) -> str:
 
 def cmd_prefetch(args, load) -> int:
     """Through each path's mount daemon where one answers; else in this process with our own credentials."""
-    from terrafs.control import daemon_socket, mount_root
+    from terrafs.mount.control import daemon_socket, mount_root
 
     by_daemon: dict[tuple[Path, Path], list[str]] = {}  # (socket, mount point) -> paths in the mount
     local: list[str] = []
@@ -121,7 +121,7 @@ def cmd_prefetch(args, load) -> int:
 
 
 def _prefetch_through(sock: Path, root: Path, paths: list[str], check: bool) -> int:
-    from terrafs.control import ask
+    from terrafs.mount.control import ask
 
     show = _Events(check, str(root))
     events = ask(sock, {"op": "prefetch", "paths": paths, "check": check}, timeout=None)
@@ -187,8 +187,8 @@ def _mounted_files(paths: list[str]):
 def _prefetch_here(args, paths: list[str], load) -> int:
     """No daemon answers for these paths (another user's mount, or an older terrafs): fetch in this process."""
     # RemoteFile and Reader through files/mount, which name the read path's module (it moves to terrafs.read).
-    from terrafs.files import RemoteFile, file_key
-    from terrafs.fs import XATTR_PREFIX
+    from terrafs.openfiles import RemoteFile, file_key
+    from terrafs.mount.xattrs import XATTR_PREFIX
     from terrafs.read.prefetch import PrefetchTarget
 
     config = load(args)
@@ -207,8 +207,8 @@ def _prefetch_here(args, paths: list[str], load) -> int:
 
 def _run_here(config, targets: list, check: bool) -> int:
     """The prefetch loop in this process: only the block cache for --check, else credentials and a reader too."""
-    from terrafs.mount import make_auth, make_downloader, make_reader, open_block_cache
-    from terrafs.preflight import check_auth
+    from terrafs.build import make_auth, make_downloader, make_reader, open_block_cache
+    from terrafs.cli.preflight import check_auth
     from terrafs.read.prefetch import prefetch
 
     reader = None

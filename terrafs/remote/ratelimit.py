@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from terrafs.limiter import (
+from terrafs.remote.limiter import (
     DEFAULT_MAX_PAUSE,
     SAFETY_MARGIN,
     UNBOUNDED,

@@ -4,7 +4,7 @@
 hops and 401 resends too) passes the rate limiter; 429s pause every process through it;
 5xx and broken connections are retried with backoff and jitter; every response is checked
 (status, Content-Range, length): the caller gets exactly its bytes or a FetchError.
-Must not: decide which ranges to fetch or cache anything (read/ and blockcache.py do);
+Must not: decide which ranges to fetch or cache anything (read/ and cache/blocks.py do);
 log or put in an error message any header (Authorization!).
 """
 
@@ -23,14 +23,14 @@ import requests
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase
 
-from . import __version__
-from .answers import (DownloadStats, RangeStream, RemoteInfo, body as _body, not_the_file,  # noqa: F401 (re-exported)
+from terrafs import __version__
+from terrafs.remote.answers import (DownloadStats, RangeStream, RemoteInfo, body as _body, not_the_file,  # noqa: F401 (re-exported)
                       parse_retry_after, refused as _refused)
-from .errors import AuthError, FetchError
-from .limiter import DEFAULT_MAX_PAUSE, Limiter
-from . import scope as _scope
-from .scope import CredentialScope
-from .text import parse_content_range, redact_url
+from terrafs.errors import AuthError, FetchError
+from terrafs.remote.limiter import DEFAULT_MAX_PAUSE, Limiter
+from terrafs.remote import scope as _scope
+from terrafs.remote.scope import CredentialScope
+from terrafs.text import parse_content_range, redact_url
 
 log = logging.getLogger(__name__)
 

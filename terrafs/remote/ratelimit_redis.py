@@ -55,8 +55,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from terrafs.limiter import SAFETY_MARGIN, UNBOUNDED, BudgetState, LimiterStats, Waiters, reserve
-from terrafs.ratelimit import RateLimiter
+from terrafs.remote.limiter import SAFETY_MARGIN, UNBOUNDED, BudgetState, LimiterStats, Waiters, reserve
+from terrafs.remote.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 (BlockDisk, diskcache's Disk with a cheaper store and key conversion), the tag kept in its row (length,
 CRC32, store time), and reads of a verified block straight from its file (DiskBlock, read_fully).
 
-Must not: decide what is cached or evicted (blockcache.py does), or know about HTTP, FUSE or read policy.
+Must not: decide what is cached or evicted (cache/blocks.py does), or know about HTTP, FUSE or read policy.
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ import requests
 from terrafs.catalogue.stac import StacCatalogue
 from terrafs.config import Config
 from terrafs.errors import AuthError, CatalogueError, FetchError
-from terrafs.mount import FIELDS_KEY, listing_store, make_catalogue, make_downloader, open_meta_cache
-from terrafs.scope import unlisted_hosts_note
+from terrafs.build import FIELDS_KEY, listing_store, make_catalogue, make_downloader, open_meta_cache
+from terrafs.remote.scope import unlisted_hosts_note
 from terrafs.text import Origin, origin_of, redact_url
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Builds the daemon's objects from a Config and runs the FUSE loop.
+"""Builds the daemon's objects from a Config (the FUSE loop that serves them: mount/daemon.py).
 
 The order matters for a good first minute: credentials and the catalogue are
 checked before anything is mounted, so a bad password or an unreachable
@@ -11,7 +11,7 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import diskcache
 import requests
@@ -19,27 +19,26 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from terrafs import __version__
-from terrafs.auth import make_auth as auth_from_values
-from terrafs.blockcache import SQLITE_MMAP_BYTES, BlockCache, MemoryOnlyCache
+from terrafs.remote.auth import make_auth as auth_from_values
+from terrafs.cache.blocks import SQLITE_MMAP_BYTES, BlockCache, MemoryOnlyCache
 from terrafs.catalogue import Catalogue, Filter
 from terrafs.catalogue.opensearch import OpenSearchCatalogue
 from terrafs.catalogue.stac import StacCatalogue
 from terrafs.config import Config
-from terrafs.errors import AuthError, ConfigError, TerrafsError
-from terrafs.filemeta import FileMeta
-from terrafs.files import Files
-from terrafs.http import Downloader
-from terrafs.listings import ListingStore, NoPickleDisk
+from terrafs.counters import CATALOGUE_RESPONSES
+from terrafs.errors import AuthError, ConfigError
+from terrafs.cache.filemeta import FileMeta
+from terrafs.openfiles import Files
+from terrafs.remote.http import Downloader
+from terrafs.cache.listings import ListingStore, NoPickleDisk
 from terrafs.localfs import FolderUnusable, private_dir
-from terrafs.limiter import DEFAULT_MAX_PAUSE, Limiter
-from terrafs.memtrim import Trimmer
-from terrafs.ratelimit import RateLimiter
+from terrafs.remote.limiter import DEFAULT_MAX_PAUSE, Limiter
+from terrafs.remote.ratelimit import RateLimiter
 from terrafs.read import Reader
 from terrafs.read.sharedtier import SharedTier
-from terrafs.scope import CredentialScope
+from terrafs.remote.scope import CredentialScope
 from terrafs.text import strip_userinfo
-from terrafs.tree import Tree
-from terrafs.treenodes import limit_malloc_arenas
+from terrafs.tree.paths import Tree
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +62,6 @@ def catalogue_session() -> requests.Session:
     session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
     session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=8))
     session.headers["User-Agent"] = USER_AGENT
-    from terrafs.metrics import CATALOGUE_RESPONSES
-
     session.hooks["response"].append(CATALOGUE_RESPONSES.hook)  # counted for metrics
     return session
 
@@ -122,7 +119,7 @@ class Daemon:
 
 
 def open_meta_cache(config: Config) -> diskcache.Cache:
-    """Listings; a Disk that never unpickles (listings.py), in a private folder.
+    """Listings; a Disk that never unpickles (cache/listings.py), in a private folder.
 
     A cache folder that cannot be written (read-only, full, damaged) does not stop
     the mount: listings are then kept in a private temporary folder for this run.
@@ -176,7 +173,7 @@ LOCAL_STATE = Path("~/.cache/terrafs/ratelimit.state")
 def make_redis_limiter(config: Config) -> Limiter:
     """One budget for every process that names the same Redis (rate_limit_state: redis://...)."""
     try:
-        from terrafs.ratelimit_redis import RedisRateLimiter
+        from terrafs.remote.ratelimit_redis import RedisRateLimiter
     except ImportError as exc:
         raise ConfigError(f"rate_limit_state names a Redis server, which needs the cluster extra "
                           f"(pip install 'terrafs[cluster]'): {exc}") from None
@@ -229,85 +226,3 @@ def build(config: Config, auth: requests.auth.AuthBase) -> Daemon:
     files = Files(downloader, reader, filemeta, shared=shared)
     return Daemon(tree, files, reader, [blocks, meta] + ([shared] if shared else []), blocks=blocks,
                   downloader=downloader, shared=shared)
-
-
-def fuse_options(extra: str | None) -> dict:
-    opts: dict = {"ro": True, "fsname": "terrafs", "subtype": "terrafs"}
-    if _libfuse_major() == 2:
-        # libfuse 3 takes these in init (fs.py); libfuse 2 only as options.
-        # No kernel_cache: open() keeps a file's pages unless the file changed on the server.
-        opts.update(entry_timeout=3600, attr_timeout=3600)
-    for item in (extra or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, _, value = item.partition("=")
-        opts[key] = value if value else True
-    return opts
-
-
-def _libfuse_major() -> int:
-    from terrafs.libfuse import load
-
-    return load().fuse_version_major
-
-
-def run(config: Config, mountpoint: Path, auth: requests.auth.AuthBase, *, options: str | None = None,
-        on_ready: Callable[[], None] | None = None) -> None:
-    """Mounts and serves until unmounted (blocks); the cache's pending writes are on disk when it returns.
-
-    A plain umount (or fusermount -u) ends libfuse's loop like a SIGTERM does,
-    and everything after it below runs either way.
-    """
-    from terrafs.fs import FUSE, TerraFS
-    from terrafs.options import parse_options
-
-    opts = parse_options(options)  # only its FUSE options reach libfuse (uid=, _netdev, config= ... do not)
-    limit_malloc_arenas()  # before FUSE's threads: listings parsed in many threads keep many heaps
-    daemon = build(config, auth)
-    control = metrics = trimmer = None
-    try:
-        control = _start_control(daemon, config, mountpoint)
-        metrics = _start_metrics(config, daemon, auth)
-        trimmer = Trimmer().start()  # memtrim.py: what a long load frees goes back to the system
-        ops = TerraFS(daemon.tree, daemon.files, on_ready=on_ready, owner=opts.ownership())
-        from terrafs.libfuse import describe
-
-        log.info("%s", describe())
-        log.info("mounting %s (libfuse %d, layout %s, catalogue %s, options %s)", mountpoint,
-                 _libfuse_major(), config.layout, config.catalogue, options or "-")
-        try:
-            FUSE(ops, str(mountpoint), foreground=True, nothreads=False, **fuse_options(opts.fuse_text()))
-        except RuntimeError as exc:  # mfusepy's way of saying fuse_main failed; libfuse logged why
-            given = opts.fuse_text() or "none"
-            raise TerrafsError(f"libfuse could not mount {mountpoint} (code {exc}); an option it does not "
-                               f"know? FUSE options given: {given}; see {config.log_file}") from None
-    finally:
-        for part in (control, metrics, trimmer):
-            if part is not None:
-                part.stop()
-        daemon.close()
-        log.info("stopped serving %s; cache writes flushed", mountpoint)
-
-
-def _start_control(daemon: Daemon, config: Config, mountpoint: Path):
-    """The control socket, or None: a mount without one still serves files."""
-    from terrafs.control import ControlServer, handlers
-
-    try:
-        control = ControlServer(mountpoint, handlers(daemon, config, mountpoint))
-        return control if control.start() else None
-    except (OSError, TerrafsError) as exc:
-        log.warning("no control socket (terrafs prefetch and cache stats will not reach this mount): %s", exc)
-        return None
-
-
-def _start_metrics(config: Config, daemon: Daemon, auth):
-    listen = getattr(config, "metrics_listen", None)
-    if not listen:
-        return None
-    from terrafs.metrics import MetricsServer
-
-    server = MetricsServer(listen, daemon, auth)
-    server.start()
-    return server

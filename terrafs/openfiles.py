@@ -14,9 +14,9 @@ import threading
 from dataclasses import dataclass
 
 from terrafs.errors import FetchError, SizeChanged
-from terrafs.filemeta import FileMeta
+from terrafs.cache.filemeta import FileMeta
 from terrafs.read import Reader, RemoteFile
-from terrafs.tree import FileNode
+from terrafs.tree.paths import FileNode
 
 log = logging.getLogger(__name__)
 

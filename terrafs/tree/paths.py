@@ -13,8 +13,8 @@ collection id; in the platform layout it is learnt from the catalogue's own
 local paths, one sample product per collection, so new collections need no
 release.
 
-How date folders are asked for is treedays.py's job; nodes and the RAM budget
-are treenodes.py's. Listings are kept in memory (within the budget) and in the
+How date folders are asked for is tree/days.py's job; nodes and the RAM budget
+are tree/nodes.py's. Listings are kept in memory (within the budget) and in the
 disk cache with lifetimes; catalogue records are read back from there (or from
 the catalogue) when a `user.terrafs.record` is asked for.
 
@@ -32,12 +32,12 @@ from typing import Callable
 
 from terrafs.catalogue import Catalogue, Collection, Filter, Product
 from terrafs.catalogue.parse import safe_name
-from terrafs.dating import date_folders
+from terrafs.tree.dating import date_folders
 from terrafs.errors import CatalogueError, TerrafsError
-from terrafs.listings import ListingStore
+from terrafs.cache.listings import ListingStore
 from terrafs.text import shown
-from terrafs.treedays import EARLIEST, DatedFolders, Placement, Source
-from terrafs.treenodes import DirNode, FileNode, MemoryBudget, Node, _ts, product_folders
+from terrafs.tree.days import EARLIEST, DatedFolders, Placement, Source
+from terrafs.tree.nodes import DirNode, FileNode, MemoryBudget, Node, _ts, product_folders
 
 __all__ = ["DirNode", "FileNode", "Node", "NotFound", "Placement", "Tree", "platform_placement",
            "product_folders", "split_path"]

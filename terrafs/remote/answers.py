@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .limiter import DEFAULT_MAX_PAUSE
+from terrafs.remote.limiter import DEFAULT_MAX_PAUSE
 
 # Content types of pages (a login form, an error document), never of an EO file.
 _PAGE_TYPES = ("text/html", "application/xhtml+xml", "application/json", "application/problem+json")

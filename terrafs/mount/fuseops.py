@@ -13,16 +13,16 @@ import stat
 import threading
 from itertools import count
 
-from terrafs import libfuse
+from terrafs.mount.xattrs import XATTR_PREFIX
+from terrafs.mount import libfuse
 from terrafs.errors import AuthError, TerrafsError
-from terrafs.files import Files
-from terrafs.options import Ownership
-from terrafs.tree import DirNode, FileNode, NotFound, Tree
+from terrafs.openfiles import Files
+from terrafs.mount.options import Ownership
+from terrafs.tree.paths import DirNode, FileNode, NotFound, Tree
 
 log = logging.getLogger(__name__)
 fuse = libfuse.load()  # mfusepy on libfuse 3 wherever it is installed (libfuse.py)
 
-XATTR_PREFIX = "user.terrafs."
 # Catalogue files never change once published, so the kernel may keep what it saw.
 CACHE_TIMEOUT = 3600.0
 

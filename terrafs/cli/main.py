@@ -93,9 +93,10 @@ def _check_mountpoint(path: Path) -> None:
 
 
 def cmd_mount(args) -> int:
-    from terrafs.mount import make_auth, run
-    from terrafs.preflight import check_auth, check_catalogue
-    from terrafs.options import parse_options
+    from terrafs.build import make_auth
+    from terrafs.mount.daemon import run
+    from terrafs.cli.preflight import check_auth, check_catalogue
+    from terrafs.mount.options import parse_options
 
     opts = parse_options(args.options)  # a bad option stops here, before anything else
     args.config = args.config or opts.config  # -o config=, layout= as mount(8) and fstab give them
@@ -123,7 +124,7 @@ def _prompt_for_credentials(config):
     import dataclasses
     import getpass
 
-    from terrafs.auth import load_refresh_token
+    from terrafs.remote.auth import load_refresh_token
 
     if config.username and config.password:
         return config
@@ -137,7 +138,7 @@ def _prompt_for_credentials(config):
 
 
 def _mount_in_background(config, mountpoint: Path, auth, args) -> int:
-    from terrafs.mount import run
+    from terrafs.mount.daemon import run
 
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -243,7 +244,7 @@ def cmd_umount(args) -> int:
 def cmd_login(args) -> int:
     import requests
 
-    from terrafs.auth import device_login, save_refresh_token
+    from terrafs.remote.auth import device_login, save_refresh_token
 
     config = _load(args)
     device_url = config.token_url.rstrip("/").rsplit("/", 1)[0] + "/auth/device"
@@ -260,21 +261,21 @@ def cmd_login(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from terrafs.cachecmd import cmd_cache as run_cache
+    from terrafs.cli.cache import cmd_cache as run_cache
 
     return run_cache(args, _load)
 
 
 def cmd_prefetch(args) -> int:
-    from terrafs.cachecmd import cmd_prefetch as run_prefetch
+    from terrafs.cli.cache import cmd_prefetch as run_prefetch
 
     setup_logging(_level(args))
     return run_prefetch(args, _load)
 
 
 def cmd_resolve(args) -> int:
-    from terrafs.fs import XATTR_PREFIX
-    from terrafs.resolve import resolve
+    from terrafs.mount.xattrs import XATTR_PREFIX
+    from terrafs.cli.resolve import resolve
 
     mount = Path(args.mount).expanduser().resolve()
     try:

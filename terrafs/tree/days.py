@@ -33,9 +33,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from terrafs.catalogue import Collection, Product
-from terrafs.dating import platform_date
+from terrafs.tree.dating import platform_date
 from terrafs.errors import CatalogueError
-from terrafs.treenodes import DirNode, Node, _ts, give_back_memory, product_folders
+from terrafs.tree.nodes import DirNode, Node, _ts, give_back_memory, product_folders
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _utc_day(p: Product) -> tuple[int, int, int]:
 
 
 class DatedFolders:
-    """The date-folder half of terrafs.tree.Tree (a mixin: it uses the tree's catalogue,
+    """The date-folder half of terrafs.tree.paths.Tree (a mixin: it uses the tree's catalogue,
     store, budget, layout, extent and filters)."""
 
     def __init__(self) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from terrafs.fs import XATTR_PREFIX
+from terrafs.mount.xattrs import XATTR_PREFIX
 
 _DATED = re.compile(r"/(\d{4})/(\d{2})/(\d{2})/(.+)$")
 _NAMED_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?!\d)")

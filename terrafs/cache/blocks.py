@@ -34,8 +34,8 @@ from typing import Any, Iterator
 
 import diskcache
 
-from terrafs.blockfiles import BlockDisk, DiskBlock, read_fully, tag_of, unlink_quietly, verified_at
-from terrafs.listings import NoPickleDisk
+from terrafs.cache.blockfiles import BlockDisk, DiskBlock, read_fully, tag_of, unlink_quietly, verified_at
+from terrafs.cache.listings import NoPickleDisk
 
 log = logging.getLogger(__name__)
 

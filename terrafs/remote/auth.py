@@ -26,7 +26,7 @@ from typing import Any
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
-from .errors import AuthError, FetchError
+from terrafs.errors import AuthError, FetchError
 
 log = logging.getLogger(__name__)
 

@@ -13,40 +13,18 @@ left out). prometheus_client is imported only when metrics are switched on.
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter
 from typing import TYPE_CHECKING, Any, Iterator
 
+from terrafs.counters import CATALOGUE_RESPONSES
 from terrafs.errors import TerrafsError
-from terrafs.limiter import LimiterStats
+from terrafs.remote.limiter import LimiterStats
+from terrafs.text import split_listen
 
 if TYPE_CHECKING:
-    from terrafs.blockcache import BlockCacheStats
+    from terrafs.cache.blocks import BlockCacheStats
     from terrafs.read.stats import ReaderStats, SharedTierStats
 
 log = logging.getLogger(__name__)
-
-
-class StatusCounts:
-    """Responses by HTTP status, as a requests response hook (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-
-    def hook(self, response: Any, *args: Any, **kwargs: Any) -> None:
-        with self._lock:
-            self._counts[str(response.status_code)] += 1
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._counts)
-
-
-# The catalogue sessions are made deep inside mount.build, one per catalogue
-# object; like prometheus_client's own default registry, one count per process
-# is the simple way to see them all (mount.catalogue_session registers the hook).
-CATALOGUE_RESPONSES = StatusCounts()
 
 
 def _guarded(empty: Any):
@@ -225,12 +203,3 @@ class MetricsServer:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._httpd = None
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """'127.0.0.1:9567' or '[::1]:9567' -> (host, port); ValueError when malformed."""
-    host, sep, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"not HOST:PORT: {listen!r}")
-    return host, int(port)

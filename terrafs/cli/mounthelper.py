@@ -48,6 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     if "-f" in seen:  # mount -f: everything but the mount itself
         print("mount.terrafs: would run: terrafs " + " ".join(command))
         return 0
-    from terrafs.cli import main as terrafs_main
+    from terrafs.cli.main import main as terrafs_main
 
     return 0 if terrafs_main(command) == 0 else EXIT_MOUNT_FAILED
