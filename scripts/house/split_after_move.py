@@ -37,7 +37,7 @@ for line in ("from terrafs.mount.memtrim import Trimmer\n",):
     b = b.replace(line, "")
 if "limit_malloc_arenas" not in b.split("from terrafs.tree.nodes import limit_malloc_arenas", 1)[1]:
     b = b.replace("from terrafs.tree.nodes import limit_malloc_arenas\n", "")
-b = b.replace("    from terrafs.counters import CATALOGUE_RESPONSES\n\n", "")
+b = b.replace("    from terrafs.mount.metrics import CATALOGUE_RESPONSES\n\n", "")
 b = b.replace("from terrafs.config import Config\n", "from terrafs.config import Config\nfrom terrafs.counters import CATALOGUE_RESPONSES\n", 1)
 b = b.replace("from typing import Any, Callable\n", "from typing import Any\n", 1)
 b = b.replace("from terrafs.errors import AuthError, ConfigError, TerrafsError\n",
@@ -112,12 +112,11 @@ for p in out:
     except (UnicodeDecodeError, IsADirectoryError):
         continue
     n = s
-    n = n.replace("from terrafs.mount.xattrs import XATTR_PREFIX", "from terrafs.mount.xattrs import XATTR_PREFIX")
-    n = n.replace("from terrafs.text import split_listen", "from terrafs.text import split_listen")
-    n = n.replace("from terrafs.counters import CATALOGUE_RESPONSES", "from terrafs.counters import CATALOGUE_RESPONSES")
-    n = n.replace("from terrafs.build import make_auth
-    from terrafs.mount.daemon import run", "from terrafs.build import make_auth\n    from terrafs.mount.daemon import run")
-    n = n.replace("from terrafs.mount.daemon import run", "from terrafs.mount.daemon import run")
+    n = n.replace("from terrafs.mount.fuseops import XATTR_PREFIX", "from terrafs.mount.xattrs import XATTR_PREFIX")
+    n = n.replace("from terrafs.mount.metrics import split_listen", "from terrafs.text import split_listen")
+    n = n.replace("from terrafs.mount.metrics import CATALOGUE_RESPONSES", "from terrafs.counters import CATALOGUE_RESPONSES")
+    n = n.replace("from terrafs.build import make_auth, run", "from terrafs.build import make_auth\n    from terrafs.mount.daemon import run")
+    n = n.replace("from terrafs.build import run", "from terrafs.mount.daemon import run")
     n = re.sub(r"\bterrafs\.build\.(run|fuse_options|_libfuse_major|_start_control|_start_metrics)\b", r"terrafs.mount.daemon.\1", n)
     if n != s:
         print("rewrote", p)
